@@ -1,0 +1,127 @@
+"""The Dataplane resource in Kuma's universal form."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from control_plane.resources.common import (
+    DEFAULT_MESH,
+    SERVICE_TAG,
+    NamedResource,
+    Port,
+    StrictModel,
+    validate_tags,
+)
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+    return value
+
+
+class Inbound(StrictModel):
+    port: Port
+    servicePort: Port | None = None
+    serviceAddress: str | None = None
+    address: str | None = None
+    tags: dict[str, str]
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_tags(value, require_service=True)
+
+    @field_validator("address", "serviceAddress")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ip(value)
+
+    @property
+    def service(self) -> str:
+        return self.tags[SERVICE_TAG]
+
+    @property
+    def workload_port(self) -> int:
+        """The port the application itself listens on."""
+        return self.servicePort or self.port
+
+
+class Outbound(StrictModel):
+    port: Port
+    address: str | None = None
+    tags: dict[str, str]
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_tags(value, require_service=True)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ip(value)
+
+    @property
+    def service(self) -> str:
+        return self.tags[SERVICE_TAG]
+
+
+class TransparentProxying(StrictModel):
+    redirectPortInbound: Port = 15006
+    redirectPortOutbound: Port = 15001
+    ipFamilyMode: Literal["dualstack", "ipv4", "ipv6"] | None = None
+    directAccessServices: list[str] | None = None
+    reachableServices: list[str] | None = None
+
+
+class Admin(StrictModel):
+    port: Port = 9901
+
+
+class Networking(StrictModel):
+    address: str
+    advertisedAddress: str | None = None
+    inbound: list[Inbound] = Field(default_factory=list)
+    outbound: list[Outbound] = Field(default_factory=list)
+    transparentProxying: TransparentProxying | None = None
+    admin: Admin | None = None
+
+    @field_validator("address", "advertisedAddress")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ip(value)
+
+    @model_validator(mode="after")
+    def _ports_unique(self) -> Networking:
+        if not self.inbound:
+            raise ValueError("inbound: a Dataplane needs at least one inbound")
+        seen: set[tuple[str, int]] = set()
+        for inbound in self.inbound:
+            key = (inbound.address or self.address, inbound.port)
+            if key in seen:
+                raise ValueError(f"inbound: port {inbound.port} is declared twice")
+            seen.add(key)
+        return self
+
+
+class Dataplane(NamedResource):
+    type: Literal["Dataplane"] = "Dataplane"
+    mesh: str = DEFAULT_MESH
+    networking: Networking
+
+    def inbound_address(self, inbound: Inbound) -> str:
+        return inbound.address or self.networking.address
+
+    def outbound_address(self, outbound: Outbound) -> str:
+        return outbound.address or "127.0.0.1"
+
+    @property
+    def services(self) -> list[str]:
+        """The distinct kuma.io/service values of the inbounds, in declaration order."""
+        return list(dict.fromkeys(i.service for i in self.networking.inbound))
