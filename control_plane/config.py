@@ -1,0 +1,365 @@
+"""`kuma-cp run` configuration: defaults < YAML file (Kuma's key layout) < environment (Kuma's names).
+
+Every setting is declared once in `_SETTINGS` with its YAML path, its environment variable, its
+parser and its default; `load_config` folds the three sources and builds the frozen `CpConfig`.
+Keys of Kuma's own configuration that we do not implement are accepted and listed in
+`CpConfig.ignored_keys` (so a Kuma config file still loads and the CLI can warn); a top-level key
+Kuma does not know either is a typo and refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from control_plane.durations import parse_duration
+
+StoreType = Literal["sqlite", "memory", "postgres"]
+DpProxyAuthnType = Literal["dpToken", "none"]
+
+STORE_TYPES: tuple[str, ...] = ("sqlite", "memory", "postgres")
+DP_PROXY_AUTHN_TYPES: tuple[str, ...] = ("dpToken", "none")
+
+DEFAULT_WORK_DIR = "~/.kuma"
+DEFAULT_DP_SERVER_PORT = 5678
+DEFAULT_API_HTTP_PORT = 5681
+DEFAULT_API_HTTPS_PORT = 5682
+DEFAULT_API_HTTP_INTERFACE = "0.0.0.0"
+DEFAULT_DEREGISTRATION_DELAY = "10s"
+
+# Top-level sections of Kuma's kuma-cp.yaml that this control plane does not (yet) implement.
+_KUMA_ONLY_SECTIONS = frozenset(
+    {
+        "environment",
+        "mode",
+        "multizone",
+        "runtime",
+        "metrics",
+        "reports",
+        "guiServer",
+        "dnsServer",
+        "diagnostics",
+        "access",
+        "experimental",
+        "proxy",
+        "interCp",
+        "monitoringAssignmentServer",
+        "bootstrapServer",
+        "xdsServer",
+        "kds",
+        "eventBus",
+        "policies",
+        "coreResources",
+        "ipam",
+        "tracing",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value a user gave that cannot be used; the message names the key or variable."""
+
+
+# --- value parsers: raw value (str from env, any YAML scalar from the file) -> typed value ------
+
+
+def _port(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"{raw!r} is not a port number (0-65535)")
+    try:
+        port = int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a port number (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{raw!r} is not a port number (0-65535)")
+    return port
+
+
+def _string(raw: Any) -> str:
+    if isinstance(raw, dict | list):
+        raise ValueError(f"{raw!r} is not a string")
+    return str(raw)
+
+
+def _optional_string(raw: Any) -> str | None:
+    return None if raw is None or raw == "" else _string(raw)
+
+
+_TRUE = frozenset({"1", "t", "true"})
+_FALSE = frozenset({"0", "f", "false"})
+
+
+def _bool(raw: Any) -> bool:
+    # Go's strconv.ParseBool spellings, as Kuma's env parsing accepts them.
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (true or false)")
+
+
+def _duration(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError(f"{raw!r} is not a duration (expected e.g. 10s, 500ms, 1m30s)")
+    return parse_duration(str(raw))
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        if raw not in options:
+            raise ValueError(f"{raw!r} is not one of: {', '.join(options)}")
+        return str(raw)
+
+    return parse
+
+
+def _work_dir(raw: Any) -> Path:
+    text = _string(raw)
+    if not text:
+        raise ValueError("must not be empty")
+    return Path(text).expanduser()
+
+
+@dataclass(frozen=True)
+class _Setting:
+    path: tuple[str, ...]
+    env: str
+    parse: Callable[[Any], Any]
+    default: Any
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+
+_SETTINGS: tuple[_Setting, ...] = (
+    _Setting(("general", "workDir"), "KUMA_GENERAL_WORK_DIR", _work_dir, DEFAULT_WORK_DIR),
+    _Setting(("general", "tlsCertFile"), "KUMA_GENERAL_TLS_CERT_FILE", _optional_string, None),
+    _Setting(("general", "tlsKeyFile"), "KUMA_GENERAL_TLS_KEY_FILE", _optional_string, None),
+    _Setting(("store", "type"), "KUMA_STORE_TYPE", _choice(STORE_TYPES), "sqlite"),
+    _Setting(("store", "postgres", "host"), "KUMA_STORE_POSTGRES_HOST", _string, "127.0.0.1"),
+    _Setting(("store", "postgres", "port"), "KUMA_STORE_POSTGRES_PORT", _port, 5432),
+    _Setting(("store", "postgres", "user"), "KUMA_STORE_POSTGRES_USER", _string, "kuma"),
+    _Setting(("store", "postgres", "password"), "KUMA_STORE_POSTGRES_PASSWORD", _string, "kuma"),
+    _Setting(("store", "postgres", "dbName"), "KUMA_STORE_POSTGRES_DB_NAME", _string, "kuma"),
+    _Setting(("dpServer", "port"), "KUMA_DP_SERVER_PORT", _port, DEFAULT_DP_SERVER_PORT),
+    _Setting(
+        ("dpServer", "authn", "dpProxy", "type"),
+        "KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE",
+        _choice(DP_PROXY_AUTHN_TYPES),
+        "dpToken",
+    ),
+    _Setting(("apiServer", "http", "port"), "KUMA_API_SERVER_HTTP_PORT", _port, DEFAULT_API_HTTP_PORT),
+    _Setting(
+        ("apiServer", "http", "interface"),
+        "KUMA_API_SERVER_HTTP_INTERFACE",
+        _string,
+        DEFAULT_API_HTTP_INTERFACE,
+    ),
+    _Setting(("apiServer", "https", "port"), "KUMA_API_SERVER_HTTPS_PORT", _port, DEFAULT_API_HTTPS_PORT),
+    _Setting(
+        ("apiServer", "authn", "localhostIsAdmin"), "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN", _bool, True
+    ),
+    _Setting(
+        ("xds", "dataplaneDeregistrationDelay"),
+        "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY",
+        _duration,
+        DEFAULT_DEREGISTRATION_DELAY,
+    ),
+    _Setting(("defaults", "skipMeshCreation"), "KUMA_DEFAULTS_SKIP_MESH_CREATION", _bool, False),
+)
+_BY_PATH: dict[tuple[str, ...], _Setting] = {s.path: s for s in _SETTINGS}
+_SECTIONS: frozenset[str] = frozenset(s.path[0] for s in _SETTINGS)
+# Every prefix of a setting path is a mapping in the YAML file.
+_BRANCHES: frozenset[tuple[str, ...]] = frozenset(
+    s.path[:i] for s in _SETTINGS for i in range(1, len(s.path))
+)
+
+
+# --- the typed configuration ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    work_dir: Path
+    tls_cert_file: str | None
+    tls_key_file: str | None
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    host: str
+    port: int
+    user: str
+    password: str
+    db_name: str
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    type: StoreType
+    postgres: PostgresConfig
+
+
+@dataclass(frozen=True)
+class DpServerConfig:
+    port: int
+    dp_proxy_authn: DpProxyAuthnType
+
+
+@dataclass(frozen=True)
+class ApiServerConfig:
+    http_port: int
+    http_interface: str
+    https_port: int
+    localhost_is_admin: bool
+
+
+@dataclass(frozen=True)
+class XdsConfig:
+    dataplane_deregistration_delay: float  # seconds
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    skip_mesh_creation: bool
+
+
+@dataclass(frozen=True)
+class CpConfig:
+    general: GeneralConfig
+    store: StoreConfig
+    dp_server: DpServerConfig
+    api_server: ApiServerConfig
+    xds: XdsConfig
+    defaults: DefaultsConfig
+    # Keys of the YAML file that Kuma knows but this control plane ignores, e.g. "reports.enabled".
+    ignored_keys: tuple[str, ...] = ()
+
+
+def default_config() -> CpConfig:
+    return load_config(None, env={})
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] = os.environ) -> CpConfig:
+    """Build the configuration; raise ConfigError naming the key or variable of a bad value."""
+    values: dict[tuple[str, ...], Any] = {
+        s.path: _parse(s, s.default, "default of " + s.key) for s in _SETTINGS
+    }
+    ignored: list[str] = []
+    if path is not None:
+        document = _read_yaml(path)
+        for key_path, raw in _flatten(document, (), ignored, path):
+            setting = _BY_PATH[key_path]
+            values[key_path] = _parse(setting, raw, f"{setting.key} in {path}")
+    for setting in _SETTINGS:
+        raw = env.get(setting.env)
+        if raw is not None and raw != "":
+            values[setting.path] = _parse(setting, raw, f"environment variable {setting.env}")
+    config = _build(values, tuple(ignored))
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: CpConfig) -> None:
+    general = config.general
+    if (general.tls_cert_file is None) != (general.tls_key_file is None):
+        raise ConfigError(
+            "general.tlsCertFile (KUMA_GENERAL_TLS_CERT_FILE) and general.tlsKeyFile "
+            "(KUMA_GENERAL_TLS_KEY_FILE) must be given together"
+        )
+
+
+def _parse(setting: _Setting, raw: Any, where: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for {where}: {exc}") from None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"configuration file {path} is not valid YAML{where}: {problem}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"configuration file {path} must be a YAML mapping of sections, not {document!r}")
+    return document
+
+
+def _flatten(
+    node: dict[str, Any], prefix: tuple[str, ...], ignored: list[str], source: str
+) -> list[tuple[tuple[str, ...], Any]]:
+    """The (path, value) pairs of known settings; unknown keys below a known section go to `ignored`."""
+    found: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in node.items():
+        path = (*prefix, str(key))
+        dotted = ".".join(path)
+        if path in _BY_PATH:
+            if value is not None:  # `key:` with no value means "not set", as in Kuma's defaults file
+                found.append((path, value))
+        elif path in _BRANCHES:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"invalid value for {dotted} in {source}: expected a mapping, got {value!r}"
+                )
+            found.extend(_flatten(value, path, ignored, source))
+        elif not prefix and key not in _SECTIONS and key not in _KUMA_ONLY_SECTIONS:
+            known = ", ".join(sorted(_SECTIONS))
+            raise ConfigError(f"unknown key {dotted!r} in {source} (known sections: {known})")
+        else:
+            ignored.append(dotted)
+    return found
+
+
+def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpConfig:
+    def v(*path: str) -> Any:
+        return values[path]
+
+    return CpConfig(
+        general=GeneralConfig(
+            work_dir=v("general", "workDir"),
+            tls_cert_file=v("general", "tlsCertFile"),
+            tls_key_file=v("general", "tlsKeyFile"),
+        ),
+        store=StoreConfig(
+            type=v("store", "type"),
+            postgres=PostgresConfig(
+                host=v("store", "postgres", "host"),
+                port=v("store", "postgres", "port"),
+                user=v("store", "postgres", "user"),
+                password=v("store", "postgres", "password"),
+                db_name=v("store", "postgres", "dbName"),
+            ),
+        ),
+        dp_server=DpServerConfig(
+            port=v("dpServer", "port"), dp_proxy_authn=v("dpServer", "authn", "dpProxy", "type")
+        ),
+        api_server=ApiServerConfig(
+            http_port=v("apiServer", "http", "port"),
+            http_interface=v("apiServer", "http", "interface"),
+            https_port=v("apiServer", "https", "port"),
+            localhost_is_admin=v("apiServer", "authn", "localhostIsAdmin"),
+        ),
+        xds=XdsConfig(dataplane_deregistration_delay=v("xds", "dataplaneDeregistrationDelay")),
+        defaults=DefaultsConfig(skip_mesh_creation=v("defaults", "skipMeshCreation")),
+        ignored_keys=ignored,
+    )
