@@ -1,0 +1,92 @@
+"""Render an Envoy bootstrap (YAML) for one dataplane from bootstrap_templates/. Pure: no I/O
+beyond reading the packaged template."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+TEMPLATE = "bootstrap.yaml.j2"
+ADMIN_SOCKET_NAME = "envoy-admin.sock"
+
+
+@dataclass(frozen=True)
+class BootstrapParams:
+    mesh: str
+    name: str
+    service: str
+    dataplane_json: str | None  # the Dataplane sent by the agent (universal), if any
+    cp_host: str  # how Envoy reaches the DP server (the host the agent used)
+    cp_port: int
+    ca_cert: str  # PEM the agent trusts for the control plane
+    workdir: str
+    admin_port: int | None  # None: a 0600 Unix socket in the work dir
+    token: str | None = None
+    proxy_type: str = "dataplane"
+    version: dict[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] = ()
+    dynamic_metadata: dict[str, str] = field(default_factory=dict)
+    readiness_port: int | None = None
+
+
+@cache
+def _template() -> jinja2.Template:
+    text = resources.files("bootstrap_templates").joinpath(TEMPLATE).read_text()
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True}
+    return env.from_string(text)
+
+
+def node_metadata(params: BootstrapParams) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "dataplane.proxyType": params.proxy_type,
+        "workdir": params.workdir,
+        "version": params.version,
+        "features": list(params.features),
+        "dynamicMetadata": params.dynamic_metadata,
+    }
+    if params.dataplane_json is not None:
+        meta["dataplane.resource"] = params.dataplane_json
+    if params.admin_port is not None:
+        meta["dataplane.admin.port"] = str(params.admin_port)
+    if params.readiness_port is not None:
+        meta["dataplane.readinessReporter.port"] = str(params.readiness_port)
+    return meta
+
+
+def admin_socket_path(workdir: str) -> str:
+    return f"{workdir.rstrip('/')}/{ADMIN_SOCKET_NAME}"
+
+
+def render_bootstrap(params: BootstrapParams) -> str:
+    host = params.cp_host.strip("[]")
+    return _template().render(
+        node_id=f"{params.mesh}.{params.name}",
+        service=params.service,
+        metadata=node_metadata(params),
+        admin_pipe=None if params.admin_port is not None else admin_socket_path(params.workdir),
+        admin_port=params.admin_port,
+        token=params.token,
+        cp_host=host,
+        cp_host_is_ip=_is_ip(host),
+        cp_port=params.cp_port,
+        ca_cert=params.ca_cert,
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def dataplane_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))

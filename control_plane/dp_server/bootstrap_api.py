@@ -1,0 +1,175 @@
+"""`POST /bootstrap`: the agent sends who it is; the control plane answers with its Envoy bootstrap.
+
+Status codes are the agent's retry contract (design, "Bootstrap contract"): 404 with an empty
+body means "not known yet, retry"; 400/422 are final and carry a message naming the input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from control_plane.bootstrap.render import BootstrapParams, dataplane_json, render_bootstrap
+from control_plane.resources.common import format_validation_error
+from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.registry import DATAPLANE, InvalidResource, parse_resource
+from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
+
+log = logging.getLogger("kuma-cp.bootstrap")
+
+
+class BootstrapRequest(BaseModel):
+    """The agent's request body (Kuma's field names). Unknown fields are tolerated: newer agents
+    may send more."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    mesh: str = ""
+    name: str = ""
+    proxyType: str = "dataplane"
+    dataplaneToken: str = ""
+    dataplaneResource: str = ""
+    version: dict[str, Any] = Field(default_factory=dict)
+    caCert: str = ""
+    dynamicMetadata: dict[str, str] = Field(default_factory=dict)
+    readinessPort: int | None = None
+    workdir: str = ""
+    features: list[str] = Field(default_factory=list)
+
+
+class BootstrapError(Exception):
+    def __init__(self, status: int, title: str, causes: list[dict[str, str]] | None = None) -> None:
+        super().__init__(title)
+        self.status = status
+        self.title = title
+        self.causes = causes or []
+
+    def response(self) -> Response:
+        if self.status == 404:
+            return Response(status_code=404)  # empty body: "retry later"
+        body = {"title": self.title, "details": self.title, "causes": self.causes}
+        return JSONResponse(body, status_code=self.status)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    dp_server_port: int
+
+
+def create_bootstrap_app(store: ResourceStore, settings: BootstrapSettings) -> Starlette:
+    async def bootstrap(request: Request) -> Response:
+        try:
+            body = _parse_request(await request.body())
+            dataplane, raw = _resolve_dataplane(store, body)
+            yaml_text = render_bootstrap(_params(body, dataplane, raw, request, settings))
+        except BootstrapError as err:
+            log.info("bootstrap from %s refused (%d): %s", _client(request), err.status, err.title)
+            return err.response()
+        encoded = base64.b64encode(yaml_text.encode()).decode()
+        sidecar = {
+            "networking": {"address": dataplane.networking.address},
+            "metrics": {"aggregate": []},
+        }
+        return JSONResponse({"bootstrap": encoded, "kumaSidecarConfiguration": sidecar})
+
+    return Starlette(routes=[Route("/bootstrap", bootstrap, methods=["POST"])])
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _parse_request(raw: bytes) -> BootstrapRequest:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise BootstrapError(400, f"request body is not valid JSON: {exc}") from None
+    try:
+        return BootstrapRequest.model_validate(doc)
+    except ValidationError as exc:
+        raise BootstrapError(400, "invalid bootstrap request", format_validation_error(exc)) from None
+
+
+def _resolve_dataplane(store: ResourceStore, req: BootstrapRequest) -> tuple[Dataplane, str | None]:
+    """The Dataplane the agent sent (universal) or the one in the store; and its JSON to embed."""
+    if req.proxyType != "dataplane":
+        raise BootstrapError(422, f"proxyType {req.proxyType!r} is not supported; use 'dataplane'")
+    if req.dataplaneResource:
+        dataplane = _validate_sent_dataplane(req)
+    else:
+        if not req.name:
+            raise BootstrapError(422, "name is required when no dataplane resource is sent")
+        stored = store.get(dataplane_key(req.name, req.mesh or "default"))
+        if stored is None:
+            raise BootstrapError(404, "dataplane not found")
+        dataplane = Dataplane.model_validate(stored.document())
+    if store.get(mesh_key(dataplane.mesh)) is None:
+        raise BootstrapError(
+            422,
+            f'mesh "{dataplane.mesh}" does not exist; create it first (kumactl apply a Mesh)',
+            [{"field": "mesh", "message": "mesh does not exist"}],
+        )
+    if not req.dataplaneResource:
+        return dataplane, None
+    return dataplane, dataplane_json(dataplane.model_dump(mode="json", exclude_none=True))
+
+
+def _validate_sent_dataplane(req: BootstrapRequest) -> Dataplane:
+    try:
+        doc = yaml.safe_load(req.dataplaneResource)
+    except yaml.YAMLError as exc:
+        raise BootstrapError(422, f"dataplaneResource is not valid YAML/JSON: {exc}") from None
+    if isinstance(doc, dict):
+        doc = {k: v for k, v in doc.items() if k not in ("creationTime", "modificationTime")}
+    try:
+        dataplane = parse_resource(doc, DATAPLANE)
+    except InvalidResource as exc:
+        raise BootstrapError(422, f"dataplane resource is not valid: {exc}", exc.causes) from None
+    assert isinstance(dataplane, Dataplane)
+    for field, sent, declared in (("name", req.name, dataplane.name), ("mesh", req.mesh, dataplane.mesh)):
+        if sent and sent != declared:
+            raise BootstrapError(
+                422,
+                f"{field} {sent!r} given to kuma-dp does not match the dataplane resource's {declared!r}",
+                [{"field": field, "message": "does not match the dataplane resource"}],
+            )
+    return dataplane
+
+
+def _params(
+    req: BootstrapRequest, dp: Dataplane, raw: str | None, request: Request, settings: BootstrapSettings
+) -> BootstrapParams:
+    if not req.caCert:
+        raise BootstrapError(
+            422, "caCert is required: the PEM of the CA the agent trusts for the control plane"
+        )
+    if not req.workdir.startswith("/"):
+        raise BootstrapError(422, "workdir must be an absolute path")
+    admin = dp.networking.admin
+    return BootstrapParams(
+        mesh=dp.mesh,
+        name=dp.name,
+        service=dp.services[0],
+        dataplane_json=raw,
+        cp_host=request.url.hostname or "localhost",
+        cp_port=settings.dp_server_port,
+        ca_cert=req.caCert,
+        workdir=req.workdir,
+        admin_port=admin.port if admin else None,
+        token=req.dataplaneToken or None,
+        proxy_type=req.proxyType,
+        version=req.version,
+        features=tuple(req.features),
+        dynamic_metadata=req.dynamicMetadata,
+        readiness_port=req.readinessPort,
+    )

