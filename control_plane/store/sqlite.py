@@ -1,0 +1,218 @@
+"""SQLite store (KUMA_STORE_TYPE=sqlite, the default): one file `<workDir>/kuma.db`.
+
+One connection shared by every thread behind a lock: SQLite serialises writers anyway, and the
+control plane is one process, so a pool would add nothing but contention on the file lock. WAL
+mode keeps readers of other processes (e.g. a backup) from blocking us; `busy_timeout` makes us
+wait for them instead of failing. Each write is one transaction; listeners run after the commit,
+outside the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from control_plane.store.base import (
+    ChangeEvent,
+    ConflictError,
+    ResourceKey,
+    ResourceStore,
+    StoredResource,
+    StoreError,
+    now_rfc3339,
+)
+
+BUSY_TIMEOUT_MS = 5000
+DB_FILE_MODE = 0o600
+
+# MIGRATIONS[i] takes the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE resources (
+        type TEXT NOT NULL,
+        mesh TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        creation_time TEXT NOT NULL,
+        modification_time TEXT NOT NULL,
+        PRIMARY KEY (type, mesh, name)
+    );
+    CREATE INDEX resources_by_mesh ON resources (mesh);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = "type, mesh, name, spec, version, creation_time, modification_time"
+
+
+@dataclass
+class SqliteStore(ResourceStore):
+    path: Path | str
+    _conn: sqlite3.Connection = field(init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        _create_private_file(self.path)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so each write is exactly one
+            # transaction; check_same_thread=False: the lock below serialises every use.
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from None
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            _migrate(self._conn, self.path)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from None
+        except StoreError:
+            self._conn.close()
+            raise
+
+    # --- reads --------------------------------------------------------------------------------
+    def get(self, key: ResourceKey) -> StoredResource | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                (key.type, key.mesh, key.name),
+            ).fetchone()
+        return None if row is None else _row_to_resource(row)
+
+    def list(
+        self, type: str, mesh: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> tuple[list[StoredResource], int]:
+        where, params = ("type = ?", [type]) if mesh is None else ("type = ? AND mesh = ?", [type, mesh])
+        with self._lock:
+            self._conn.execute("BEGIN")  # one snapshot for the page and the total
+            try:
+                total = self._conn.execute(
+                    f"SELECT COUNT(*) FROM resources WHERE {where}", params
+                ).fetchone()[0]
+                rows = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM resources WHERE {where} ORDER BY mesh, name LIMIT ? OFFSET ?",
+                    [*params, -1 if limit is None else limit, offset],
+                ).fetchall()
+            finally:
+                self._conn.execute("COMMIT")
+        return [_row_to_resource(row) for row in rows], total
+
+    # --- writes -------------------------------------------------------------------------------
+    def upsert(
+        self, key: ResourceKey, spec: dict[str, Any], expected_version: int | None = None
+    ) -> tuple[StoredResource, bool]:
+        spec_json = json.dumps(spec, separators=(",", ":"), sort_keys=False)
+        with self._lock, _transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT version, creation_time FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                (key.type, key.mesh, key.name),
+            ).fetchone()
+            old_version, creation_time = row if row else (0, None)
+            if expected_version is not None and old_version != expected_version:
+                raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
+            now = now_rfc3339()
+            stored = StoredResource(
+                key=key,
+                spec=json.loads(spec_json),  # a private copy, as the database will give back
+                version=old_version + 1,
+                creation_time=creation_time or now,
+                modification_time=now,
+            )
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO resources ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.type, key.mesh, key.name, spec_json, stored.version, stored.creation_time, now),
+            )
+        self._notify(ChangeEvent("upsert", key))
+        return stored, row is None
+
+    def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
+        with self._lock, _transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                (key.type, key.mesh, key.name),
+            ).fetchone()
+            if row is None:
+                return False
+            if expected_version is not None and row[0] != expected_version:
+                raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
+            self._conn.execute(
+                "DELETE FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                (key.type, key.mesh, key.name),
+            )
+        self._notify(ChangeEvent("delete", key))
+        return True
+
+    def delete_mesh_contents(self, mesh: str) -> int:
+        if not mesh:
+            return 0  # "" is the scope of global resources, never a mesh's contents
+        with self._lock, _transaction(self._conn):
+            rows = self._conn.execute(
+                "SELECT type, mesh, name FROM resources WHERE mesh = ?", (mesh,)
+            ).fetchall()
+            self._conn.execute("DELETE FROM resources WHERE mesh = ?", (mesh,))
+        for row in rows:
+            self._notify(ChangeEvent("delete", ResourceKey(*row)))
+        return len(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raised."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        # IMMEDIATE takes the write lock now, so a read-then-write cannot be overtaken.
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _row_to_resource(row: tuple[Any, ...]) -> StoredResource:
+    type_, mesh, name, spec_json, version, creation_time, modification_time = row
+    return StoredResource(
+        key=ResourceKey(type_, mesh, name),
+        spec=json.loads(spec_json),
+        version=version,
+        creation_time=creation_time,
+        modification_time=modification_time,
+    )
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file readable by its owner only (it will hold signing keys later)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, DB_FILE_MODE)
+    os.close(fd)
+    os.chmod(path, DB_FILE_MODE)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    with _transaction(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = row[0] if row else 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"the SQLite store {path} has schema version {current}, newer than this control plane "
+                f"knows ({SCHEMA_VERSION}); upgrade kuma-py or use another work dir"
+            )
+        for script in MIGRATIONS[current:]:
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        else:
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
