@@ -1,0 +1,115 @@
+"""The running control plane: store, REST API, DP server and xDS, owned by one task group."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+
+import uvicorn
+
+from control_plane.api.app import create_app
+from control_plane.config import CpConfig
+from control_plane.dp_server.bootstrap_api import BootstrapSettings, create_bootstrap_app
+from control_plane.dp_server.server import DpServer
+from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
+from control_plane.store.base import ResourceStore
+from control_plane.store.defaults import ensure_default_mesh
+from control_plane.store.factory import open_store
+from control_plane.xds.component import XdsComponent
+
+log = logging.getLogger("kuma-cp")
+
+
+class RuntimeStartError(Exception):
+    """A configuration or environment problem found before serving; the message says what to do."""
+
+
+@dataclass
+class ControlPlane:
+    config: CpConfig
+    store: ResourceStore
+    tls: TlsFiles
+
+    @classmethod
+    def open(cls, config: CpConfig) -> ControlPlane:
+        _check_ports_free(config)
+        try:
+            store = open_store(config)
+        except Exception as exc:  # the factory's errors name the store and path
+            raise RuntimeStartError(f"cannot open the store: {exc}") from None
+        try:
+            tls = resolve_tls_files(
+                config.general.work_dir, config.general.tls_cert_file, config.general.tls_key_file
+            )
+        except TlsConfigError as exc:
+            store.close()
+            raise RuntimeStartError(str(exc)) from None
+        if not config.defaults.skip_mesh_creation:
+            ensure_default_mesh(store)
+        if config.dp_server.dp_proxy_authn != "none":
+            log.warning(
+                "dataplane token authentication (%s) is not implemented yet: dataplanes are NOT "
+                "authenticated, as with KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none",
+                config.dp_server.dp_proxy_authn,
+            )
+        return cls(config, store, tls)
+
+    async def run(self) -> None:
+        cfg = self.config
+        xds = XdsComponent(self.store, deregistration_delay_s=cfg.xds.dataplane_deregistration_delay)
+        bootstrap_app = create_bootstrap_app(self.store, BootstrapSettings(dp_server_port=cfg.dp_server.port))
+        dp_server = DpServer(self.tls, cfg.dp_server.port, bootstrap_app, xds.register)
+        api = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self.store, localhost_is_admin=cfg.api_server.localhost_is_admin),
+                host=cfg.api_server.http_interface,
+                port=cfg.api_server.http_port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        api.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        log.info(
+            "kuma-cp: API on :%d, DP server on :%d (CA for agents: %s), store %s",
+            cfg.api_server.http_port,
+            cfg.dp_server.port,
+            self.tls.cert_file,
+            cfg.store.type,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(xds.run())
+                group.create_task(dp_server.run())
+                group.create_task(_serve_api(api))
+        finally:
+            api.should_exit = True
+
+    def close(self) -> None:
+        self.store.close()
+
+
+async def _serve_api(api: uvicorn.Server) -> None:
+    await api.serve()
+    if not api.should_exit:
+        raise RuntimeError("the API server stopped")
+
+
+def _check_ports_free(config: CpConfig) -> None:
+    """Fail before anything starts, naming the variable to change, instead of half-running."""
+    for var, host, port in (
+        ("KUMA_API_SERVER_HTTP_PORT", config.api_server.http_interface, config.api_server.http_port),
+        ("KUMA_DP_SERVER_PORT", "0.0.0.0", config.dp_server.port),
+    ):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise RuntimeStartError(
+                        f"port {port} is already in use (another kuma-cp?); free it or set {var}"
+                    ) from None
+                raise RuntimeStartError(f"cannot listen on {host}:{port} ({var}): {exc.strerror}") from None

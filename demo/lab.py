@@ -1,0 +1,250 @@
+"""A one-machine mesh lab: the control plane, apps and agents as real processes on loopback.
+
+Used by the demo and by the end-to-end tests, so both exercise exactly what a user runs.
+Every process is started in its own session, logs to a file in the lab dir, and is stopped
+(SIGTERM, then SIGKILL) by `Lab.close()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+BIN = Path(sys.executable).parent
+
+
+class LabError(Exception):
+    """A lab process did not come up; the message includes the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise LabError(
+                f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}\n{proc.log_tail()}"
+            )
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.05)
+    tail = proc.log_tail() if proc else ""
+    raise LabError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(f"  {self.name}| {line}" for line in text[-lines:])
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            return self.popen.wait(5)
+
+
+@dataclass
+class ControlPlaneProc:
+    proc: Proc
+    work_dir: Path
+    api_url: str
+    dp_port: int
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.work_dir / "kuma-cp.crt"
+
+    @property
+    def dp_url(self) -> str:
+        return f"https://localhost:{self.dp_port}"
+
+
+@dataclass
+class AgentProc:
+    proc: Proc
+    name: str
+    work_dir: Path
+    readiness_port: int
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.readiness_port}/ready"
+
+    def is_ready(self) -> bool:
+        return httpx.get(self.ready_url, timeout=1).text.strip() == "READY"
+
+    def envoy_admin(self) -> httpx.Client:
+        """A client for this agent's Envoy admin (a Unix socket in its work dir)."""
+        transport = httpx.HTTPTransport(uds=str(self.work_dir / "envoy-admin.sock"))
+        return httpx.Client(transport=transport, base_url="http://envoy-admin", timeout=5)
+
+    def envoy_stats(self) -> dict[str, int]:
+        with self.envoy_admin() as admin:
+            stats = admin.get("/stats", params={"format": "json"}).json()["stats"]
+        return {s["name"]: s["value"] for s in stats if isinstance(s.get("value"), int)}
+
+
+@dataclass
+class Lab:
+    root: Path
+    procs: list[Proc] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.root / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**self.env, **(env or {})},
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_control_plane(
+        self,
+        api_port: int | None = None,
+        dp_port: int | None = None,
+        work_dir: Path | None = None,
+        **env: str,
+    ) -> ControlPlaneProc:
+        api_port = api_port or free_port()
+        dp_port = dp_port or free_port()
+        work_dir = work_dir or self.root / "kuma-cp"
+        cp_env = {
+            "KUMA_GENERAL_WORK_DIR": str(work_dir),
+            "KUMA_API_SERVER_HTTP_PORT": str(api_port),
+            "KUMA_API_SERVER_HTTP_INTERFACE": "127.0.0.1",
+            "KUMA_DP_SERVER_PORT": str(dp_port),
+            "KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE": "none",
+            **env,
+        }
+        proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env)
+        cp = ControlPlaneProc(proc, work_dir, f"http://127.0.0.1:{api_port}", dp_port)
+        return cp
+
+    def wait_control_plane(self, cp: ControlPlaneProc, timeout: float = 30) -> None:
+        wait_for(
+            "the control plane API",
+            lambda: httpx.get(cp.api_url, timeout=1).status_code == 200,
+            timeout,
+            cp.proc,
+        )
+        wait_for("the DP server", lambda: _port_open(cp.dp_port), timeout, cp.proc)
+
+    def start_app(self, role: str, instance: str, port: int, backend_url: str = "") -> Proc:
+        argv = [sys.executable, "-m", "demo.apps", role, "--port", str(port), "--instance", instance]
+        if backend_url:
+            argv += ["--backend-url", backend_url]
+        proc = self.spawn(instance + "-app", argv)
+        wait_for(f"app {instance} on :{port}", lambda: _port_open(port), 10, proc)
+        return proc
+
+    def start_agent(
+        self, cp: ControlPlaneProc, dataplane: dict[str, Any], *extra: str, **env: str
+    ) -> AgentProc:
+        name = dataplane["name"]
+        work_dir = self.root / f"{name}-dp"
+        dp_file = self.root / f"{name}.yaml"
+        dp_file.write_text(yaml.safe_dump(dataplane, sort_keys=False))
+        readiness = free_port()
+        argv = [
+            str(BIN / "kuma-dp"), "run",
+            "--cp-address", cp.dp_url,
+            "--ca-cert-file", str(cp.ca_cert),
+            "--dataplane-file", str(dp_file),
+            "--work-dir", str(work_dir),
+            "--drain-time", "2s",
+            *extra,
+        ]  # fmt: skip
+        proc = self.spawn(f"{name}-dp", argv, {"KUMA_READINESS_PORT": str(readiness), **env})
+        return AgentProc(proc, name, work_dir, readiness)
+
+    def wait_ready(self, agent: AgentProc, timeout: float = 30) -> None:
+        wait_for(f"agent {agent.name} READY", agent.is_ready, timeout, agent.proc)
+
+    def kumactl(
+        self, cp: ControlPlaneProc, *args: str, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "KUMACTL_CONFIG": str(self.root / "kumactl.yaml")}
+        base = [str(BIN / "kumactl")]
+        add = ["config", "control-planes", "add", "--name", "lab", "--address", cp.api_url, "--overwrite"]
+        subprocess.run([*base, *add], env=env, capture_output=True, text=True, check=True)
+        return subprocess.run(
+            [*base, *args], env=env, input=input, capture_output=True, text=True, timeout=30
+        )
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                proc.stop()
+        self.procs.clear()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def dataplane(
+    name: str, service: str, port: int, service_port: int, outbounds: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """A universal Dataplane on loopback: one HTTP inbound, optional outbounds {service: port}."""
+    networking: dict[str, Any] = {
+        "address": "127.0.0.1",
+        "inbound": [
+            {
+                "port": port,
+                "servicePort": service_port,
+                "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"},
+            }
+        ],
+    }
+    if outbounds:
+        networking["outbound"] = [{"port": p, "tags": {"kuma.io/service": s}} for s, p in outbounds.items()]
+    return {"type": "Dataplane", "mesh": "default", "name": name, "networking": networking}
+
+
+def pretty(obj: Any) -> str:
+    return json.dumps(obj, indent=2)

