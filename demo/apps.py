@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 def backend_handler(instance: str) -> type[BaseHTTPRequestHandler]:
     class Backend(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.startswith("/sleep/"):  # a slow request, for the drain tests
+                time.sleep(float(self.path.removeprefix("/sleep/")))
             _reply(self, {"service": "backend", "instance": instance, "path": self.path})
 
         def log_message(self, *args: object) -> None:

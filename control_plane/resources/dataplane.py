@@ -13,6 +13,7 @@ from control_plane.resources.common import (
     NamedResource,
     Port,
     StrictModel,
+    check_name,
     validate_tags,
 )
 
@@ -114,6 +115,14 @@ class Dataplane(NamedResource):
     type: Literal["Dataplane"] = "Dataplane"
     mesh: str = DEFAULT_MESH
     networking: Networking
+
+    @field_validator("mesh")
+    @classmethod
+    def _mesh(cls, value: str) -> str:
+        check_name(value)
+        if "." in value:
+            raise ValueError("a mesh name cannot contain '.'")
+        return value
 
     def inbound_address(self, inbound: Inbound) -> str:
         return inbound.address or self.networking.address

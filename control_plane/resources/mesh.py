@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from control_plane.resources.common import NamedResource, StrictModel
 
@@ -49,6 +49,14 @@ class Networking(StrictModel):
 
 class Mesh(NamedResource):
     type: Literal["Mesh"] = "Mesh"
+
+    @field_validator("name")
+    @classmethod
+    def _no_dot(cls, value: str) -> str:
+        # Envoy node ids are `<mesh>.<name>` and are split on the first dot.
+        if "." in value:
+            raise ValueError("a mesh name cannot contain '.'")
+        return value
     mtls: Mtls | None = None
     networking: Networking | None = None
     metrics: dict[str, Any] | None = None
