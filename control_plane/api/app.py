@@ -1,0 +1,87 @@
+"""The REST API application: Kuma's paths, generated from the resource registry."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from control_plane.api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from control_plane.api.resources import ResourceEndpoints
+from control_plane.resources.registry import MESH, TYPES, ResourceType
+from control_plane.store.base import ResourceStore
+
+BASED_ON_KUMA = "2.14.0"
+PRODUCT = "kuma-py"
+TAGLINE = "Kuma"  # Kuma's kumactl checks this to know it talks to a Kuma control plane
+
+
+def product_version() -> str:
+    try:
+        return metadata.version(PRODUCT)
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+async def index(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "hostname": socket.gethostname(),
+            "tagline": TAGLINE,
+            "version": product_version(),
+            "basedOnKuma": BASED_ON_KUMA,
+            "product": PRODUCT,
+        }
+    )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def by_method(path: str, handlers: dict[str, Endpoint]) -> Route:
+    """One route per path, so a 405 lists every allowed method in its Allow header."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, endpoint, methods=list(handlers))
+
+
+def resource_routes(endpoints: ResourceEndpoints) -> list[Route]:
+    """`/{plural}[/{name}]` for global types; `/meshes/{mesh}/{plural}[/{name}]` plus an
+    all-meshes `/{plural}` list for mesh-scoped ones."""
+    rtype: ResourceType = endpoints.rtype
+    if rtype.mesh_scoped:
+        base = f"/{MESH.plural}/{{mesh}}/{rtype.plural}"
+        routes = [by_method(f"/{rtype.plural}", {"GET": endpoints.list_items})]
+    else:
+        base = f"/{rtype.plural}"
+        routes = []
+    routes.append(by_method(base, {"GET": endpoints.list_items}))
+    routes.append(
+        by_method(
+            f"{base}/{{name}}", {"GET": endpoints.get, "PUT": endpoints.put, "DELETE": endpoints.delete}
+        )
+    )
+    return routes
+
+
+def create_app(store: ResourceStore, *, localhost_is_admin: bool = True) -> Starlette:
+    routes = [Route("/", index, methods=["GET"])]
+    for rtype in TYPES.values():
+        routes.extend(resource_routes(ResourceEndpoints(store, rtype, localhost_is_admin)))
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+    )
