@@ -1,0 +1,61 @@
+"""The xDS part of the control plane as one object: cache, ADS server, reconciler, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+
+from control_plane.store.base import ResourceStore
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.generate import SnapshotGenerator, generate_snapshot
+from control_plane.xds.lifecycle import DataplaneLifecycle
+from control_plane.xds.reconciler import DEFAULT_DEBOUNCE_S, Reconciler
+from control_plane.xds.server import AdsServer, StreamRejected
+
+# (node id, the stream's initial metadata) → None, or raise StreamRejected (e.g. UNAUTHENTICATED).
+Authenticator = Callable[[str, dict[str, str]], Awaitable[None]]
+
+__all__ = ["Authenticator", "StreamRejected", "XdsComponent"]
+
+
+class XdsComponent:
+    def __init__(
+        self,
+        store: ResourceStore,
+        *,
+        deregistration_delay_s: float = 10.0,
+        authenticate: Authenticator | None = None,
+        generator: SnapshotGenerator = generate_snapshot,
+        debounce_s: float = DEFAULT_DEBOUNCE_S,
+    ) -> None:
+        self._authenticate = authenticate
+        self.cache = SnapshotCache()
+        self.reconciler = Reconciler(store, self.cache, generator=generator, debounce_s=debounce_s)
+        self.lifecycle = DataplaneLifecycle(store, deregistration_delay_s)
+        self.ads = AdsServer(self.cache, hooks=self)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        self.ads.register(server)
+
+    async def run(self) -> None:
+        """Run the reconciler and the lifecycle timers until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.reconciler.run(), name="xds-reconciler")
+            group.create_task(self.lifecycle.run(), name="xds-lifecycle")
+
+    def connected_nodes(self) -> list[str]:
+        return self.reconciler.connected_nodes()
+
+    # --- StreamHooks ---------------------------------------------------------------------------
+    async def on_stream_open(self, node: base_pb2.Node, metadata: dict[str, str]) -> None:
+        if self._authenticate is not None:
+            await self._authenticate(node.id, metadata)
+        await self.lifecycle.on_open(node)
+        self.reconciler.track(node.id)
+
+    async def on_stream_close(self, node: base_pb2.Node) -> None:
+        self.reconciler.untrack(node.id)
+        self.lifecycle.on_close(node.id)

@@ -1,0 +1,6 @@
+"""Pure generators: Dataplane + its mesh → Envoy listeners, clusters and load assignments."""
+
+from control_plane.xds.generate.endpoints import EndpointIndex
+from control_plane.xds.generate.snapshot import Resources, SnapshotGenerator, generate_snapshot
+
+__all__ = ["EndpointIndex", "Resources", "SnapshotGenerator", "generate_snapshot"]

@@ -1,0 +1,66 @@
+"""Clusters: the application behind each inbound (STATIC) and each outbound service (EDS over ADS).
+
+A later mTLS step adds a `transport_socket` to the clusters built here.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2, protocol_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, duration_pb2
+
+from control_plane.resources.dataplane import Inbound
+from control_plane.xds.generate.endpoints import static_load_assignment
+from control_plane.xds.generate.protocol import needs_http2_upstream
+from control_plane.xds.names import local_cluster_name
+
+CONNECT_TIMEOUT_S = 5  # Kuma's default connect timeout
+LOCAL_SERVICE_ADDRESS = "127.0.0.1"
+HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def local_cluster(inbound: Inbound, protocol: str) -> cluster_pb2.Cluster:
+    name = local_cluster_name(inbound.workload_port)
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_S),
+        load_assignment=static_load_assignment(
+            name, inbound.serviceAddress or LOCAL_SERVICE_ADDRESS, inbound.workload_port
+        ),
+    )
+    _set_upstream_protocol(cluster, protocol)
+    return cluster
+
+
+def outbound_cluster(service: str, protocol: str) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
+        name=service,
+        type=cluster_pb2.Cluster.EDS,
+        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_S),
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_config_source()),
+    )
+    _set_upstream_protocol(cluster, protocol)
+    return cluster
+
+
+def ads_config_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def _set_upstream_protocol(cluster: cluster_pb2.Cluster, protocol: str) -> None:
+    """HTTP/2 and gRPC services are called with HTTP/2; everything else keeps Envoy's default."""
+    if not needs_http2_upstream(protocol):
+        return
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    packed = any_pb2.Any()
+    packed.Pack(options)
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(packed)

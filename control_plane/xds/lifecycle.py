@@ -1,0 +1,136 @@
+"""Kuma's universal Dataplane lifecycle, driven by ADS streams.
+
+A proxy started with a Dataplane (`kuma-dp run -d dp.yaml`) sends it in its node metadata as
+`dataplane.resource`: it is validated and upserted when the stream opens, and deleted
+`deregistration_delay_s` after the node's last stream closes, unless the node reconnects first.
+A Dataplane applied with kumactl (no `dataplane.resource`) is never deleted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+
+from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.registry import (
+    DATAPLANE,
+    READ_ONLY_FIELDS,
+    InvalidResource,
+    parse_resource,
+    to_document,
+)
+from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
+from control_plane.xds.names import InvalidNodeId, parse_node_id
+from control_plane.xds.server import StreamRejected
+
+log = logging.getLogger(__name__)
+
+RESOURCE_METADATA_KEY = "dataplane.resource"
+_HEADER_FIELDS = ("type", "mesh", "name", *READ_ONLY_FIELDS)
+
+
+class DataplaneLifecycle:
+    def __init__(self, store: ResourceStore, deregistration_delay_s: float) -> None:
+        self._store = store
+        self._delay_s = deregistration_delay_s
+        self._streams: Counter[str] = Counter()
+        self._registered: set[str] = set()  # node ids whose Dataplane came from their metadata
+        self._pending: dict[str, asyncio.Task[None]] = {}
+
+    async def on_open(self, node: base_pb2.Node) -> None:
+        """Register the node's Dataplane if it sent one; raises StreamRejected if it is not valid."""
+        mesh, name = _node_id(node.id)
+        dataplane = _metadata_dataplane(node)
+        if dataplane is not None:
+            if (dataplane.mesh, dataplane.name) != (mesh, name):
+                raise StreamRejected(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{RESOURCE_METADATA_KEY}: mesh {dataplane.mesh!r} and name {dataplane.name!r} "
+                    f"do not match the node id {node.id!r} (<mesh>.<name>)",
+                )
+            await asyncio.to_thread(self._upsert, dataplane)
+            self._registered.add(node.id)
+        self._cancel_pending(node.id)
+        self._streams[node.id] += 1
+
+    def on_close(self, node_id: str) -> None:
+        self._streams[node_id] -= 1
+        if self._streams[node_id] > 0:
+            return
+        del self._streams[node_id]
+        if node_id in self._registered:
+            self._cancel_pending(node_id)
+            self._pending[node_id] = asyncio.create_task(self._deregister_later(node_id))
+
+    async def run(self) -> None:
+        """Owns the deregistration timers: cancelled with it (the Dataplanes then stay)."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            pending = list(self._pending.values())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _deregister_later(self, node_id: str) -> None:
+        await asyncio.sleep(self._delay_s)
+        self._pending.pop(node_id, None)
+        if self._streams[node_id] > 0:
+            return
+        self._registered.discard(node_id)
+        mesh, name = parse_node_id(node_id)
+        if await asyncio.to_thread(self._store.delete, dataplane_key(name, mesh)):
+            log.info("Dataplane %s/%s deregistered: its proxy disconnected", mesh, name)
+
+    def _cancel_pending(self, node_id: str) -> None:
+        task = self._pending.pop(node_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _upsert(self, dataplane: Dataplane) -> None:
+        if self._store.get(mesh_key(dataplane.mesh)) is None:
+            raise StreamRejected(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"mesh {dataplane.mesh!r} of the Dataplane does not exist",
+            )
+        key = dataplane_key(dataplane.name, dataplane.mesh)
+        spec = {k: v for k, v in to_document(dataplane).items() if k not in _HEADER_FIELDS}
+        stored = self._store.get(key)
+        if stored is None or stored.spec != spec:  # an unchanged upsert would still wake the mesh
+            self._store.upsert(key, spec)
+            log.info("Dataplane %s/%s registered by its proxy", dataplane.mesh, dataplane.name)
+
+
+def _node_id(value: str) -> tuple[str, str]:
+    try:
+        return parse_node_id(value)
+    except InvalidNodeId as exc:
+        raise StreamRejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+
+def _metadata_dataplane(node: base_pb2.Node) -> Dataplane | None:
+    value = node.metadata.fields.get(RESOURCE_METADATA_KEY)
+    if value is None:
+        return None
+    if value.WhichOneof("kind") != "string_value":
+        raise _invalid("must be the Dataplane as a JSON string")
+    try:
+        doc: Any = json.loads(value.string_value)
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"is not valid JSON: {exc}") from None
+    try:
+        model = parse_resource(doc, DATAPLANE)
+    except InvalidResource as exc:
+        raise _invalid("; ".join(f"{c['field']}: {c['message']}" for c in exc.causes)) from None
+    assert isinstance(model, Dataplane)
+    return model
+
+
+def _invalid(message: str) -> StreamRejected:
+    return StreamRejected(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {RESOURCE_METADATA_KEY}: {message}")

@@ -1,0 +1,164 @@
+"""Keeps every connected proxy's snapshot in step with the store.
+
+Store listeners run on the writing thread after commit, so changes are handed to the event loop
+with `call_soon_threadsafe`, collected for a short debounce, and then each affected mesh is read
+and generated once (in a worker thread, to keep the loop free for the streams) for all its
+connected proxies. A proxy whose Dataplane is not in the store gets no snapshot (Envoy waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterable
+
+from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.mesh import Mesh
+from control_plane.resources.registry import InvalidResource, parse_resource
+from control_plane.store.base import ChangeEvent, ResourceStore, mesh_key
+from control_plane.xds.cache import Packer, Snapshot, SnapshotCache, build_snapshot
+from control_plane.xds.generate import EndpointIndex, SnapshotGenerator, generate_snapshot
+from control_plane.xds.names import InvalidNodeId, parse_node_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEBOUNCE_S = 0.05
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: ResourceStore,
+        cache: SnapshotCache,
+        *,
+        generator: SnapshotGenerator = generate_snapshot,
+        debounce_s: float = DEFAULT_DEBOUNCE_S,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._generator = generator
+        self._debounce_s = debounce_s
+        self._streams: Counter[str] = Counter()  # node id → open streams
+        self._dirty_meshes: set[str] = set()
+        self._dirty_nodes: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # --- called from the event loop by the stream hooks -------------------------------------
+    def track(self, node_id: str) -> None:
+        self._streams[node_id] += 1
+        self._dirty_nodes.add(node_id)
+        self._wake.set()
+
+    def untrack(self, node_id: str) -> None:
+        self._streams[node_id] -= 1
+        if self._streams[node_id] <= 0:
+            del self._streams[node_id]
+            self._cache.clear(node_id)
+
+    def connected_nodes(self) -> list[str]:
+        return sorted(self._streams)
+
+    # --- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_change(event: ChangeEvent) -> None:  # any thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
+                loop.call_soon_threadsafe(self._mark, event)
+
+        unsubscribe = self._store.subscribe(on_change)
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(self._debounce_s)
+                self._wake.clear()
+                await self._reconcile()
+        finally:
+            unsubscribe()
+
+    def _mark(self, event: ChangeEvent) -> None:
+        mesh = event.key.name if event.key.type == "Mesh" else event.key.mesh
+        if mesh:
+            self._dirty_meshes.add(mesh)
+            self._wake.set()
+
+    async def _reconcile(self) -> None:
+        targets = self._targets()
+        self._dirty_meshes, self._dirty_nodes = set(), set()
+        if not targets:
+            return
+        built = await asyncio.to_thread(self._build, targets)
+        for node_id, snapshot in built.items():
+            if node_id not in self._streams:
+                continue  # disconnected while we were building
+            if snapshot is None:
+                self._cache.clear(node_id)
+            else:
+                self._cache.set_snapshot(node_id, snapshot)
+
+    def _targets(self) -> dict[str, list[str]]:
+        """mesh → node ids to rebuild: every connected node of a changed mesh, plus new nodes."""
+        targets: dict[str, set[str]] = {}
+        for node_id in self._streams:
+            mesh, _ = _split(node_id)
+            if mesh and (mesh in self._dirty_meshes or node_id in self._dirty_nodes):
+                targets.setdefault(mesh, set()).add(node_id)
+        return {mesh: sorted(nodes) for mesh, nodes in targets.items()}
+
+    # --- worker thread: reads the store and generates, touches nothing shared -----------------
+    def _build(self, targets: dict[str, list[str]]) -> dict[str, Snapshot | None]:
+        packer = Packer()
+        built: dict[str, Snapshot | None] = {}
+        for mesh_name, node_ids in targets.items():
+            built.update(self._build_mesh(mesh_name, node_ids, packer))
+        return built
+
+    def _build_mesh(
+        self, mesh_name: str, node_ids: Iterable[str], packer: Packer
+    ) -> dict[str, Snapshot | None]:
+        dataplanes = self._dataplanes(mesh_name)
+        mesh = self._mesh(mesh_name)
+        by_name = {dp.name: dp for dp in dataplanes}
+        index = EndpointIndex(dataplanes)
+        built: dict[str, Snapshot | None] = {}
+        for node_id in node_ids:
+            dataplane = by_name.get(_split(node_id)[1])
+            if dataplane is None:
+                built[node_id] = None
+                continue
+            try:
+                resources = self._generator(dataplane, dataplanes, mesh, endpoints=index)
+                built[node_id] = build_snapshot(resources, packer)
+            except Exception:  # a generator bug must not stop the other proxies' updates
+                log.exception("could not generate the configuration of %s; it keeps its last one", node_id)
+        return built
+
+    def _dataplanes(self, mesh_name: str) -> list[Dataplane]:
+        stored, _ = self._store.list("Dataplane", mesh=mesh_name)
+        dataplanes = []
+        for item in stored:
+            try:
+                dataplanes.append(Dataplane.model_validate({**item.document()}))
+            except ValueError as exc:  # written by an older version, or by hand into the DB
+                log.warning("skipping invalid Dataplane %s/%s: %s", mesh_name, item.key.name, exc)
+        return dataplanes
+
+    def _mesh(self, mesh_name: str) -> Mesh | None:
+        stored = self._store.get(mesh_key(mesh_name))
+        if stored is None:
+            return None
+        try:
+            model = parse_resource(stored.document())
+        except InvalidResource as exc:
+            log.warning("mesh %s is not valid, generating without it: %s", mesh_name, exc)
+            return None
+        return model if isinstance(model, Mesh) else None
+
+
+def _split(node_id: str) -> tuple[str, str]:
+    try:
+        return parse_node_id(node_id)
+    except InvalidNodeId:
+        return "", ""

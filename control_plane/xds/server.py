@@ -1,0 +1,216 @@
+"""The ADS server (state of the world, v3): streams, versions, nonces, ACK/NACK. Nothing of meshes.
+
+Per stream and per type URL it remembers what it last sent (version, nonce), which names Envoy
+asked for and what Envoy has accepted. It answers a request that shows Envoy lacks the current
+snapshot, and pushes (clusters, then endpoints, then listeners) when the node's snapshot changes.
+A rejected version (NACK) is logged once and not sent again until the snapshot changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from control_plane.xds.cache import SnapshotCache, TypeSnapshot
+from control_plane.xds.names import PUSH_ORDER, ROUTE_TYPE, SERVED_TYPES, short_type
+
+log = logging.getLogger(__name__)
+
+_SNAPSHOT_CHANGED = object()
+_END = object()
+
+
+class StreamRejected(Exception):
+    """Raised by a hook to refuse a stream with a gRPC status and a message for the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StreamHooks(Protocol):
+    async def on_stream_open(self, node: base_pb2.Node, metadata: dict[str, str]) -> None: ...
+
+    async def on_stream_close(self, node: base_pb2.Node) -> None: ...
+
+
+class NoHooks:
+    async def on_stream_open(self, node: base_pb2.Node, metadata: dict[str, str]) -> None:
+        return None
+
+    async def on_stream_close(self, node: base_pb2.Node) -> None:
+        return None
+
+
+@dataclass
+class _TypeState:
+    subscribed: bool = False
+    names: frozenset[str] = frozenset()
+    sent_version: str | None = None
+    sent_nonce: str = ""
+    accepted_version: str = ""  # what Envoy says it runs (version_info of its last request)
+
+
+@dataclass
+class _Stream:
+    """The protocol state of one ADS stream; pure bookkeeping, no I/O."""
+
+    node_id: str
+    cache: SnapshotCache
+    counter: Counter[tuple[str, str]]
+    types: dict[str, _TypeState] = field(default_factory=lambda: {t: _TypeState() for t in SERVED_TYPES})
+    nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    nacks_logged: set[tuple[str, str | None]] = field(default_factory=set)
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+        state = self.types.get(request.type_url)
+        if state is None:
+            log.debug("%s asked for unserved type %s", self.node_id, request.type_url)
+            return []
+        if request.response_nonce and request.response_nonce != state.sent_nonce:
+            return []  # answers a response that a newer one has superseded
+        if not request.response_nonce or not request.HasField("error_detail"):
+            state.accepted_version = request.version_info
+        else:
+            self._log_nack(request, state)
+        names = frozenset(request.resource_names)
+        names_changed = state.subscribed and names != state.names
+        state.subscribed, state.names = True, names
+        current = self._current(request.type_url)
+        if current is None or not (names_changed or _lacks(state, current.version)):
+            return []
+        return [self._respond(request.type_url, state, current)]
+
+    def on_snapshot_change(self) -> list[discovery_pb2.DiscoveryResponse]:
+        responses = []
+        for type_url in (*PUSH_ORDER, ROUTE_TYPE):
+            state = self.types[type_url]
+            current = self._current(type_url)
+            if state.subscribed and current is not None and _lacks(state, current.version):
+                responses.append(self._respond(type_url, state, current))
+        return responses
+
+    def _current(self, type_url: str) -> TypeSnapshot | None:
+        snapshot = self.cache.get(self.node_id)
+        return snapshot.get(type_url) if snapshot is not None else None
+
+    def _respond(
+        self, type_url: str, state: _TypeState, current: TypeSnapshot
+    ) -> discovery_pb2.DiscoveryResponse:
+        state.sent_version, state.sent_nonce = current.version, str(next(self.nonces))
+        self.counter[(self.node_id, type_url)] += 1
+        resources = current.select(state.names)
+        log.debug(
+            "%s ← %s version %s (%d)", self.node_id, short_type(type_url), current.version, len(resources)
+        )
+        return discovery_pb2.DiscoveryResponse(
+            version_info=current.version, resources=resources, type_url=type_url, nonce=state.sent_nonce
+        )
+
+    def _log_nack(self, request: discovery_pb2.DiscoveryRequest, state: _TypeState) -> None:
+        key = (request.type_url, state.sent_version)
+        if key in self.nacks_logged:
+            return
+        self.nacks_logged.add(key)
+        log.warning(
+            "Envoy %s rejected %s version %s: %s",
+            self.node_id,
+            short_type(request.type_url),
+            state.sent_version,
+            request.error_detail.message,
+        )
+
+
+def _lacks(state: _TypeState, version: str) -> bool:
+    """Envoy neither runs this version nor has been sent it (sent and NACKed counts as sent)."""
+    return version != state.sent_version and version != state.accepted_version
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self, cache: SnapshotCache, hooks: StreamHooks | None = None) -> None:
+        self._cache = cache
+        self._hooks: StreamHooks = hooks or NoHooks()
+        # (node id, type URL) → responses sent; for metrics and tests.
+        self.responses_sent: Counter[tuple[str, str]] = Counter()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+
+    async def StreamAggregatedResources(  # noqa: N802 - gRPC's method name
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None:
+            return
+        node = first.node
+        if not node.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+        try:
+            await self._hooks.on_stream_open(node, _text_metadata(context))
+        except StreamRejected as exc:
+            await context.abort(exc.code, exc.message)
+        try:
+            async for response in self._serve(node.id, first, requests):
+                yield response
+        finally:
+            await self._hooks.on_stream_close(node)
+
+    async def _serve(
+        self,
+        node_id: str,
+        first: discovery_pb2.DiscoveryRequest,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        stream = _Stream(node_id, self._cache, self.responses_sent)
+        events: asyncio.Queue[object] = asyncio.Queue()
+        events.put_nowait(first)
+        stop_watch = self._cache.watch(node_id, lambda: events.put_nowait(_SNAPSHOT_CHANGED))
+        reader = asyncio.create_task(_read(requests, events), name=f"ads-read {node_id}")
+        try:
+            while (event := await events.get()) is not _END:
+                if event is _SNAPSHOT_CHANGED:
+                    responses = stream.on_snapshot_change()
+                else:
+                    assert isinstance(event, discovery_pb2.DiscoveryRequest)
+                    responses = stream.on_request(event)
+                for response in responses:
+                    yield response
+        finally:
+            stop_watch()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def DeltaAggregatedResources(  # noqa: N802 - gRPC's method name
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: Any
+    ) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "incremental (delta) xDS is not served; use SotW ADS"
+        )
+
+
+async def _read(
+    requests: AsyncIterator[discovery_pb2.DiscoveryRequest], events: asyncio.Queue[object]
+) -> None:
+    try:
+        async for request in requests:
+            events.put_nowait(request)
+    except (grpc.RpcError, asyncio.CancelledError):
+        pass
+    finally:
+        events.put_nowait(_END)
+
+
+def _text_metadata(context: Any) -> dict[str, str]:
+    """The stream's initial metadata (e.g. `authorization`), without binary `-bin` entries."""
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
