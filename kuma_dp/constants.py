@@ -1,0 +1,59 @@
+"""Every default of the agent, in one place (Kuma's values unless noted)."""
+
+from __future__ import annotations
+
+DEFAULT_CP_ADDRESS = "https://localhost:5678"
+DEFAULT_MESH = "default"  # same value as control_plane.resources.common.DEFAULT_MESH (not imported: pydantic)
+DEFAULT_PROXY_TYPE = "dataplane"
+PROXY_TYPES = ("dataplane", "ingress", "egress")
+RESOURCE_TYPE_BY_PROXY_TYPE = {"dataplane": "Dataplane", "ingress": "ZoneIngress", "egress": "ZoneEgress"}
+
+DEFAULT_READINESS_PORT = 9902
+DEFAULT_READINESS_ADDRESS = "127.0.0.1"
+READINESS_PATH = "/ready"
+
+DEFAULT_RETRY_BACKOFF = "3s"
+DEFAULT_RETRY_MAX_DURATION = "5m"
+BOOTSTRAP_REQUEST_TIMEOUT_S = 10.0
+
+DEFAULT_DRAIN_TIME = "30s"
+DEFAULT_ENVOY_LOG_LEVEL = "info"
+DEFAULT_LOG_LEVEL = "info"
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "off")
+
+# Supervision (our addition; Kuma leaves restarts to systemd/kubelet).
+DEFAULT_MAX_ENVOY_RESTARTS = 5
+DEFAULT_ENVOY_RESTART_WINDOW = "60s"
+RESTART_BACKOFF_INITIAL_S = 0.2
+RESTART_BACKOFF_MAX_S = 10.0
+
+# Stopping Envoy: grace between SIGTERM and SIGKILL, and how often the drain polls connections.
+ENVOY_STOP_GRACE_S = 5.0
+DRAIN_POLL_INTERVAL_S = 0.2
+ENVOY_VERSION_TIMEOUT_S = 10.0
+
+BOOTSTRAP_FILE_NAME = "bootstrap.yaml"
+WORK_DIR_PREFIX = "kuma-dp-"
+WORK_DIR_MODE = 0o711
+BOOTSTRAP_FILE_MODE = 0o600
+
+# kuma-dp wait (Kuma's defaults)
+DEFAULT_WAIT_URL = f"http://localhost:{DEFAULT_READINESS_PORT}{READINESS_PATH}"
+DEFAULT_WAIT_TIMEOUT = "180s"
+DEFAULT_WAIT_INTERVAL = "1s"
+DEFAULT_WAIT_REQUEST_TIMEOUT = "500ms"
+
+# Environment variables (Kuma's names).
+ENV_CP_ADDRESS = "KUMA_CONTROL_PLANE_URL"
+ENV_CA_CERT_FILE = "KUMA_CONTROL_PLANE_CA_CERT_FILE"
+ENV_CA_CERT = "KUMA_CONTROL_PLANE_CA_CERT"
+ENV_NAME = "KUMA_DATAPLANE_NAME"
+ENV_MESH = "KUMA_DATAPLANE_MESH"
+ENV_TOKEN = "KUMA_DATAPLANE_RUNTIME_TOKEN"
+ENV_TOKEN_PATH = "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH"
+ENV_BINARY_PATH = "KUMA_DATAPLANE_RUNTIME_BINARY_PATH"
+ENV_READINESS_PORT = "KUMA_READINESS_PORT"
+ENV_READINESS_ADDRESS = "KUMA_READINESS_ADDRESS"
+ENV_RETRY_BACKOFF = "KUMA_CONTROL_PLANE_RETRY_BACKOFF"
+ENV_RETRY_MAX_DURATION = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION"

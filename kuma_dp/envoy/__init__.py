@@ -1,0 +1,1 @@
+"""Everything that touches Envoy: the binary, the process, the admin API."""
