@@ -257,6 +257,15 @@ async def test_ipv6_loopback_is_admin_and_switch_off_denies_all(store: MemorySto
         assert "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN" in response.json()["details"]
 
 
+async def test_cross_origin_browser_writes_are_refused(api: httpx.AsyncClient) -> None:
+    """A page from elsewhere reaching localhost (DNS rebinding) is not admin; a local page is."""
+    doc = {"type": "Mesh"}
+    response = await api.put("/meshes/a", json=doc, headers={"Origin": "http://evil.example:5681"})
+    assert response.status_code == 403 and "evil.example" in response.json()["details"]
+    response = await api.put("/meshes/a", json=doc, headers={"Origin": "http://localhost:5681"})
+    assert response.status_code == 201
+
+
 async def test_no_cors_wildcard(api: httpx.AsyncClient) -> None:
     response = await api.get("/meshes", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in response.headers
