@@ -42,6 +42,9 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
+    # httpx logs every request at INFO (readiness probes would flood the log).
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(_LEVELS[level], logging.WARNING))
 
 
 def envoy_line_level(line: str) -> int:

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kuma_dp.constants import RESTART_BACKOFF_INITIAL_S, RESTART_BACKOFF_MAX_S
-from kuma_dp.durations import format_duration
 from kuma_dp.envoy.process import EnvoyLaunch, EnvoyProcess, describe_exit, running_envoy
 from kuma_dp.errors import EnvoyError
 
@@ -92,7 +91,7 @@ async def supervise(
         delay = history.record(time.monotonic())
         if delay is None:
             raise EnvoyError(
-                f"Envoy crashed {history.recent} times in {format_duration(policy.window_s)}; "
+                f"Envoy crashed {history.recent} times in {policy.window_s:g}s; "
                 f"giving up (last exit: {describe_exit(code)})"
             )
         log.error("Envoy exited unexpectedly (%s); restarting in %gs", describe_exit(code), delay)
