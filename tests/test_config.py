@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from control_plane.config import ConfigError, load_config
 from control_plane.durations import format_duration, parse_duration
@@ -228,3 +230,9 @@ def test_parse_duration_rejects(text: str) -> None:
 def test_format_duration_round_trips(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+@given(st.integers(min_value=0, max_value=10 * 24 * 3600 * 1000))
+def test_duration_round_trip_property(milliseconds: int) -> None:
+    seconds = milliseconds / 1000
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)

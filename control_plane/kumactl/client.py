@@ -37,6 +37,8 @@ class ApiClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return self._http.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:
+            raise KumactlError(f"the control plane address {self.base_url!r} is not usable: {exc}") from None
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             raise KumactlError(
