@@ -227,6 +227,17 @@ async def test_delete_mesh_cascades(api: httpx.AsyncClient) -> None:
     assert [d["name"] for d in (await api.get("/dataplanes")).json()["items"]] == ["b"]
 
 
+async def test_writes_racing_a_mesh_delete_leave_no_orphans(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await api.put("/meshes/m", json={"type": "Mesh"})
+    puts = [api.put(f"/meshes/m/dataplanes/d{i}", json=dataplane(f"d{i}", mesh="m")) for i in range(20)]
+    responses = await asyncio.gather(*puts[:10], api.delete("/meshes/m"), *puts[10:])
+    assert responses[10].status_code == 200
+    assert {r.status_code for r in responses} <= {200, 201, 400}
+    assert store.list("Dataplane", mesh="m")[1] == 0
+
+
 async def test_delete_dataplane(api: httpx.AsyncClient) -> None:
     await api.put("/meshes/default/dataplanes/b", json=dataplane("b"))
     assert (await api.delete("/meshes/default/dataplanes/b")).status_code == 200

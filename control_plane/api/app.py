@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -75,8 +76,9 @@ def resource_routes(endpoints: ResourceEndpoints) -> list[Route]:
 
 def create_app(store: ResourceStore, *, localhost_is_admin: bool = True) -> Starlette:
     routes = [Route("/", index, methods=["GET"])]
+    mesh_lock = asyncio.Lock()
     for rtype in TYPES.values():
-        routes.extend(resource_routes(ResourceEndpoints(store, rtype, localhost_is_admin)))
+        routes.extend(resource_routes(ResourceEndpoints(store, rtype, localhost_is_admin, mesh_lock)))
     return Starlette(
         routes=routes,
         exception_handlers={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from control_plane.api.access import require_admin
 from control_plane.api.bodies import decode_body
 from control_plane.api.errors import ApiError, Cause, invalid
 from control_plane.resources.registry import (
+    MESH,
     READ_ONLY_FIELDS,
     InvalidResource,
     ResourceType,
@@ -80,6 +82,9 @@ class ResourceEndpoints:
     store: ResourceStore
     rtype: ResourceType
     localhost_is_admin: bool
+    # Held across "the Mesh exists" + write, and across a Mesh's cascading delete, so that an API
+    # write cannot land in a Mesh being deleted and be orphaned. Shared by every type's endpoints.
+    mesh_lock: asyncio.Lock
 
     def _key(self, request: Request) -> ResourceKey:
         params = request.path_params
@@ -107,23 +112,25 @@ class ResourceEndpoints:
         require_admin(request, self.localhost_is_admin)
         key = self._key(request)
         doc = decode_body(await request.body(), request.headers.get("content-type"))
-        spec = await self._validate(doc, key)
-        try:
-            stored, created = await run_in_threadpool(self.store.upsert, key, spec)
-        except ConflictError as exc:
-            raise ApiError(409, "Conflict", str(exc)) from None
+        async with self.mesh_lock:
+            spec = await self._validate(doc, key)
+            try:
+                stored, created = await run_in_threadpool(self.store.upsert, key, spec)
+            except ConflictError as exc:
+                raise ApiError(409, "Conflict", str(exc)) from None
         return JSONResponse(stored.document(), status_code=201 if created else 200)
 
     async def delete(self, request: Request) -> Response:
         require_admin(request, self.localhost_is_admin)
         key = self._key(request)
-        # A Mesh takes its contents with it (contents first: a failure halfway leaves no orphans).
-        if key.type == "Mesh" and await run_in_threadpool(self.store.get, key) is not None:
-            await run_in_threadpool(self.store.delete_mesh_contents, key.name)
-        try:
-            deleted = await run_in_threadpool(self.store.delete, key)
-        except ConflictError as exc:
-            raise ApiError(409, "Conflict", str(exc)) from None
+        async with self.mesh_lock:
+            # A Mesh takes its contents with it (contents first: a failure halfway leaves no orphans).
+            if key.type == MESH.name and await run_in_threadpool(self.store.get, key) is not None:
+                await run_in_threadpool(self.store.delete_mesh_contents, key.name)
+            try:
+                deleted = await run_in_threadpool(self.store.delete, key)
+            except ConflictError as exc:
+                raise ApiError(409, "Conflict", str(exc)) from None
         if not deleted:
             raise ApiError(404, "Could not delete a resource", f"{self._describe(key)} not found")
         return JSONResponse({})
