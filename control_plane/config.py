@@ -4,7 +4,8 @@ Every setting is declared once in `_SETTINGS` with its YAML path, its environmen
 parser and its default; `load_config` folds the three sources and builds the frozen `CpConfig`.
 Keys of Kuma's own configuration that we do not implement are accepted and listed in
 `CpConfig.ignored_keys` (so a Kuma config file still loads and the CLI can warn); a top-level key
-Kuma does not know either is a typo and refused.
+Kuma does not know either is a typo and refused. An empty environment variable counts as unset,
+and so does a YAML key without a value (as in Kuma's commented defaults file).
 """
 
 from __future__ import annotations
