@@ -22,13 +22,13 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import any_pb2
-from google.rpc import status_pb2
 
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
+from control_plane.xds.client import AdsClient, StreamEnded
 from control_plane.xds.component import StreamRejected, XdsComponent
 from control_plane.xds.generate import generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
@@ -72,6 +72,7 @@ class ControlPlane:
     component: XdsComponent
     server: grpc.aio.Server
     port: int
+    runner: asyncio.Task[None]
 
 
 @contextlib.asynccontextmanager
@@ -85,67 +86,29 @@ async def control_plane(**options: Any) -> AsyncIterator[ControlPlane]:
     await server.start()
     runner = asyncio.create_task(component.run())
     try:
-        yield ControlPlane(store, component, server, port)
+        yield ControlPlane(store, component, server, port, runner)
     finally:
-        await server.stop(grace=1)
-        runner.cancel()
+        runner.cancel()  # ends the streams first, so stop() need not wait for them
         await asyncio.gather(runner, return_exceptions=True)
+        await server.stop(grace=1)
 
 
-# --- a raw ADS client ---------------------------------------------------------------------------
-class AdsClient:
-    def __init__(self, port: int, node: base_pb2.Node, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self.node = node
-        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self._requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
-        self.call = stub.StreamAggregatedResources(self._iterate(), metadata=metadata)
-        self._first = True
-        # call.read() must not be cancelled by a timeout (that cancels the call): pump into a queue.
-        self._responses: asyncio.Queue[Any] = asyncio.Queue()
-        self._pump = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
+@contextlib.asynccontextmanager
+async def ads_client(port: int, node: base_pb2.Node, metadata: tuple = ()) -> AsyncIterator[AdsClient]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = AdsClient(channel, node, metadata)
         try:
-            async for response in self.call:
-                self._responses.put_nowait(response)
-        except grpc.aio.AioRpcError as exc:
-            self._responses.put_nowait(exc)
+            yield client
+        finally:
+            await client.close()
 
-    async def _iterate(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
 
-    def send(
-        self, type_url: str, version: str = "", nonce: str = "", names: tuple[str, ...] = (), error: str = ""
-    ):
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, version_info=version, response_nonce=nonce, resource_names=names
-        )
-        if self._first:  # as Envoy with set_node_on_first_message_only
-            request.node.CopyFrom(self.node)
-            self._first = False
-        if error:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self._requests.put_nowait(request)
-
-    async def recv(self, timeout: float = 3.0) -> discovery_pb2.DiscoveryResponse:
-        item = await asyncio.wait_for(self._responses.get(), timeout)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    async def nothing_within(self, seconds: float = 0.3) -> bool:
-        with contextlib.suppress(TimeoutError):
-            response = await self.recv(seconds)
-            raise AssertionError(f"unexpected response {response.type_url} {response.version_info}")
-        return True
-
-    async def close(self) -> None:
-        self._requests.put_nowait(None)
-        self.call.cancel()
-        await asyncio.gather(self._pump, return_exceptions=True)
-        await self._channel.close()
+async def silent(client: AdsClient, seconds: float = 0.3) -> bool:
+    """No response within `seconds` (the only way to show that nothing is sent)."""
+    with contextlib.suppress(TimeoutError):
+        response = await client.recv(seconds)
+        raise AssertionError(f"unexpected response {response.type_url} {response.version_info}")
+    return True
 
 
 def node(node_id: str = NODE, resource: dict[str, Any] | None = None) -> base_pb2.Node:
@@ -155,57 +118,55 @@ def node(node_id: str = NODE, resource: dict[str, Any] | None = None) -> base_pb
     return result
 
 
+def tcp_inbound(port: int, service: str) -> dict[str, Any]:
+    return {"port": port, "tags": {"kuma.io/service": service}}
+
+
 WEB = dataplane_doc(
-    "web-1",
-    [{"port": 20001, "tags": {"kuma.io/service": "web"}}],
-    [{"port": 30001, "tags": {"kuma.io/service": "backend"}}],
+    "web-1", [tcp_inbound(20001, "web")], [{"port": 30001, "tags": {"kuma.io/service": "backend"}}]
 )
 
 
 async def test_protocol_ack_stale_nonce_nack_and_content_versions(caplog: pytest.LogCaptureFixture) -> None:
-    async with control_plane() as cp:
-        store, component, port = cp.store, cp.component, cp.port
-        store_dataplane(store, WEB)
-        store_dataplane(
-            store, dataplane_doc("backend-1", [{"port": 20002, "tags": {"kuma.io/service": "backend"}}])
-        )
-        client = AdsClient(port, node())
-        try:
-            client.send(CLUSTER_TYPE)
-            cds = await client.recv()
-            assert cds.type_url == CLUSTER_TYPE and len(cds.resources) == 2
-            client.send(LISTENER_TYPE)
-            lds = await client.recv()
-            assert {listener_pb2.Listener.FromString(r.value).name for r in lds.resources} == {
-                "inbound:127.0.0.1:20001",
-                "outbound:127.0.0.1:30001",
-            }
-            client.send(CLUSTER_TYPE, cds.version_info, cds.nonce)  # ACK
-            client.send(LISTENER_TYPE, lds.version_info, lds.nonce)  # ACK
-            client.send(ENDPOINT_TYPE, names=("backend",))
-            eds = await client.recv()
-            assert eds.type_url == ENDPOINT_TYPE and len(eds.resources) == 1
-            client.send(ENDPOINT_TYPE, eds.version_info, eds.nonce, names=("backend",))
-            assert await client.nothing_within()  # ACKs are answered by silence
+    async with control_plane() as cp, ads_client(cp.port, node()) as client:
+        store_dataplane(cp.store, WEB)
+        store_dataplane(cp.store, dataplane_doc("backend-1", [tcp_inbound(20002, "backend")]))
+        client.send(CLUSTER_TYPE)
+        cds = await client.recv()
+        assert cds.type_url == CLUSTER_TYPE and len(cds.resources) == 2
+        client.send(LISTENER_TYPE)
+        lds = await client.recv()
+        assert {listener_pb2.Listener.FromString(r.value).name for r in lds.resources} == {
+            "inbound:127.0.0.1:20001",
+            "outbound:127.0.0.1:30001",
+        }
+        client.ack(cds)
+        client.ack(lds)
+        client.send(ENDPOINT_TYPE, names=["backend"])
+        eds = await client.recv()
+        assert eds.type_url == ENDPOINT_TYPE and len(eds.resources) == 1
+        client.ack(eds, ["backend"])
+        assert await silent(client)  # ACKs are answered by silence
 
-            # Only what changed is pushed: a new backend endpoint changes EDS, not CDS or LDS.
-            store_dataplane(
-                store, dataplane_doc("backend-2", [{"port": 20003, "tags": {"kuma.io/service": "backend"}}])
-            )
-            eds2 = await client.recv()
-            assert eds2.type_url == ENDPOINT_TYPE and eds2.version_info != eds.version_info
-            client.send(ENDPOINT_TYPE, eds.version_info, eds.nonce, names=("backend",))  # stale nonce
-            assert await client.nothing_within()
+        # Only what changed is pushed: a new backend endpoint changes EDS, not CDS or LDS.
+        store_dataplane(cp.store, dataplane_doc("backend-2", [tcp_inbound(20003, "backend")]))
+        eds2 = await client.recv()
+        assert eds2.type_url == ENDPOINT_TYPE and eds2.version_info != eds.version_info
+        client.ack(eds, ["backend"])  # its nonce is stale now
+        assert await silent(client)
 
-            # A NACK is logged once and the rejected version is not sent again.
-            client.send(ENDPOINT_TYPE, eds.version_info, eds2.nonce, names=("backend",), error="bad endpoint")
-            client.send(ENDPOINT_TYPE, eds.version_info, eds2.nonce, names=("backend",), error="bad endpoint")
-            assert await client.nothing_within()
-            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-            assert warnings == [f"Envoy {NODE} rejected EDS version {eds2.version_info}: bad endpoint"]
-            assert component.ads.responses_sent[(NODE, ENDPOINT_TYPE)] == 2
-        finally:
-            await client.close()
+        # A NACK is logged once and the rejected version is not sent again.
+        for _ in range(2):
+            client.send(ENDPOINT_TYPE, eds.version_info, eds2.nonce, ["backend"], error="bad endpoint")
+        assert await silent(client)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [f"Envoy {NODE} rejected EDS version {eds2.version_info}: bad endpoint"]
+        assert cp.component.ads.responses_sent[ENDPOINT_TYPE] == 2
+
+        # Asking for other names is answered even though the version did not change.
+        client.send(ENDPOINT_TYPE, eds.version_info, eds2.nonce, ["backend", "other"])
+        eds3 = await client.recv()
+        assert eds3.version_info == eds2.version_info and len(eds3.resources) == 1
 
 
 @pytest.mark.parametrize(
@@ -223,21 +184,13 @@ async def test_protocol_ack_stale_nonce_nack_and_content_versions(caplog: pytest
 async def test_invalid_dataplane_in_metadata_rejects_the_stream(
     resource: dict, node_id: str, expected: str
 ) -> None:
-    async with control_plane() as cp:
-        store, component, port = cp.store, cp.component, cp.port
-        client = AdsClient(port, node(node_id, resource))
-        try:
-            client.send(CLUSTER_TYPE)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await client.recv()
-            assert caught.value.code() in (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
-            assert expected in caught.value.details()
-            assert store.list("Dataplane")[1] == 0 and component.connected_nodes() == []
-        finally:
-            await client.close()
+    async with control_plane() as cp, ads_client(cp.port, node(node_id, resource)) as client:
+        client.send(CLUSTER_TYPE)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.recv()
+        assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+        assert expected in caught.value.details()
+        assert cp.store.list("Dataplane")[1] == 0 and cp.component.connected_nodes() == []
 
 
 async def test_authenticate_sees_the_token_and_can_refuse() -> None:
@@ -248,16 +201,17 @@ async def test_authenticate_sees_the_token_and_can_refuse() -> None:
         if metadata.get("authorization") != "good":
             raise StreamRejected(grpc.StatusCode.UNAUTHENTICATED, "token is not valid")
 
-    async with control_plane(authenticate=authenticate) as cp:
-        client = AdsClient(cp.port, node(resource=WEB), metadata=(("authorization", "bad"),))
-        try:
-            client.send(CLUSTER_TYPE)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await client.recv()
-            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert seen == [(NODE, "bad")] and cp.store.get(dataplane_key("web-1")) is None
-        finally:
-            await client.close()
+    bad_token = (("authorization", "bad"),)
+    async with (
+        control_plane(authenticate=authenticate) as cp,
+        ads_client(cp.port, node(resource=WEB), bad_token) as client,
+    ):
+        client.send(CLUSTER_TYPE)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.recv()
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert caught.value.details() == "token is not valid"
+        assert seen == [(NODE, "bad")] and cp.store.get(dataplane_key("web-1")) is None
 
 
 async def test_delta_xds_is_unimplemented() -> None:
@@ -268,20 +222,22 @@ async def test_delta_xds_is_unimplemented() -> None:
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_server_shutdown_ends_streams_cleanly() -> None:
+async def test_shutdown_ends_streams_cleanly_and_refuses_new_ones() -> None:
     async with control_plane() as cp:
         store_dataplane(cp.store, WEB)
-        client = AdsClient(cp.port, node())
-        try:
+        async with ads_client(cp.port, node()) as client:
             client.send(CLUSTER_TYPE)
             await client.recv()
             assert cp.component.connected_nodes() == [NODE]
-            await cp.server.stop(grace=0.5)
-            with pytest.raises(grpc.aio.AioRpcError):
+            cp.runner.cancel()  # what the control plane does first on shutdown
+            with pytest.raises(StreamEnded):
                 await client.recv()
             assert cp.component.connected_nodes() == []  # the close hook ran
-        finally:
-            await client.close()
+        async with ads_client(cp.port, node()) as late:
+            late.send(CLUSTER_TYPE)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await late.recv()
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 # --- real Envoy -----------------------------------------------------------------------------------
@@ -514,7 +470,7 @@ async def test_envoy_nack_is_logged_once_and_not_resent(
             assert "StatPrefix: value length must be at least 1" in nacks()[0]
             await asyncio.sleep(1.0)  # a resend loop would show within this second
             assert len(nacks()) == 1
-            assert cp.component.ads.responses_sent[(NODE, LISTENER_TYPE)] == 1
+            assert cp.component.ads.responses_sent[LISTENER_TYPE] == 1
             assert "listener_manager.lds.update_rejected: 1" in await envoy.get(
                 "/stats?filter=lds.update_rejected"
             )
@@ -528,7 +484,7 @@ async def test_envoy_nack_is_logged_once_and_not_resent(
                 return "listener_manager.lds.update_success: 1" in text
 
             await eventually(accepted)
-            assert cp.component.ads.responses_sent[(NODE, LISTENER_TYPE)] == 2
+            assert cp.component.ads.responses_sent[LISTENER_TYPE] == 2
             assert len(nacks()) == 1
 
 

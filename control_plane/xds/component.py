@@ -41,10 +41,14 @@ class XdsComponent:
         self.ads.register(server)
 
     async def run(self) -> None:
-        """Run the reconciler and the lifecycle timers until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.reconciler.run(), name="xds-reconciler")
-            group.create_task(self.lifecycle.run(), name="xds-lifecycle")
+        """Run the reconciler and the lifecycle timers until cancelled; then end every ADS stream,
+        so a `server.stop(grace)` that follows does not wait for streams that never end."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.reconciler.run(), name="xds-reconciler")
+                group.create_task(self.lifecycle.run(), name="xds-lifecycle")
+        finally:
+            self.ads.close()
 
     def connected_nodes(self) -> list[str]:
         return self.reconciler.connected_nodes()

@@ -25,6 +25,7 @@ from control_plane.xds.names import InvalidNodeId, parse_node_id
 log = logging.getLogger(__name__)
 
 DEFAULT_DEBOUNCE_S = 0.05
+RETRY_S = 1.0
 
 
 class Reconciler:
@@ -89,7 +90,14 @@ class Reconciler:
         self._dirty_meshes, self._dirty_nodes = set(), set()
         if not targets:
             return
-        built = await asyncio.to_thread(self._build, targets)
+        try:
+            built = await asyncio.to_thread(self._build, targets)
+        except Exception:  # e.g. the store is unreachable: keep the proxies' config and retry
+            log.exception("could not rebuild the configuration of meshes %s; retrying", sorted(targets))
+            await asyncio.sleep(RETRY_S)
+            self._dirty_meshes.update(targets)
+            self._wake.set()
+            return
         for node_id, snapshot in built.items():
             if node_id not in self._streams:
                 continue  # disconnected while we were building

@@ -67,7 +67,7 @@ class _Stream:
 
     node_id: str
     cache: SnapshotCache
-    counter: Counter[tuple[str, str]]
+    counter: Counter[str]
     types: dict[str, _TypeState] = field(default_factory=lambda: {t: _TypeState() for t in SERVED_TYPES})
     nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     nacks_logged: set[tuple[str, str | None]] = field(default_factory=set)
@@ -83,6 +83,8 @@ class _Stream:
             state.accepted_version = request.version_info
         else:
             self._log_nack(request, state)
+            # Envoy may have applied part of it (LDS does): what it runs is no known version.
+            state.accepted_version = ""
         names = frozenset(request.resource_names)
         names_changed = state.subscribed and names != state.names
         state.subscribed, state.names = True, names
@@ -108,7 +110,7 @@ class _Stream:
         self, type_url: str, state: _TypeState, current: TypeSnapshot
     ) -> discovery_pb2.DiscoveryResponse:
         state.sent_version, state.sent_nonce = current.version, str(next(self.nonces))
-        self.counter[(self.node_id, type_url)] += 1
+        self.counter[type_url] += 1
         resources = current.select(state.names)
         log.debug(
             "%s ← %s version %s (%d)", self.node_id, short_type(type_url), current.version, len(resources)
@@ -140,8 +142,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, cache: SnapshotCache, hooks: StreamHooks | None = None) -> None:
         self._cache = cache
         self._hooks: StreamHooks = hooks or NoHooks()
-        # (node id, type URL) → responses sent; for metrics and tests.
-        self.responses_sent: Counter[tuple[str, str]] = Counter()
+        self.responses_sent: Counter[str] = Counter()  # type URL → responses sent, for metrics
+        self._open_streams: set[asyncio.Queue[object]] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """End every stream now (status OK, close hooks run) and refuse new ones: for shutdown."""
+        self._closed = True
+        for events in self._open_streams:
+            events.put_nowait(_END)
 
     def register(self, server: grpc.aio.Server) -> None:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
@@ -149,6 +158,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     async def StreamAggregatedResources(  # noqa: N802 - gRPC's method name
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        if self._closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane is shutting down")
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None:
@@ -177,6 +188,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         events.put_nowait(first)
         stop_watch = self._cache.watch(node_id, lambda: events.put_nowait(_SNAPSHOT_CHANGED))
         reader = asyncio.create_task(_read(requests, events), name=f"ads-read {node_id}")
+        self._open_streams.add(events)
         try:
             while (event := await events.get()) is not _END:
                 if event is _SNAPSHOT_CHANGED:
@@ -187,6 +199,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 for response in responses:
                     yield response
         finally:
+            self._open_streams.discard(events)
             stop_watch()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
