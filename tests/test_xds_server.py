@@ -241,34 +241,78 @@ async def test_shutdown_ends_streams_cleanly_and_refuses_new_ones() -> None:
 
 
 # --- real Envoy -----------------------------------------------------------------------------------
+BOOTSTRAP = """
+node:
+  id: {node_id}
+  cluster: web
+  metadata:
+    dataplane.resource: {resource}
+    dataplane.proxyType: dataplane
+    workdir: {workdir}
+    features: []
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{cluster_name: ads_cluster}}
+      initial_metadata: [{{key: authorization, value: token-of-web-1}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: ads_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: ads_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads_port}}}}}}}
+"""
+
+
 class Envoy:
     """A real Envoy whose bootstrap points ADS at our server, as kuma-dp's bootstrap does."""
 
-    def __init__(self, binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any] | None) -> None:
-        self.admin = f"http://127.0.0.1:{free_port()}"
+    def __init__(self, binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]) -> None:
+        admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{admin_port}"
         workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "bootstrap.json"
+        config = workdir / "bootstrap.yaml"
+        # JSON inside YAML: json.dumps twice gives a quoted string holding the Dataplane's JSON.
+        resource_text = json.dumps(json.dumps(resource))
         config.write_text(
-            json.dumps(bootstrap(ads_port, int(self.admin.rsplit(":", 1)[1]), workdir, resource))
+            BOOTSTRAP.format(
+                node_id=NODE,
+                resource=resource_text,
+                workdir=workdir,
+                admin_port=admin_port,
+                ads_port=ads_port,
+            )
         )
         self.log = workdir / "envoy.log"
+        command = [
+            str(binary),
+            "--config-path",
+            str(config),
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+        ]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [
-                    str(binary),
-                    "--config-path",
-                    str(config),
-                    "--disable-hot-restart",
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     async def get(self, path: str) -> str:
-        async with httpx.AsyncClient(base_url=self.admin, timeout=2) as client:
+        async with httpx.AsyncClient(base_url=self.admin, timeout=2, trust_env=False) as client:
             return (await client.get(path)).text
 
     def stop(self) -> None:
@@ -281,58 +325,9 @@ class Envoy:
                 self.process.wait()
 
 
-def bootstrap(
-    ads_port: int, admin_port: int, workdir: Path, resource: dict[str, Any] | None
-) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"dataplane.proxyType": "dataplane", "workdir": str(workdir), "features": []}
-    if resource is not None:
-        metadata["dataplane.resource"] = json.dumps(resource)
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    http2 = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}},
-        }
-    }
-    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ads_port}}}
-    return {
-        "node": {"id": NODE, "cluster": "web", "metadata": metadata},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": True,
-                "grpc_services": [
-                    {
-                        "envoy_grpc": {"cluster_name": "ads_cluster"},
-                        "initial_metadata": [{"key": "authorization", "value": "token-of-web-1"}],
-                    }
-                ],
-            },
-            "cds_config": ads,
-            "lds_config": ads,
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "ads_cluster",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": http2,
-                    "load_assignment": {
-                        "cluster_name": "ads_cluster",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
-                    },
-                }
-            ]
-        },
-    }
-
-
 @contextlib.asynccontextmanager
 async def running_envoy(
-    binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any] | None = None
+    binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]
 ) -> AsyncIterator[Envoy]:
     envoy = Envoy(binary, workdir, ads_port, resource)
     try:
