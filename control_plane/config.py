@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from control_plane.durations import parse_duration
+from control_plane.yaml_errors import yaml_error_message
 
 StoreType = Literal["sqlite", "memory", "postgres"]
 DpProxyAuthnType = Literal["dpToken", "none"]
@@ -293,10 +294,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"configuration file {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"configuration file {path} is not valid YAML: {yaml_error_message(exc)}") from None
     if document is None:
         return {}
     if not isinstance(document, dict):

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from control_plane.api.errors import ApiError, invalid
+from control_plane.yaml_errors import yaml_error_message
 
 BODY_FIELD = "(body)"
 _JSON_TYPES = ("application/json",)
@@ -59,12 +60,3 @@ def _decode_yaml(raw: bytes) -> Any:
         message = "holds several YAML documents; send one resource per request"
         raise invalid([{"field": BODY_FIELD, "message": message}])
     return documents[0] if documents else None
-
-
-def yaml_error_message(exc: yaml.YAMLError) -> str:
-    """`line L, column C: problem` (1-based), as an editor shows it."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    text = f"{problem} ({context})" if context else problem
-    return f"line {mark.line + 1}, column {mark.column + 1}: {text}" if mark is not None else text

@@ -12,6 +12,7 @@ import yaml
 from control_plane.kumactl.errors import KumactlError
 from control_plane.resources.common import DEFAULT_MESH
 from control_plane.resources.registry import TYPES, ResourceType
+from control_plane.yaml_errors import yaml_error_message
 
 STDIN = "-"
 _VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
@@ -82,7 +83,7 @@ def parse_documents(text: str, source: str) -> list[Document]:
             if body is not None:
                 documents.append(_checked(body, source, line))
     except yaml.YAMLError as exc:
-        raise KumactlError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
+        raise KumactlError(f"{source} is not valid YAML: {yaml_error_message(exc)}") from None
     finally:
         loader.dispose()
     return documents
@@ -103,12 +104,6 @@ def _checked(body: Any, source: str, line: int) -> Document:
     if rtype.mesh_scoped and "mesh" in body and not isinstance(body["mesh"], str):
         raise KumactlError(f"{where}: mesh must be a string")
     return Document(body, rtype, source, line)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def apply_order(documents: list[Document]) -> list[Document]:
