@@ -169,6 +169,19 @@ async def test_protocol_ack_stale_nonce_nack_and_content_versions(caplog: pytest
         assert eds3.version_info == eds2.version_info and len(eds3.resources) == 1
 
 
+async def test_node_waits_for_its_dataplane_and_kumactl_dataplanes_stay() -> None:
+    async with control_plane(deregistration_delay_s=0.1) as cp:
+        async with ads_client(cp.port, node()) as client:
+            client.send(CLUSTER_TYPE)
+            assert await silent(client)  # no Dataplane in the store: nothing to send yet
+            store_dataplane(cp.store, WEB)  # as `kumactl apply` does
+            cds = await client.recv()
+            assert cds.type_url == CLUSTER_TYPE
+        await eventually(lambda: cp.component.connected_nodes() == [])
+        await asyncio.sleep(0.3)  # past the delay: a Dataplane the proxy did not send is not its to delete
+        assert cp.store.get(dataplane_key("web-1")) is not None
+
+
 @pytest.mark.parametrize(
     ("resource", "node_id", "expected"),
     [
