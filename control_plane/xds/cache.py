@@ -25,9 +25,9 @@ class TypeSnapshot:
     version: str
     resources: Mapping[str, any_pb2.Any]  # name → packed message, ordered by name
 
-    def select(self, names: Collection[str]) -> list[any_pb2.Any]:
-        """The resources asked for by name; all of them when `names` is empty (a wildcard request)."""
-        if not names:
+    def select(self, names: Collection[str] | None) -> list[any_pb2.Any]:
+        """The resources asked for by name, or all of them for `None` (a wildcard request)."""
+        if names is None:
             return list(self.resources.values())
         return [packed for name, packed in self.resources.items() if name in names]
 

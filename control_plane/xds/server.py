@@ -21,7 +21,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.xds.cache import SnapshotCache, TypeSnapshot
-from control_plane.xds.names import PUSH_ORDER, ROUTE_TYPE, SERVED_TYPES, short_type
+from control_plane.xds.names import NAMED_TYPES, PUSH_ORDER, ROUTE_TYPE, SERVED_TYPES, short_type
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ class _Stream:
     ) -> discovery_pb2.DiscoveryResponse:
         state.sent_version, state.sent_nonce = current.version, str(next(self.nonces))
         self.counter[type_url] += 1
-        resources = current.select(state.names)
+        # Listeners and clusters are always sent whole; endpoints and routes only as named
+        # (an empty list there means "none", not "all").
+        resources = current.select(state.names if type_url in NAMED_TYPES else None)
         log.debug(
             "%s ← %s version %s (%d)", self.node_id, short_type(type_url), current.version, len(resources)
         )
