@@ -21,7 +21,7 @@ from control_plane.kumactl.output import FORMATS, render_document, render_table
 from control_plane.resources.common import DEFAULT_MESH
 from control_plane.resources.registry import TYPES, ResourceType
 
-MAX_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 1000  # the API's largest page (control_plane.api.resources)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
