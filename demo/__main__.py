@@ -95,7 +95,8 @@ def _print_traffic(agent: AgentProc) -> None:
     for name, value in sorted(stats.items()):
         listener = name.startswith("http.") and name.endswith(".downstream_rq_completed")
         cluster = name.startswith("cluster.") and name.endswith(".upstream_rq_completed")
-        if (listener or cluster) and value and "ads_cluster" not in name and "admin" not in name:
+        internal = "ads_cluster" in name or "admin" in name or ".external." in name
+        if (listener or cluster) and value and not internal:
             print(f"        {name} = {value}")
 
 
