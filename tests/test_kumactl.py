@@ -131,6 +131,18 @@ def test_apply_several_documents_from_stdin_with_vars(config_file: Path) -> None
     assert "web" in kumactl(config_file, "get", "dataplanes", "-A").output
 
 
+def test_get_follows_pages_unless_one_page_is_asked(config_file: Path) -> None:
+    text = "---\n".join(DATAPLANE_YAML.format(name=f"dp-{i}", port=1000 + i) for i in range(3))
+    assert kumactl(config_file, "apply", "-f", "-", stdin=text).exit_code == 0
+    page = json.loads(kumactl(config_file, "get", "dataplanes", "--size", "2", "-o", "json").output)
+    assert [d["name"] for d in page["items"]] == ["dp-0", "dp-1"] and page["total"] == 3
+    assert "offset=2" in page["next"]
+    table = kumactl(config_file, "get", "dataplanes", "--size", "2", "--offset", "2").output.splitlines()
+    assert [row.split()[1] for row in table[1:]] == ["dp-2"]
+    everything = json.loads(kumactl(config_file, "get", "dataplanes", "-o", "json").output)
+    assert len(everything["items"]) == 3 and everything["next"] is None
+
+
 def test_dry_run_sends_nothing(config_file: Path, server: ApiServer) -> None:
     result = kumactl(
         config_file, "apply", "--dry-run", "-f", "-", stdin=DATAPLANE_YAML.format(name="x", port=1)

@@ -97,15 +97,20 @@ def delete() -> None:
 def _list_command(rtype: ResourceType) -> click.Command:
     @click.pass_context
     def command(
-        ctx: click.Context, fmt: str, mesh: str = DEFAULT_MESH, all_meshes: bool = False, **page: int | None
+        ctx: click.Context,
+        fmt: str,
+        size: int | None,
+        offset: int | None,
+        mesh: str = DEFAULT_MESH,
+        all_meshes: bool = False,
     ) -> None:
         path = collection_path(rtype, None if all_meshes else mesh)
         with api_client(ctx) as client:
-            if page["size"] is None and page["offset"] is None:
+            if size is None and offset is None:  # everything, page after page
                 body = client.list_all(path, MAX_PAGE_SIZE)
-            else:
-                params = {k: v for k, v in page.items() if v is not None}
-                body = client.get(path, params=params)
+            else:  # one page, as asked, with its `next`
+                params = {"size": size, "offset": offset}
+                body = client.get(path, params={k: v for k, v in params.items() if v is not None})
         _print_list(rtype, body, fmt)
 
     command.__doc__ = f"List {rtype.name} resources" + (" of a mesh." if rtype.mesh_scoped else ".")
