@@ -19,7 +19,7 @@ from kuma_dp.config import RunConfig
 from kuma_dp.constants import BOOTSTRAP_FILE_MODE, BOOTSTRAP_FILE_NAME
 from kuma_dp.drain import drain_and_stop, drain_inbound
 from kuma_dp.envoy.admin import AdminAddress, EnvoyAdmin, admin_address_from_bootstrap
-from kuma_dp.envoy.binary import get_envoy_version, resolve_binary
+from kuma_dp.envoy.binary import EnvoyVersion, VersionProbe
 from kuma_dp.envoy.process import EnvoyLaunch, EnvoyProcess
 from kuma_dp.errors import AgentError, BootstrapError
 from kuma_dp.readiness import ReadinessState, start_readiness_server
@@ -31,9 +31,13 @@ log = logging.getLogger("agent")
 T = TypeVar("T")
 
 
-async def run_agent(config: RunConfig) -> None:
-    """Run until a stop signal (returns) or a fatal error (raises AgentError)."""
-    binary = resolve_binary(config.binary_path)
+async def run_agent(config: RunConfig, binary: Path, version_probe: VersionProbe) -> None:
+    """Run until a stop signal (returns) or a fatal error (raises AgentError).
+
+    `binary` is the resolved Envoy; `version_probe` its `--version` run, started by the caller early.
+    """
+    envoy_version = version_probe.result()
+    log.info("Envoy %s (%s)", envoy_version.version, binary)
     ca = bc.load_trusted_ca(config)
     context = bc.ssl_context(ca)  # fail now on a CA that is not PEM
     del context
@@ -53,7 +57,9 @@ async def run_agent(config: RunConfig) -> None:
                 with installed(shutdown, on_usr2):
                     serving = tasks.create_task(server.serve_forever())
                     try:
-                        await _bootstrap_and_run(config, binary, ca, token, workdir, readiness, shutdown)
+                        await _bootstrap_and_run(
+                            config, binary, envoy_version, ca, token, workdir, readiness, shutdown
+                        )
                     finally:
                         serving.cancel()
         except BaseExceptionGroup as group:
@@ -63,14 +69,13 @@ async def run_agent(config: RunConfig) -> None:
 async def _bootstrap_and_run(
     config: RunConfig,
     binary: Path,
+    envoy_version: EnvoyVersion,
     ca: bc.TrustedCa | None,
     token: str,
     workdir: Path,
     readiness: ReadinessState,
     shutdown: Shutdown,
 ) -> None:
-    envoy_version = await get_envoy_version(binary)
-    log.info("Envoy %s (%s)", envoy_version.version, binary)
     body = bc.request_body(config, token, envoy_version, ca, workdir)
     log.info("fetching bootstrap from %s for %s.%s", config.cp_address, config.mesh, config.name)
     response = await _unless_shutdown(bc.fetch_bootstrap(config, body, ca), shutdown.requested)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from typing import Any
@@ -13,6 +12,7 @@ from kuma_dp import constants as c
 from kuma_dp.config import RunFlags, build_run_config
 from kuma_dp.dataplane_file import load_dataplane, parse_var_assignments
 from kuma_dp.durations import DurationError, format_duration, parse_duration
+from kuma_dp.envoy.binary import VersionProbe, resolve_binary
 from kuma_dp.errors import AgentError
 
 
@@ -99,7 +99,6 @@ def run(
     **flags: Any,
 ) -> None:
     """Bootstrap from the control plane, then run and supervise Envoy."""
-    from kuma_dp.agent import run_agent  # noqa: PLC0415 - keep `--help` and `wait` light
     from kuma_dp.logs import configure_logging  # noqa: PLC0415
 
     configure_logging(flags["log_level"])
@@ -108,7 +107,14 @@ def run(
         resource = load_dataplane(dataplane_inline, dataplane_file, variables, sys.stdin)
         run_flags = RunFlags(drain_time_s=drain_time, envoy_restart_window_s=envoy_restart_window, **flags)
         config = build_run_config(run_flags, os.environ, resource)
-        asyncio.run(run_agent(config))
+        binary = resolve_binary(config.binary_path)
+        with VersionProbe(binary) as probe:
+            # Imported only now: asyncio/httpx take longer to import than `envoy --version` to run.
+            import asyncio  # noqa: PLC0415
+
+            from kuma_dp.agent import run_agent  # noqa: PLC0415
+
+            asyncio.run(run_agent(config, binary, probe))
     except AgentError as exc:
         _fail(str(exc))
 
@@ -127,6 +133,8 @@ def run(
 @click.option("--request-timeout", type=DURATION, default=c.DEFAULT_WAIT_REQUEST_TIMEOUT, show_default=True)
 def wait(url: str, timeout: float, interval: float, request_timeout: float) -> None:
     """Block until the dataplane is ready (HTTP 200 from --url)."""
+    import asyncio  # noqa: PLC0415
+
     from kuma_dp.wait import wait_until_ready  # noqa: PLC0415
 
     click.echo(f"waiting for {url} to be ready", err=True)
