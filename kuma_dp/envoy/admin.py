@@ -59,9 +59,10 @@ def _base_url(address: AdminAddress) -> str:
 class EnvoyAdmin:
     """A small client of the admin endpoints the agent needs. Errors surface as httpx.HTTPError."""
 
-    def __init__(self, address: AdminAddress) -> None:
+    def __init__(self, address: AdminAddress, transport: httpx.AsyncBaseTransport | None = None) -> None:
         # Plain HTTP: verify=False spares loading the CA bundle (tens of ms at start-up).
-        transport = httpx.AsyncHTTPTransport(uds=str(address.pipe), verify=False) if address.pipe else None
+        if transport is None and address.pipe is not None:
+            transport = httpx.AsyncHTTPTransport(uds=str(address.pipe), verify=False)
         self.address = address
         self._client = httpx.AsyncClient(
             base_url=_base_url(address),
