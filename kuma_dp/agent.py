@@ -36,34 +36,39 @@ async def run_agent(config: RunConfig, binary: Path, version_probe: VersionProbe
 
     `binary` is the resolved Envoy; `version_probe` its `--version` run, started by the caller early.
     """
-    envoy_version = version_probe.result()
-    log.info("Envoy %s (%s)", envoy_version.version, binary)
-    ca = bc.load_trusted_ca(config)
-    context = bc.ssl_context(ca)  # fail now on a CA that is not PEM
-    del context
-    token = bc.read_token(config)
     readiness = ReadinessState()
     shutdown = Shutdown(on_first=lambda: setattr(readiness, "terminating", True))
-    with work_dir(config.work_dir) as workdir:
-        server = await start_readiness_server(readiness, config.readiness_address, config.readiness_port)
-        log.info("readiness on http://%s:%d/ready", config.readiness_address, config.readiness_port)
-        try:
-            async with server, asyncio.TaskGroup() as tasks:
+    inbound_drains: asyncio.TaskGroup | None = None  # owner of SIGUSR2 work, once Envoy can run
 
-                def on_usr2() -> None:
-                    if readiness.admin is not None:
-                        tasks.create_task(drain_inbound(readiness.admin))
+    def on_usr2() -> None:
+        if inbound_drains is not None and readiness.admin is not None:
+            inbound_drains.create_task(drain_inbound(readiness.admin))
+        else:
+            log.info("received SIGUSR2 before Envoy started: nothing to drain")
 
-                with installed(shutdown, on_usr2):
+    # Handlers first, so that a signal at any point below ends in an orderly exit and cleanup.
+    with installed(shutdown, on_usr2):
+        envoy_version = version_probe.result()
+        log.info("Envoy %s (%s)", envoy_version.version, binary)
+        ca = bc.load_trusted_ca(config)
+        bc.ssl_context(ca)  # fail now on a CA that is not PEM
+        token = bc.read_token(config)
+        with work_dir(config.work_dir) as workdir:
+            server = await start_readiness_server(readiness, config.readiness_address, config.readiness_port)
+            log.info("readiness on http://%s:%d/ready", config.readiness_address, config.readiness_port)
+            try:
+                async with server, asyncio.TaskGroup() as tasks:
+                    inbound_drains = tasks
                     serving = tasks.create_task(server.serve_forever())
                     try:
                         await _bootstrap_and_run(
                             config, binary, envoy_version, ca, token, workdir, readiness, shutdown
                         )
                     finally:
+                        inbound_drains = None
                         serving.cancel()
-        except BaseExceptionGroup as group:
-            raise _first_agent_error(group) from None
+            except BaseExceptionGroup as group:
+                raise _first_agent_error(group) from None
 
 
 async def _bootstrap_and_run(
