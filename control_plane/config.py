@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
-from control_plane.durations import parse_duration
 from control_plane.yaml_errors import yaml_error_message
+from kuma_common.durations import parse_duration
 
 StoreType = Literal["sqlite", "memory", "postgres"]
 DpProxyAuthnType = Literal["dpToken", "none"]

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
+from kuma_common.durations import DurationError, format_duration, parse_duration
 from kuma_dp import constants as c
 from kuma_dp.config import RunFlags, build_run_config
 from kuma_dp.dataplane_file import load_dataplane, parse_var_assignments
-from kuma_dp.durations import DurationError, format_duration, parse_duration
 from kuma_dp.envoy.binary import VersionProbe, resolve_binary
 from kuma_dp.errors import AgentError
 

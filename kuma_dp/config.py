@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kuma_common.durations import DurationError, parse_duration
 from kuma_dp import constants as c
 from kuma_dp.dataplane_file import dataplane_json
-from kuma_dp.durations import DurationError, parse_duration
 from kuma_dp.errors import ConfigError
 
 

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
+from kuma_common import templating
 from kuma_dp.errors import ConfigError
 
-_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 STDIN_MARKER = "-"
 
 
 def parse_var_assignments(items: Sequence[str]) -> dict[str, str]:
     """Turn `-v key=value` items into a mapping; the value may itself contain '='."""
-    variables: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f'--dataplane-var "{item}": expected key=value')
-        variables[key.strip()] = value
-    return variables
+    try:
+        return templating.parse_var_assignments(items, "--dataplane-var")
+    except templating.TemplateError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read_dataplane_text(inline: str | None, file: str | None, stdin: TextIO) -> tuple[str, str] | None:
@@ -44,12 +40,10 @@ def read_dataplane_text(inline: str | None, file: str | None, stdin: TextIO) -> 
 
 
 def substitute_vars(text: str, variables: Mapping[str, str], source: str) -> str:
-    """Replace every `{{ key }}`; fail naming all keys that no `-v key=value` provided."""
-    missing = sorted({m.group(1) for m in _VARIABLE.finditer(text) if m.group(1) not in variables})
-    if missing:
-        hint = " ".join(f"-v {name}=VALUE" for name in missing)
-        raise ConfigError(f"{source}: unresolved template variable(s) {', '.join(missing)} (give {hint})")
-    return _VARIABLE.sub(lambda m: variables[m.group(1)], text)
+    try:
+        return templating.substitute_vars(text, variables, source)
+    except templating.TemplateError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_dataplane(text: str, source: str) -> dict[str, Any]:

@@ -154,12 +154,12 @@ def test_unresolved_variable(start_agent: StartAgent, cp: FakeControlPlane, tmp_
     dp_file = tmp_path / "dp.yaml"
     dp_file.write_text(DATAPLANE)
     agent = start_agent(cp, "-d", str(dp_file), "-v", "name=x")
-    assert_user_error(agent, f"Error: --dataplane-file {dp_file}: unresolved template variable(s) port")
+    assert_user_error(agent, f"Error: --dataplane-file {dp_file} uses port but no value was given")
 
 
 def test_usage_error_exit_2(start_agent: StartAgent, cp: FakeControlPlane) -> None:
     agent = start_agent(cp, "--name", "dp-1", "--drain-time", "soon")
-    assert_user_error(agent, 'invalid duration "soon"', code=2)
+    assert_user_error(agent, "'soon' is not a duration", code=2)
 
 
 def test_readiness_port_taken(start_agent: StartAgent, cp: FakeControlPlane) -> None:

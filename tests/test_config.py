@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control_plane.config import ConfigError, load_config
-from control_plane.durations import format_duration, parse_duration
+from kuma_common.durations import format_duration, parse_duration
 
 
 def write(tmp_path: Path, text: str) -> str:

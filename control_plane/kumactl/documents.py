@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +12,9 @@ from control_plane.kumactl.errors import KumactlError
 from control_plane.resources.common import DEFAULT_MESH
 from control_plane.resources.registry import TYPES, ResourceType
 from control_plane.yaml_errors import yaml_error_message
+from kuma_common import templating
 
 STDIN = "-"
-_VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 
 
 @dataclass(frozen=True)
@@ -39,13 +38,10 @@ class Document:
 
 
 def parse_vars(pairs: tuple[str, ...]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise KumactlError(f"--var {pair!r} is not of the form key=value")
-        values[key.strip()] = value
-    return values
+    try:
+        return templating.parse_var_assignments(pairs, "--var")
+    except templating.TemplateError as exc:
+        raise KumactlError(str(exc)) from None
 
 
 def read_source(source: str) -> tuple[str, str]:
@@ -62,11 +58,10 @@ def read_source(source: str) -> tuple[str, str]:
 
 
 def substitute(text: str, variables: dict[str, str], source: str) -> str:
-    missing = sorted({m.group(1) for m in _VAR_RE.finditer(text)} - set(variables))
-    if missing:
-        flags = " ".join(f"-v {name}=..." for name in missing)
-        raise KumactlError(f"{source} uses {', '.join(missing)} but no value was given; add {flags}")
-    return _VAR_RE.sub(lambda m: variables[m.group(1)], text)
+    try:
+        return templating.substitute_vars(text, variables, source)
+    except templating.TemplateError as exc:
+        raise KumactlError(str(exc)) from None
 
 
 def parse_documents(text: str, source: str) -> list[Document]:

@@ -57,6 +57,7 @@ class Mesh(NamedResource):
         if "." in value:
             raise ValueError("a mesh name cannot contain '.'")
         return value
+
     mtls: Mtls | None = None
     networking: Networking | None = None
     metrics: dict[str, Any] | None = None

@@ -29,13 +29,13 @@ def parse_duration(text: str) -> float:
     if body == "0":
         return 0.0
     if not body:
-        raise DurationError(f'invalid duration "{text}"')
+        raise DurationError(f"{text!r} is not a duration (expected e.g. 300ms, 30s, 5m, 1h30m)")
     total = 0.0
     pos = 0
     while pos < len(body):
         match = _PART.match(body, pos)
         if match is None:
-            raise DurationError(f'invalid duration "{text}" (expected e.g. 300ms, 30s, 5m, 1h30m)')
+            raise DurationError(f"{text!r} is not a duration (expected e.g. 300ms, 30s, 5m, 1h30m)")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     return -total if raw.startswith("-") else total
