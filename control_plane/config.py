@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from control_plane.yaml_errors import yaml_error_message
+from kuma_common import defaults
 from kuma_common.durations import parse_duration
 
 StoreType = Literal["sqlite", "memory", "postgres"]
@@ -28,9 +29,9 @@ STORE_TYPES: tuple[str, ...] = ("sqlite", "memory", "postgres")
 DP_PROXY_AUTHN_TYPES: tuple[str, ...] = ("dpToken", "none")
 
 DEFAULT_WORK_DIR = "~/.kuma"
-DEFAULT_DP_SERVER_PORT = 5678
-DEFAULT_API_HTTP_PORT = 5681
-DEFAULT_API_HTTPS_PORT = 5682
+DEFAULT_DP_SERVER_PORT = defaults.DP_SERVER_PORT
+DEFAULT_API_HTTP_PORT = defaults.API_HTTP_PORT
+DEFAULT_API_HTTPS_PORT = defaults.API_HTTPS_PORT
 DEFAULT_API_HTTP_INTERFACE = "0.0.0.0"
 DEFAULT_DEREGISTRATION_DELAY = "10s"
 

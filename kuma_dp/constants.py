@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-DEFAULT_CP_ADDRESS = "https://localhost:5678"
-DEFAULT_MESH = "default"  # same value as control_plane.resources.common.DEFAULT_MESH (not imported: pydantic)
+from kuma_common import defaults
+
+DEFAULT_CP_ADDRESS = f"https://localhost:{defaults.DP_SERVER_PORT}"
+DEFAULT_MESH = defaults.DEFAULT_MESH
 DEFAULT_PROXY_TYPE = "dataplane"
 PROXY_TYPES = ("dataplane", "ingress", "egress")
 RESOURCE_TYPE_BY_PROXY_TYPE = {"dataplane": "Dataplane", "ingress": "ZoneIngress", "egress": "ZoneEgress"}
 
-DEFAULT_READINESS_PORT = 9902
+DEFAULT_READINESS_PORT = defaults.READINESS_PORT
 DEFAULT_READINESS_ADDRESS = "127.0.0.1"
 READINESS_PATH = "/ready"
 

@@ -20,11 +20,12 @@ from urllib.parse import urlparse
 import yaml
 
 from control_plane.kumactl.errors import KumactlError
+from kuma_common import defaults
 
 CONFIG_ENV = "KUMACTL_CONFIG"
 DEFAULT_CONFIG_PATH = "~/.kumactl/config"
 DEFAULT_CP_NAME = "local"
-DEFAULT_CP_URL = "http://localhost:5681"
+DEFAULT_CP_URL = f"http://localhost:{defaults.API_HTTP_PORT}"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 

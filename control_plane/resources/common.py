@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kuma_common import defaults
+
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
-DEFAULT_MESH = "default"
+DEFAULT_MESH = defaults.DEFAULT_MESH
 
 # Kuma accepts DNS-1123-like names (lowercase alphanumerics, '-', '.', '_' is not allowed).
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")

@@ -16,6 +16,7 @@ from control_plane.resources.common import (
     check_name,
     validate_tags,
 )
+from kuma_common import defaults
 
 
 def _check_ip(value: str) -> str:
@@ -74,15 +75,15 @@ class Outbound(StrictModel):
 
 
 class TransparentProxying(StrictModel):
-    redirectPortInbound: Port = 15006
-    redirectPortOutbound: Port = 15001
+    redirectPortInbound: Port = defaults.REDIRECT_PORT_INBOUND
+    redirectPortOutbound: Port = defaults.REDIRECT_PORT_OUTBOUND
     ipFamilyMode: Literal["dualstack", "ipv4", "ipv6"] | None = None
     directAccessServices: list[str] | None = None
     reachableServices: list[str] | None = None
 
 
 class Admin(StrictModel):
-    port: Port = 9901
+    port: Port = defaults.ENVOY_ADMIN_PORT
 
 
 class Networking(StrictModel):
