@@ -11,12 +11,12 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from kuma_common.version import __version__
 from kuma_dp import constants as c
 from kuma_dp.config import RunConfig
 from kuma_dp.envoy.binary import EnvoyVersion
@@ -93,10 +93,7 @@ def read_token(config: RunConfig) -> str:
 
 
 def agent_version() -> str:
-    try:
-        return metadata.version("kuma-py")
-    except metadata.PackageNotFoundError:
-        return "dev"
+    return __version__
 
 
 def request_body(

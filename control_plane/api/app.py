@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,17 +16,14 @@ from control_plane.api.errors import ApiError, handle_api_error, handle_http_exc
 from control_plane.api.resources import ResourceEndpoints
 from control_plane.resources.registry import MESH, TYPES, ResourceType
 from control_plane.store.base import ResourceStore
+from kuma_common.version import BASED_ON_KUMA, __version__
 
-BASED_ON_KUMA = "2.14.0"
 PRODUCT = "kuma-py"
 TAGLINE = "Kuma"  # Kuma's kumactl checks this to know it talks to a Kuma control plane
 
 
 def product_version() -> str:
-    try:
-        return metadata.version(PRODUCT)
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
+    return __version__
 
 
 async def index(request: Request) -> Response:

@@ -73,7 +73,12 @@ class Reconciler:
         try:
             while True:
                 await self._wake.wait()
-                await asyncio.sleep(self._debounce_s)
+                if self._dirty_nodes:
+                    # A proxy just connected and waits for its first config: answer it now; the
+                    # debounce is for bursts of store changes, not for start-up latency.
+                    await self._reconcile(new_nodes_only=True)
+                if self._dirty_meshes:
+                    await asyncio.sleep(self._debounce_s)
                 self._wake.clear()
                 await self._reconcile()
         finally:
@@ -85,9 +90,11 @@ class Reconciler:
             self._dirty_meshes.add(mesh)
             self._wake.set()
 
-    async def _reconcile(self) -> None:
-        targets = self._targets()
-        self._dirty_meshes, self._dirty_nodes = set(), set()
+    async def _reconcile(self, new_nodes_only: bool = False) -> None:
+        targets = self._targets(new_nodes_only)
+        if not new_nodes_only:
+            self._dirty_meshes = set()
+        self._dirty_nodes = set()
         if not targets:
             return
         try:
@@ -106,12 +113,13 @@ class Reconciler:
             else:
                 self._cache.set_snapshot(node_id, snapshot)
 
-    def _targets(self) -> dict[str, list[str]]:
+    def _targets(self, new_nodes_only: bool = False) -> dict[str, list[str]]:
         """mesh → node ids to rebuild: every connected node of a changed mesh, plus new nodes."""
+        meshes = set() if new_nodes_only else self._dirty_meshes
         targets: dict[str, set[str]] = {}
         for node_id in self._streams:
             mesh, _ = _split(node_id)
-            if mesh and (mesh in self._dirty_meshes or node_id in self._dirty_nodes):
+            if mesh and (mesh in meshes or node_id in self._dirty_nodes):
                 targets.setdefault(mesh, set()).add(node_id)
         return {mesh: sorted(nodes) for mesh, nodes in targets.items()}
 
