@@ -65,8 +65,16 @@ def format_validation_error(exc: ValidationError) -> list[dict[str, str]]:
     """Turn pydantic's errors into Kuma's `causes`: one {field, message} per offending field."""
     causes = []
     for err in exc.errors():
-        causes.append({"field": _field_path(err.get("loc", ())), "message": _message(err)})
+        field, message = _field_path(err.get("loc", ())), _message(err)
+        # A model-level check names its sub-field as "sub: message"; move that into the path.
+        sub, sep, rest = message.partition(": ")
+        if sep and _SUBFIELD_RE.match(sub):
+            field, message = (f"{field}.{sub}" if field != "(root)" else sub), rest
+        causes.append({"field": field, "message": message})
     return causes
+
+
+_SUBFIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\[\d+\])?$")
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
