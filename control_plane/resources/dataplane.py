@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from control_plane.resources.common import (
     DEFAULT_MESH,
@@ -27,26 +27,25 @@ def _check_ip(value: str) -> str:
     return value
 
 
-class Inbound(StrictModel):
+IpAddress = Annotated[str, AfterValidator(_check_ip)]
+ServiceTags = Annotated[dict[str, str], AfterValidator(lambda v: validate_tags(v, require_service=True))]
+
+
+class _ServicePort(StrictModel):
+    """A port of the proxy tied to one service (its `kuma.io/service` tag)."""
+
     port: Port
-    servicePort: Port | None = None
-    serviceAddress: str | None = None
-    address: str | None = None
-    tags: dict[str, str]
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        return validate_tags(value, require_service=True)
-
-    @field_validator("address", "serviceAddress")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        return None if value is None else _check_ip(value)
+    address: IpAddress | None = None
+    tags: ServiceTags
 
     @property
     def service(self) -> str:
         return self.tags[SERVICE_TAG]
+
+
+class Inbound(_ServicePort):
+    servicePort: Port | None = None
+    serviceAddress: IpAddress | None = None
 
     @property
     def workload_port(self) -> int:
@@ -54,24 +53,8 @@ class Inbound(StrictModel):
         return self.servicePort or self.port
 
 
-class Outbound(StrictModel):
-    port: Port
-    address: str | None = None
-    tags: dict[str, str]
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        return validate_tags(value, require_service=True)
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        return None if value is None else _check_ip(value)
-
-    @property
-    def service(self) -> str:
-        return self.tags[SERVICE_TAG]
+class Outbound(_ServicePort):
+    pass
 
 
 class TransparentProxying(StrictModel):
@@ -87,17 +70,12 @@ class Admin(StrictModel):
 
 
 class Networking(StrictModel):
-    address: str
-    advertisedAddress: str | None = None
+    address: IpAddress
+    advertisedAddress: IpAddress | None = None
     inbound: list[Inbound] = Field(default_factory=list)
     outbound: list[Outbound] = Field(default_factory=list)
     transparentProxying: TransparentProxying | None = None
     admin: Admin | None = None
-
-    @field_validator("address", "advertisedAddress")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        return None if value is None else _check_ip(value)
 
     @model_validator(mode="after")
     def _ports_unique(self) -> Networking:
