@@ -89,6 +89,14 @@ class Networking(StrictModel):
             seen.add(key)
         return self
 
+    @model_validator(mode="after")
+    def _no_outbounds_with_transparent_proxying(self) -> Networking:
+        # Services are reached through the redirect listeners; a listed outbound would be a second,
+        # conflicting way in (Kuma itself has no such check; we refuse rather than guess).
+        if self.transparentProxying is not None and self.outbound:
+            raise ValueError("outbound: can't be defined when transparent proxying is enabled")
+        return self
+
 
 class Dataplane(NamedResource):
     type: Literal["Dataplane"] = "Dataplane"

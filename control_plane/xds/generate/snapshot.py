@@ -7,12 +7,13 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.dataplane import Dataplane, Outbound
 from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import local_cluster, outbound_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, outbound_listener
 from control_plane.xds.generate.protocol import tags_protocol
+from control_plane.xds.generate.transparent import add_transparent_proxying, implied_outbounds, is_transparent
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 # type URL → resource name → message
@@ -46,7 +47,11 @@ def generate_snapshot(
     index = endpoints if endpoints is not None else EndpointIndex(mesh_dataplanes)
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
     _add_inbounds(dataplane, resources)
-    _add_outbounds(dataplane, index, resources)
+    outbounds = dataplane.networking.outbound
+    if is_transparent(dataplane):
+        outbounds = implied_outbounds(dataplane, mesh_dataplanes, index)
+    _add_outbounds(dataplane, outbounds, index, resources)
+    add_transparent_proxying(dataplane, mesh, resources)
     return resources
 
 
@@ -60,8 +65,10 @@ def _add_inbounds(dataplane: Dataplane, resources: Resources) -> None:
         resources[CLUSTER_TYPE].setdefault(cluster.name, cluster)
 
 
-def _add_outbounds(dataplane: Dataplane, index: EndpointIndex, resources: Resources) -> None:
-    for outbound in dataplane.networking.outbound:
+def _add_outbounds(
+    dataplane: Dataplane, outbounds: Sequence[Outbound], index: EndpointIndex, resources: Resources
+) -> None:
+    for outbound in outbounds:
         service = outbound.service
         protocol = index.protocol(service)
         listener = outbound_listener(dataplane, outbound, protocol)

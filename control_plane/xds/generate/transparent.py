@@ -1,0 +1,203 @@
+"""Transparent proxying: the listeners that catch what iptables redirects to 15001 / 15006.
+
+Kuma's shape, names included:
+- `outbound:passthrough:ipv4` on 0.0.0.0:<redirectPortOutbound> with `use_original_dst`: Envoy hands
+  each redirected connection to the listener whose address is the connection's original
+  destination; what matches none is sent on to that destination through the ORIGINAL_DST cluster
+  of the same name (Kuma's mesh passthrough, on unless `Mesh.networking.outbound.passthrough` is
+  false, in which case the connection is closed).
+- `inbound:passthrough:ipv4` on 0.0.0.0:<redirectPortInbound> with `use_original_dst`: a connection
+  for a declared inbound is handed to that inbound's listener; any other port goes on to the
+  original destination from 127.0.0.6 (so iptables lets it through to the app), unless the mesh's
+  mTLS is STRICT, where it is closed: in STRICT nothing reaches the workload around the mesh.
+- Every other listener of the proxy binds nothing (`bind_to_port: false`); the app owns its port.
+
+Known services are reached through one `outbound:<ip>:<port>` listener per endpoint of the mesh
+(`bind_to_port: false`), not through filter chains of the 15001 listener matched on destination
+IP/port. Why: it is Kuma's way and names; the implied outbounds go through exactly the code
+explicit outbounds use (protocol, routes, and the mTLS of the service's cluster), so the two modes
+cannot drift; and an endpoint coming or going adds or removes one small listener instead of
+rewriting (and draining chains of) the one listener every outbound connection of the proxy
+crosses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+
+from control_plane.resources.common import SERVICE_TAG
+from control_plane.resources.dataplane import Dataplane, Outbound, TransparentProxying
+from control_plane.resources.mesh import Mesh
+from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
+from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
+
+CONNECT_TIMEOUT_S = 5  # Kuma's default, as the other clusters
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+DIRECT_RESPONSE_FILTER = "envoy.filters.network.direct_response"
+
+
+@dataclass(frozen=True)
+class IpFamily:
+    name: str  # the suffix of Kuma's passthrough names
+    any_address: str
+    inbound_source: str  # where redirected inbound traffic leaves from: iptables lets it reach the app
+
+
+IPV4 = IpFamily("ipv4", "0.0.0.0", "127.0.0.6")
+IPV6 = IpFamily("ipv6", "::", "::6")
+
+
+def outbound_passthrough_name(family: IpFamily) -> str:
+    return f"outbound:passthrough:{family.name}"
+
+
+def inbound_passthrough_name(family: IpFamily) -> str:
+    return f"inbound:passthrough:{family.name}"
+
+
+def is_transparent(dataplane: Dataplane) -> bool:
+    return dataplane.networking.transparentProxying is not None
+
+
+def ip_families(dataplane: Dataplane) -> tuple[IpFamily, ...]:
+    """IPv4 always but in `ipFamilyMode: ipv6`; IPv6 too for an IPv6 address or dual stack."""
+    tp = dataplane.networking.transparentProxying or TransparentProxying()
+    if tp.ipFamilyMode == "ipv6":
+        return (IPV6,)
+    if tp.ipFamilyMode == "dualstack" or _is_ipv6(dataplane.networking.address):
+        return (IPV4, IPV6)
+    return (IPV4,)
+
+
+def implied_outbounds(
+    dataplane: Dataplane, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex
+) -> list[Outbound]:
+    """One outbound per endpoint (address, port) of every service the proxy may reach.
+
+    `reachableServices` narrows the set, as in Kuma. The proxy's own inbounds are left out: their
+    `inbound:` listener already owns that address, and a call to it lands there through 15001.
+    """
+    tp = dataplane.networking.transparentProxying or TransparentProxying()
+    reachable = set(tp.reachableServices) if tp.reachableServices is not None else None
+    taken = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
+    outbounds: list[Outbound] = []
+    services = sorted({i.service for other in mesh_dataplanes for i in other.networking.inbound})
+    for service in services:
+        if reachable is not None and service not in reachable:
+            continue
+        for endpoint in index.endpoints(service):
+            if (endpoint.address, endpoint.port) in taken:
+                continue
+            taken.add((endpoint.address, endpoint.port))  # two services on one address: first wins
+            outbounds.append(
+                Outbound(port=endpoint.port, address=endpoint.address, tags={SERVICE_TAG: service})
+            )
+    return outbounds
+
+
+def add_transparent_proxying(
+    dataplane: Dataplane, mesh: Mesh | None, resources: dict[str, dict[str, Message]]
+) -> None:
+    """Turn the proxy's inbound/outbound config (already in `resources`) into its transparent form."""
+    tp = dataplane.networking.transparentProxying
+    if tp is None:
+        return
+    listeners, clusters = resources[LISTENER_TYPE], resources[CLUSTER_TYPE]
+    for listener in listeners.values():
+        listener.bind_to_port.value = False  # the redirect listeners below are the only ones bound
+    for inbound in dataplane.networking.inbound:
+        local = clusters.get(local_cluster_name(inbound.workload_port))
+        if isinstance(local, cluster_pb2.Cluster):
+            _bind_upstream_source(local, inbound.serviceAddress or "127.0.0.1")
+    for family in ip_families(dataplane):
+        outbound = _passthrough_listener(
+            outbound_passthrough_name(family), family, tp.redirectPortOutbound, base_pb2.OUTBOUND
+        )
+        _set_default_chain(outbound, outbound_passthrough_name(family), mesh_passthrough(mesh))
+        inbound = _passthrough_listener(
+            inbound_passthrough_name(family), family, tp.redirectPortInbound, base_pb2.INBOUND
+        )
+        _set_default_chain(inbound, inbound_passthrough_name(family), not strict_mtls(mesh))
+        for listener in (outbound, inbound):
+            listeners[listener.name] = listener
+        clusters[outbound_passthrough_name(family)] = original_destination_cluster(
+            outbound_passthrough_name(family)
+        )
+        clusters[inbound_passthrough_name(family)] = original_destination_cluster(
+            inbound_passthrough_name(family), source=family.inbound_source
+        )
+
+
+def mesh_passthrough(mesh: Mesh | None) -> bool:
+    """Kuma's `Mesh.networking.outbound.passthrough`, on unless set to false."""
+    outbound = mesh.networking.outbound if mesh and mesh.networking else None
+    return bool((outbound or {}).get("passthrough", True))
+
+
+def strict_mtls(mesh: Mesh | None) -> bool:
+    backend = mesh.mtls.enabled if mesh and mesh.mtls else None
+    return backend is not None and backend.mode == "STRICT"
+
+
+def original_destination_cluster(name: str, source: str | None = None) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_S),
+    )
+    if source is not None:
+        _bind_source(cluster, source)
+    return cluster
+
+
+def _passthrough_listener(
+    name: str, family: IpFamily, port: int, direction: base_pb2.TrafficDirection
+) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener(
+        name=name, address=socket_address(family.any_address, port), traffic_direction=direction
+    )
+    listener.use_original_dst.value = True
+    return listener
+
+
+def _set_default_chain(listener: listener_pb2.Listener, cluster: str, passthrough: bool) -> None:
+    stats = stat_prefix(listener.name)
+    if passthrough:
+        config: Message = tcp_proxy_pb2.TcpProxy(stat_prefix=stats, cluster=cluster)
+        name = TCP_PROXY_FILTER
+    else:
+        # Envoy refuses a listener without filter chains; an empty direct response closes at once.
+        config, name = direct_response_pb2.Config(), DIRECT_RESPONSE_FILTER
+    packed = any_pb2.Any()
+    packed.Pack(config)
+    chain = listener_components_pb2.FilterChain(
+        name=cluster if passthrough else f"{listener.name}:closed",
+        filters=[listener_components_pb2.Filter(name=name, typed_config=packed)],
+    )
+    listener.filter_chains.append(chain)
+
+
+def _bind_upstream_source(cluster: cluster_pb2.Cluster, destination: str) -> None:
+    """Connections to the app leave from 127.0.0.6 (::6), the source iptables never redirects."""
+    _bind_source(cluster, IPV6.inbound_source if _is_ipv6(destination) else IPV4.inbound_source)
+
+
+def _bind_source(cluster: cluster_pb2.Cluster, source: str) -> None:
+    cluster.upstream_bind_config.source_address.CopyFrom(
+        address_pb2.SocketAddress(address=source, port_value=0)
+    )
+
+
+def _is_ipv6(address: str) -> bool:
+    return ipaddress.ip_address(address).version == 6

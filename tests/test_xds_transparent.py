@@ -1,0 +1,260 @@
+"""Transparent proxying in the generated config: golden files, Envoy's own validation, and the
+refusal of explicit outbounds (model, REST API, /bootstrap).
+
+Rewrite the golden files after an intended change with
+`UPDATE_GOLDEN=1 pytest tests/test_xds_transparent.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import json_format
+
+from control_plane.api.app import create_app
+from control_plane.dp_server.bootstrap_api import BootstrapSettings, create_bootstrap_app
+from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.mesh import Mesh
+from control_plane.resources.registry import InvalidResource, parse_resource
+from control_plane.store.base import mesh_key
+from control_plane.store.memory import MemoryStore
+from control_plane.xds.generate import Resources, generate_snapshot
+from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, short_type
+
+GOLDEN = Path(__file__).parent / "golden" / "xds"
+TP = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
+
+
+def dp(name: str, address: str, inbound: list[dict[str, Any]], **net: Any) -> Dataplane:
+    doc = {"type": "Dataplane", "mesh": "default", "name": name}
+    doc["networking"] = {"address": address, "inbound": inbound, **net}
+    return Dataplane.model_validate(doc)
+
+
+def svc(service: str, protocol: str = "tcp") -> dict[str, str]:
+    return {"kuma.io/service": service, "kuma.io/protocol": protocol}
+
+
+def mesh(mode: str | None = None, passthrough: bool | None = None) -> Mesh:
+    doc: dict[str, Any] = {"type": "Mesh", "name": "default"}
+    if mode:
+        doc["mtls"] = {
+            "enabledBackend": "ca-1",
+            "backends": [{"name": "ca-1", "type": "builtin", "mode": mode}],
+        }
+    if passthrough is not None:
+        doc["networking"] = {"outbound": {"passthrough": passthrough}}
+    return Mesh.model_validate(doc)
+
+
+WEB = dp("web-1", "10.0.0.10", [{"port": 8080, "tags": svc("web", "http")}], transparentProxying=TP)
+# The rest of the mesh: `backend` has two HTTP endpoints, `db` one TCP endpoint on its own address.
+OTHERS = [
+    dp("backend-1", "10.0.0.1", [{"port": 8080, "tags": svc("backend", "http")}], transparentProxying=TP),
+    dp("backend-2", "10.0.0.2", [{"port": 8080, "tags": svc("backend", "http")}]),
+    dp("db-1", "10.0.0.3", [{"port": 5432, "address": "10.0.1.3", "tags": svc("db")}]),
+]
+WEB_V6 = dp(
+    "web-6",
+    "fd00::10",
+    [{"port": 8080, "tags": svc("web", "http")}],
+    transparentProxying={**TP, "ipFamilyMode": "dualstack"},
+)
+
+CASES: dict[str, tuple[Dataplane, Mesh | None]] = {
+    "transparent_one_inbound_two_services": (WEB, None),
+    "transparent_mtls_strict": (WEB, mesh("STRICT")),
+    "transparent_mtls_permissive": (WEB, mesh("PERMISSIVE")),
+    "transparent_dualstack_no_passthrough": (WEB_V6, mesh(passthrough=False)),
+}
+
+
+def generate(dataplane: Dataplane, the_mesh: Mesh | None = None) -> Resources:
+    others = [d for d in (WEB, *OTHERS) if d.name != dataplane.name]
+    return generate_snapshot(dataplane, [dataplane, *others], the_mesh)
+
+
+def to_json(resources: Resources) -> dict[str, dict[str, Any]]:
+    return {
+        short_type(type_url): {
+            name: json_format.MessageToDict(message, preserving_proto_field_name=True)
+            for name, message in sorted(named.items())
+        }
+        for type_url, named in sorted(resources.items())
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_generated_config_matches_golden_file(case: str) -> None:
+    got = json.dumps(to_json(generate(*CASES[case])), indent=2, sort_keys=True) + "\n"
+    path = GOLDEN / f"{case}.json"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(got)
+    assert path.exists(), f"no golden file {path}; run with UPDATE_GOLDEN=1 to create it"
+    assert got == path.read_text(), f"{case}: generated config differs from {path}"
+
+
+def test_redirect_listeners_bind_and_nothing_else_does() -> None:
+    listeners = generate(WEB)[LISTENER_TYPE]
+    assert sorted(listeners) == [
+        "inbound:10.0.0.10:8080",
+        "inbound:passthrough:ipv4",
+        "outbound:10.0.0.1:8080",
+        "outbound:10.0.0.2:8080",
+        "outbound:10.0.1.3:5432",
+        "outbound:passthrough:ipv4",
+    ]
+    bound = {name for name, lst in listeners.items() if not lst.HasField("bind_to_port")}
+    assert bound == {"inbound:passthrough:ipv4", "outbound:passthrough:ipv4"}
+    assert all(lst.bind_to_port.value is False for lst in listeners.values() if lst.name not in bound)
+    outbound, inbound = listeners["outbound:passthrough:ipv4"], listeners["inbound:passthrough:ipv4"]
+    assert (outbound.address.socket_address.port_value, inbound.address.socket_address.port_value) == (
+        15001,
+        15006,
+    )
+    assert outbound.use_original_dst.value and inbound.use_original_dst.value
+
+
+def test_app_is_reached_from_127_0_0_6_and_unknown_traffic_goes_to_its_original_destination() -> None:
+    clusters = generate(WEB)[CLUSTER_TYPE]
+    local = clusters["localhost:8080"]  # the app's port is the inbound port
+    assert local.upstream_bind_config.source_address.address == "127.0.0.6"
+    for name, source in (("outbound:passthrough:ipv4", ""), ("inbound:passthrough:ipv4", "127.0.0.6")):
+        cluster = clusters[name]
+        assert cluster.type == cluster_pb2.Cluster.ORIGINAL_DST
+        assert cluster.lb_policy == cluster_pb2.Cluster.CLUSTER_PROVIDED
+        assert cluster.upstream_bind_config.source_address.address == source
+    assert sorted(generate(WEB)[ENDPOINT_TYPE]) == ["backend", "db"]
+
+
+def _default_filter(resources: Resources, listener: str) -> str:
+    return resources[LISTENER_TYPE][listener].filter_chains[0].filters[0].name
+
+
+def test_unknown_inbound_ports_pass_in_permissive_and_are_closed_in_strict() -> None:
+    tcp_proxy, closed = "envoy.filters.network.tcp_proxy", "envoy.filters.network.direct_response"
+    assert _default_filter(generate(WEB), "inbound:passthrough:ipv4") == tcp_proxy
+    assert _default_filter(generate(WEB, mesh("PERMISSIVE")), "inbound:passthrough:ipv4") == tcp_proxy
+    assert _default_filter(generate(WEB, mesh("STRICT")), "inbound:passthrough:ipv4") == closed
+    assert _default_filter(generate(WEB, mesh(passthrough=False)), "outbound:passthrough:ipv4") == closed
+
+
+def test_ipv6_listeners_for_an_ipv6_address_or_dual_stack() -> None:
+    v6 = generate(WEB_V6)[LISTENER_TYPE]
+    assert v6["outbound:passthrough:ipv6"].address.socket_address.address == "::"
+    assert v6["inbound:passthrough:ipv6"].address.socket_address.port_value == 15006
+    assert "outbound:passthrough:ipv4" in v6
+    assert generate(WEB_V6)[CLUSTER_TYPE][
+        "inbound:passthrough:ipv6"
+    ].upstream_bind_config.source_address.address == ("::6")
+    assert not any(name.endswith(":ipv6") for name in generate(WEB)[LISTENER_TYPE])
+
+
+def test_own_endpoints_and_unreachable_services_get_no_outbound() -> None:
+    backend = OTHERS[0]  # transparent itself, and a `backend` endpoint
+    names = sorted(n for n in generate(backend)[LISTENER_TYPE] if n.startswith("outbound:1"))
+    assert names == ["outbound:10.0.0.10:8080", "outbound:10.0.0.2:8080", "outbound:10.0.1.3:5432"]
+    narrowed = dp(
+        "web-2",
+        "10.0.0.11",
+        [{"port": 8080, "tags": svc("web", "http")}],
+        transparentProxying={**TP, "reachableServices": ["db"]},
+    )
+    names = sorted(n for n in generate(narrowed)[LISTENER_TYPE] if n.startswith("outbound:1"))
+    assert names == ["outbound:10.0.1.3:5432"]
+
+
+def test_without_transparent_proxying_nothing_changes() -> None:
+    plain = dp("web-3", "10.0.0.12", [{"port": 8080, "tags": svc("web", "http")}])
+    resources = generate(plain)
+    assert sorted(resources[LISTENER_TYPE]) == ["inbound:10.0.0.12:8080"]
+    assert not resources[LISTENER_TYPE]["inbound:10.0.0.12:8080"].HasField("bind_to_port")
+    assert not resources[CLUSTER_TYPE]["localhost:8080"].HasField("upstream_bind_config")
+
+
+def test_real_envoy_accepts_the_generated_config(envoy_binary: Path, tmp_path: Path) -> None:
+    for case, (dataplane, the_mesh) in CASES.items():
+        config = tmp_path / f"{case}.json"
+        config.write_text(json_format.MessageToJson(static_bootstrap(generate(dataplane, the_mesh))))
+        result = subprocess.run(
+            [str(envoy_binary), "--mode", "validate", "--config-path", str(config), "--disable-hot-restart"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, f"{case}: {result.stdout}{result.stderr}"
+
+
+def static_bootstrap(resources: Resources) -> bootstrap_pb2.Bootstrap:
+    """The snapshot as static resources (no ADS here): EDS clusters get their assignment inline."""
+    bootstrap = bootstrap_pb2.Bootstrap()
+    bootstrap.node.id, bootstrap.node.cluster = "default.validate", "validate"
+    bootstrap.static_resources.listeners.extend(resources[LISTENER_TYPE].values())
+    for name, cluster in resources[CLUSTER_TYPE].items():
+        static = cluster_pb2.Cluster()
+        static.CopyFrom(cluster)
+        if static.type == cluster_pb2.Cluster.EDS:
+            static.ClearField("eds_cluster_config")
+            static.type = cluster_pb2.Cluster.STATIC
+            static.load_assignment.CopyFrom(resources[ENDPOINT_TYPE][name])
+        bootstrap.static_resources.clusters.append(static)
+    return bootstrap
+
+
+# --- explicit outbounds are refused ---------------------------------------------------------------
+TP_WITH_OUTBOUND = {
+    "type": "Dataplane",
+    "mesh": "default",
+    "name": "web-1",
+    "networking": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": 8080, "tags": svc("web")}],
+        "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}}],
+        "transparentProxying": TP,
+    },
+}
+MESSAGE = "can't be defined when transparent proxying is enabled"
+
+
+def test_model_refuses_outbounds_with_transparent_proxying() -> None:
+    with pytest.raises(InvalidResource) as caught:
+        parse_resource(TP_WITH_OUTBOUND)
+    assert {"field": "networking.outbound", "message": MESSAGE} in caught.value.causes
+
+
+async def test_api_answers_400_naming_the_field() -> None:
+    store = MemoryStore()
+    store.upsert(mesh_key("default"), {})
+    transport = httpx.ASGITransport(app=create_app(store), client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cp.test:5681") as client:
+        response = await client.put("/meshes/default/dataplanes/web-1", json=TP_WITH_OUTBOUND)
+    assert response.status_code == 400, response.text
+    assert {"field": "networking.outbound", "message": MESSAGE} in response.json()["causes"]
+
+
+async def test_bootstrap_answers_422_with_the_message(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.upsert(mesh_key("default"), {})
+    app = create_bootstrap_app(store, BootstrapSettings(dp_server_port=5678))
+    request = {
+        "mesh": "default",
+        "name": "web-1",
+        "proxyType": "dataplane",
+        "dataplaneResource": json.dumps(TP_WITH_OUTBOUND),
+        "caCert": "-----BEGIN CERTIFICATE-----\n",
+        "workdir": str(tmp_path),
+    }
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="https://cp.test:5678") as client:
+        response = await client.post("/bootstrap", json=request)
+    assert response.status_code == 422, response.text
+    assert MESSAGE in response.json()["title"]
+    assert {"field": "networking.outbound", "message": MESSAGE} in response.json()["causes"]
