@@ -211,7 +211,10 @@ def test_file_errors_name_the_file_and_line(config_file: Path, tmp_path: Path) -
     untyped = tmp_path / "untyped.yaml"
     untyped.write_text("type: Mesh\nname: a\n---\n\nname: b\n")
     result = kumactl(config_file, "apply", "-f", str(untyped))
-    assert result.output == f"Error: {untyped}:5: unknown type None; known types: Dataplane, Mesh\n"
+    assert (
+        result.output
+        == f"Error: {untyped}:5: unknown type None; known types: Dataplane, Mesh, MeshTrafficPermission\n"
+    )
     result = kumactl(config_file, "apply", "-f", "-", stdin="type: Mesh\nname: {{ who }}\n")
     assert result.exit_code == 1 and "-v who=VALUE" in result.output
 

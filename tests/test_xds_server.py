@@ -209,8 +209,8 @@ async def test_invalid_dataplane_in_metadata_rejects_the_stream(
 async def test_authenticate_sees_the_token_and_can_refuse() -> None:
     seen: list[tuple[str, str | None]] = []
 
-    async def authenticate(node_id: str, metadata: dict[str, str]) -> None:
-        seen.append((node_id, metadata.get("authorization")))
+    async def authenticate(node: base_pb2.Node, metadata: dict[str, str]) -> None:
+        seen.append((node.id, metadata.get("authorization")))
         if metadata.get("authorization") != "good":
             raise StreamRejected(grpc.StatusCode.UNAUTHENTICATED, "token is not valid")
 
@@ -386,8 +386,8 @@ async def test_envoy_registers_gets_listeners_routes_traffic_and_follows_endpoin
 ) -> None:
     seen: list[tuple[str, str | None]] = []
 
-    async def authenticate(node_id: str, metadata: dict[str, str]) -> None:
-        seen.append((node_id, metadata.get("authorization")))
+    async def authenticate(node: base_pb2.Node, metadata: dict[str, str]) -> None:
+        seen.append((node.id, metadata.get("authorization")))
 
     inbound_port, outbound_port = free_port(), free_port()
     async with app_server(b"hello from web-1") as app_port, control_plane(authenticate=authenticate) as cp:
@@ -440,8 +440,8 @@ async def has_endpoint_gone(envoy: Envoy, endpoint: str) -> bool:
 def with_broken_listener(state: dict[str, bool]) -> Any:
     """The real generator plus, while `state["broken"]`, a listener Envoy refuses (no stat_prefix)."""
 
-    def generator(dataplane: Any, mesh_dataplanes: Any, mesh: Any, *, endpoints: Any = None) -> Any:
-        resources = generate_snapshot(dataplane, mesh_dataplanes, mesh, endpoints=endpoints)
+    def generator(dataplane: Any, mesh_dataplanes: Any, mesh: Any, **options: Any) -> Any:
+        resources = generate_snapshot(dataplane, mesh_dataplanes, mesh, **options)
         if state["broken"]:
             config = any_pb2.Any()
             config.Pack(tcp_proxy_pb2.TcpProxy(cluster="nowhere"))

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from control_plane.resources.common import format_validation_error
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
+from control_plane.resources.meshtrafficpermission import MeshTrafficPermission
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,11 @@ class ResourceType:
 
 MESH = ResourceType("Mesh", "meshes", Mesh, mesh_scoped=False)
 DATAPLANE = ResourceType("Dataplane", "dataplanes", Dataplane, mesh_scoped=True)
+MESH_TRAFFIC_PERMISSION = ResourceType(
+    "MeshTrafficPermission", "meshtrafficpermissions", MeshTrafficPermission, mesh_scoped=True
+)
 
-TYPES: dict[str, ResourceType] = {t.name: t for t in (MESH, DATAPLANE)}
+TYPES: dict[str, ResourceType] = {t.name: t for t in (MESH, DATAPLANE, MESH_TRAFFIC_PERMISSION)}
 BY_PLURAL: dict[str, ResourceType] = {t.plural: t for t in TYPES.values()}
 
 
@@ -61,4 +65,5 @@ def parse_resource(doc: Any, expected: ResourceType | None = None) -> BaseModel:
 
 def to_document(model: BaseModel) -> dict[str, Any]:
     """The universal JSON form of a resource: without unset optional fields, type first."""
-    return model.model_dump(mode="json", exclude_none=True)
+    # by_alias: fields named after Python keywords (MeshTrafficPermission's `from`) keep Kuma's name.
+    return model.model_dump(mode="json", exclude_none=True, by_alias=True)

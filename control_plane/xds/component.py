@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
 
 from control_plane.store.base import ResourceStore
 from control_plane.xds.cache import SnapshotCache
@@ -15,8 +16,9 @@ from control_plane.xds.lifecycle import DataplaneLifecycle
 from control_plane.xds.reconciler import DEFAULT_DEBOUNCE_S, Reconciler
 from control_plane.xds.server import AdsServer, StreamRejected
 
-# (node id, the stream's initial metadata) → None, or raise StreamRejected (e.g. UNAUTHENTICATED).
-Authenticator = Callable[[str, dict[str, str]], Awaitable[None]]
+# (the node, the stream's initial metadata) → None, or raise StreamRejected (e.g. UNAUTHENTICATED).
+# It runs before the lifecycle registers the node's Dataplane: a refused stream changes nothing.
+Authenticator = Callable[[base_pb2.Node, dict[str, str]], Awaitable[None]]
 
 __all__ = ["Authenticator", "StreamRejected", "XdsComponent"]
 
@@ -56,9 +58,9 @@ class XdsComponent:
     # --- StreamHooks ---------------------------------------------------------------------------
     async def on_stream_open(self, node: base_pb2.Node, metadata: dict[str, str]) -> None:
         if self._authenticate is not None:
-            await self._authenticate(node.id, metadata)
+            await self._authenticate(node, metadata)
         await self.lifecycle.on_open(node)
-        self.reconciler.track(node.id)
+        self.reconciler.track(node.id, json_format.MessageToDict(node.metadata))
 
     async def on_stream_close(self, node: base_pb2.Node) -> None:
         self.reconciler.untrack(node.id)

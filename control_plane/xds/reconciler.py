@@ -12,14 +12,23 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
-from control_plane.resources.registry import InvalidResource, parse_resource
+from control_plane.resources.meshtrafficpermission import MeshTrafficPermission
+from control_plane.resources.registry import MESH_TRAFFIC_PERMISSION, InvalidResource, parse_resource
 from control_plane.store.base import ChangeEvent, ResourceStore, mesh_key
 from control_plane.xds.cache import Packer, Snapshot, SnapshotCache, build_snapshot
-from control_plane.xds.generate import EndpointIndex, SnapshotGenerator, generate_snapshot
+from control_plane.xds.generate import (
+    EndpointIndex,
+    MeshPolicies,
+    MissingWorkdir,
+    ProxyContext,
+    SnapshotGenerator,
+    generate_snapshot,
+)
 from control_plane.xds.names import InvalidNodeId, parse_node_id
 
 log = logging.getLogger(__name__)
@@ -42,13 +51,16 @@ class Reconciler:
         self._generator = generator
         self._debounce_s = debounce_s
         self._streams: Counter[str] = Counter()  # node id → open streams
+        self._contexts: dict[str, ProxyContext] = {}  # node id → what its latest stream told us
         self._dirty_meshes: set[str] = set()
         self._dirty_nodes: set[str] = set()
         self._wake = asyncio.Event()
 
     # --- called from the event loop by the stream hooks -------------------------------------
-    def track(self, node_id: str) -> None:
+    def track(self, node_id: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """A stream of `node_id` opened; `metadata` is its Envoy node metadata (`workdir`, ...)."""
         self._streams[node_id] += 1
+        self._contexts[node_id] = proxy_context(metadata or {})
         self._dirty_nodes.add(node_id)
         self._wake.set()
 
@@ -56,6 +68,7 @@ class Reconciler:
         self._streams[node_id] -= 1
         if self._streams[node_id] <= 0:
             del self._streams[node_id]
+            self._contexts.pop(node_id, None)
             self._cache.clear(node_id)
 
     def connected_nodes(self) -> list[str]:
@@ -126,16 +139,18 @@ class Reconciler:
     # --- worker thread: reads the store and generates, touches nothing shared -----------------
     def _build(self, targets: dict[str, list[str]]) -> dict[str, Snapshot | None]:
         packer = Packer()
+        contexts = dict(self._contexts)  # a copy: the loop may change the dict meanwhile
         built: dict[str, Snapshot | None] = {}
         for mesh_name, node_ids in targets.items():
-            built.update(self._build_mesh(mesh_name, node_ids, packer))
+            built.update(self._build_mesh(mesh_name, node_ids, packer, contexts))
         return built
 
     def _build_mesh(
-        self, mesh_name: str, node_ids: Iterable[str], packer: Packer
+        self, mesh_name: str, node_ids: Iterable[str], packer: Packer, contexts: Mapping[str, ProxyContext]
     ) -> dict[str, Snapshot | None]:
         dataplanes = self._dataplanes(mesh_name)
         mesh = self._mesh(mesh_name)
+        policies = MeshPolicies(traffic_permissions=self._traffic_permissions(mesh_name))
         by_name = {dp.name: dp for dp in dataplanes}
         index = EndpointIndex(dataplanes)
         built: dict[str, Snapshot | None] = {}
@@ -144,9 +159,14 @@ class Reconciler:
             if dataplane is None:
                 built[node_id] = None
                 continue
+            context = contexts.get(node_id, ProxyContext())
             try:
-                resources = self._generator(dataplane, dataplanes, mesh, endpoints=index)
+                resources = self._generator(
+                    dataplane, dataplanes, mesh, endpoints=index, context=context, policies=policies
+                )
                 built[node_id] = build_snapshot(resources, packer)
+            except MissingWorkdir as exc:  # the proxy's set-up, not a bug: say what, no traceback
+                log.warning("%s", exc)
             except Exception:  # a generator bug must not stop the other proxies' updates
                 log.exception("could not generate the configuration of %s; it keeps its last one", node_id)
         return built
@@ -161,6 +181,16 @@ class Reconciler:
                 log.warning("skipping invalid Dataplane %s/%s: %s", mesh_name, item.key.name, exc)
         return dataplanes
 
+    def _traffic_permissions(self, mesh_name: str) -> list[MeshTrafficPermission]:
+        stored, _ = self._store.list(MESH_TRAFFIC_PERMISSION.name, mesh=mesh_name)
+        policies = []
+        for item in stored:
+            try:
+                policies.append(MeshTrafficPermission.model_validate(item.document()))
+            except ValueError as exc:  # never let one broken policy take the whole mesh's config down
+                log.warning("skipping invalid MeshTrafficPermission %s/%s: %s", mesh_name, item.key.name, exc)
+        return policies
+
     def _mesh(self, mesh_name: str) -> Mesh | None:
         stored = self._store.get(mesh_key(mesh_name))
         if stored is None:
@@ -171,6 +201,11 @@ class Reconciler:
             log.warning("mesh %s is not valid, generating without it: %s", mesh_name, exc)
             return None
         return model if isinstance(model, Mesh) else None
+
+
+def proxy_context(metadata: Mapping[str, Any]) -> ProxyContext:
+    workdir = metadata.get("workdir")
+    return ProxyContext(workdir=workdir if isinstance(workdir, str) and workdir else None)
 
 
 def _split(node_id: str) -> tuple[str, str]:

@@ -1,12 +1,12 @@
 """Clusters: the application behind each inbound (STATIC) and each outbound service (EDS over ADS).
 
-A later mTLS step adds a `transport_socket` to the clusters built here.
+With mTLS on, outbound clusters carry the UpstreamTlsContext built in `tls.py`.
 """
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2
 
@@ -34,13 +34,18 @@ def local_cluster(inbound: Inbound, protocol: str) -> cluster_pb2.Cluster:
     return cluster
 
 
-def outbound_cluster(service: str, protocol: str) -> cluster_pb2.Cluster:
+def outbound_cluster(
+    service: str, protocol: str, tls: base_pb2.TransportSocket | None = None
+) -> cluster_pb2.Cluster:
+    """`tls`: the mTLS transport socket (tls.upstream_tls) when the mesh has mTLS on."""
     cluster = cluster_pb2.Cluster(
         name=service,
         type=cluster_pb2.Cluster.EDS,
         connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_S),
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_config_source()),
     )
+    if tls is not None:
+        cluster.transport_socket.CopyFrom(tls)
     _set_upstream_protocol(cluster, protocol)
     return cluster
 

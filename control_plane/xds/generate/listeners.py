@@ -18,6 +18,8 @@ from google.protobuf.message import Message
 from control_plane.resources.dataplane import Dataplane, Inbound, Outbound
 from control_plane.xds.generate.endpoints import socket_address
 from control_plane.xds.generate.protocol import is_http
+from control_plane.xds.generate.rbac import http_rbac_filter, network_rbac_filter
+from control_plane.xds.generate.tls import InboundMtls, permissive_listener_filters, secure_chain
 from control_plane.xds.names import (
     inbound_listener_name,
     local_cluster_name,
@@ -30,18 +32,25 @@ HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 
 
-def inbound_listener(dataplane: Dataplane, inbound: Inbound, protocol: str) -> listener_pb2.Listener:
+def inbound_listener(
+    dataplane: Dataplane, inbound: Inbound, protocol: str, mtls: InboundMtls | None = None
+) -> listener_pb2.Listener:
     address = dataplane.inbound_address(inbound)
     name = inbound_listener_name(address, inbound.port)
-    chain = filter_chain(
-        name, local_cluster_name(inbound.workload_port), protocol, f"inbound:{inbound.service}"
-    )
-    return listener_pb2.Listener(
+    cluster, route = local_cluster_name(inbound.workload_port), f"inbound:{inbound.service}"
+    chain = filter_chain(name, cluster, protocol, route, mtls=mtls)
+    listener = listener_pb2.Listener(
         name=name,
         address=socket_address(address, inbound.port),
         traffic_direction=base_pb2.INBOUND,
         filter_chains=[chain],
     )
+    if mtls is not None:
+        secure_chain(chain, mtls)
+        if mtls.permissive:  # plaintext callers get the same chain without TLS, RBAC or identity
+            listener.listener_filters.extend(permissive_listener_filters())
+            listener.filter_chains.append(filter_chain(name, cluster, protocol, route))
+    return listener
 
 
 def outbound_listener(dataplane: Dataplane, outbound: Outbound, protocol: str) -> listener_pb2.Listener:
@@ -57,14 +66,31 @@ def outbound_listener(dataplane: Dataplane, outbound: Outbound, protocol: str) -
 
 
 def filter_chain(
-    listener_name: str, cluster: str, protocol: str, route_name: str
+    listener_name: str, cluster: str, protocol: str, route_name: str, mtls: InboundMtls | None = None
 ) -> listener_components_pb2.FilterChain:
+    """`mtls` (inbound mTLS chains only): forward the caller's identity, enforce its permissions."""
     stats = stat_prefix(listener_name)
+    permissions = mtls.permissions if mtls is not None else None
+    filters: list[listener_components_pb2.Filter] = []
     if is_http(protocol):
-        network_filter = _filter(HCM_FILTER, _http_connection_manager(stats, cluster, route_name))
+        manager = _http_connection_manager(stats, cluster, route_name)
+        if mtls is not None:
+            _forward_client_identity(manager)
+        if mtls is not None and permissions is not None:
+            manager.http_filters.insert(0, http_rbac_filter(permissions, mtls.mesh))
+        filters.append(_filter(HCM_FILTER, manager))
     else:
-        network_filter = _filter(TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix=stats, cluster=cluster))
-    return listener_components_pb2.FilterChain(filters=[network_filter])
+        if mtls is not None and permissions is not None:
+            filters.append(network_rbac_filter(permissions, mtls.mesh, stats))
+        filters.append(_filter(TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix=stats, cluster=cluster)))
+    return listener_components_pb2.FilterChain(filters=filters)
+
+
+def _forward_client_identity(manager: hcm.HttpConnectionManager) -> None:
+    """The app gets `x-forwarded-client-cert: ...;URI=spiffe://<mesh>/<caller>`; whatever the
+    caller sent in that header is replaced, so it cannot be forged."""
+    manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
+    manager.set_current_client_cert_details.uri = True
 
 
 def _http_connection_manager(stats: str, cluster: str, route_name: str) -> hcm.HttpConnectionManager:

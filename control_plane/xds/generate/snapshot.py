@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf.message import Message
@@ -12,12 +14,25 @@ from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import local_cluster, outbound_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, outbound_listener
+from control_plane.xds.generate.permissions import MeshPolicies, caller_actions
 from control_plane.xds.generate.protocol import tags_protocol
+from control_plane.xds.generate.tls import InboundMtls, upstream_tls
 from control_plane.xds.generate.transparent import add_transparent_proxying, implied_outbounds, is_transparent
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 # type URL → resource name → message
 Resources = dict[str, dict[str, Message]]
+
+
+@dataclass(frozen=True)
+class ProxyContext:
+    """What the generator knows of one proxy beyond its Dataplane: what its Envoy told us."""
+
+    workdir: str | None = None  # node metadata `workdir`: where the agent keeps the SDS files
+
+
+class MissingWorkdir(ValueError):
+    """mTLS is on but the proxy did not say where its certificates are (no `workdir` metadata)."""
 
 
 class SnapshotGenerator(Protocol):
@@ -28,6 +43,8 @@ class SnapshotGenerator(Protocol):
         mesh: Mesh | None,
         *,
         endpoints: EndpointIndex | None = None,
+        context: ProxyContext | None = None,
+        policies: MeshPolicies | None = None,
     ) -> Resources: ...
 
 
@@ -37,28 +54,52 @@ def generate_snapshot(
     mesh: Mesh | None,
     *,
     endpoints: EndpointIndex | None = None,
+    context: ProxyContext | None = None,
+    policies: MeshPolicies | None = None,
 ) -> Resources:
     """Listeners, clusters and endpoints of `dataplane`.
 
     `endpoints` is the index of `mesh_dataplanes`; pass it when generating for many proxies of one
     mesh so the index (and each service's load assignment) is built once, not once per proxy.
-    `mesh` is unused until mTLS and traffic policies arrive.
+    With the mesh's mTLS on, `context.workdir` is required (else MissingWorkdir) and `policies`
+    (the mesh's MeshTrafficPermissions) are enforced on the inbounds.
     """
     index = endpoints if endpoints is not None else EndpointIndex(mesh_dataplanes)
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
-    _add_inbounds(dataplane, resources)
+    mtls = _mesh_mtls(dataplane, mesh, context or ProxyContext())
+    _add_inbounds(dataplane, resources, mtls, policies or MeshPolicies())
     outbounds = dataplane.networking.outbound
     if is_transparent(dataplane):
         outbounds = implied_outbounds(dataplane, mesh_dataplanes, index)
-    _add_outbounds(dataplane, outbounds, index, resources)
+    _add_outbounds(dataplane, outbounds, index, resources, mtls)
     add_transparent_proxying(dataplane, mesh, resources)
     return resources
 
 
-def _add_inbounds(dataplane: Dataplane, resources: Resources) -> None:
+def _mesh_mtls(dataplane: Dataplane, mesh: Mesh | None, context: ProxyContext) -> InboundMtls | None:
+    """The mesh's mTLS settings for this proxy (permissions are added per inbound), or None (off)."""
+    backend = mesh.mtls.enabled if mesh is not None and mesh.mtls is not None else None
+    if backend is None:
+        return None
+    if not context.workdir:
+        raise MissingWorkdir(
+            f"mesh {dataplane.mesh!r} has mTLS on, but the proxy of Dataplane {dataplane.name!r} sent no "
+            "`workdir` in its node metadata, so its certificate files cannot be named; "
+            "it gets no configuration (run it with kuma-dp)"
+        )
+    return InboundMtls(mesh=dataplane.mesh, workdir=context.workdir, permissive=backend.mode == "PERMISSIVE")
+
+
+def _add_inbounds(
+    dataplane: Dataplane, resources: Resources, mtls: InboundMtls | None, policies: MeshPolicies
+) -> None:
     for inbound in dataplane.networking.inbound:
         protocol = tags_protocol(inbound.tags)
-        listener = inbound_listener(dataplane, inbound, protocol)
+        inbound_mtls = None
+        if mtls is not None:
+            permissions = caller_actions(policies.traffic_permissions, inbound.service)
+            inbound_mtls = dataclasses.replace(mtls, permissions=permissions)
+        listener = inbound_listener(dataplane, inbound, protocol, inbound_mtls)
         resources[LISTENER_TYPE][listener.name] = listener
         cluster = local_cluster(inbound, protocol)
         # Two inbounds sharing a servicePort share Kuma's `localhost:<port>` name: the first wins.
@@ -66,7 +107,11 @@ def _add_inbounds(dataplane: Dataplane, resources: Resources) -> None:
 
 
 def _add_outbounds(
-    dataplane: Dataplane, outbounds: Sequence[Outbound], index: EndpointIndex, resources: Resources
+    dataplane: Dataplane,
+    outbounds: Sequence[Outbound],
+    index: EndpointIndex,
+    resources: Resources,
+    mtls: InboundMtls | None = None,
 ) -> None:
     for outbound in outbounds:
         service = outbound.service
@@ -74,5 +119,6 @@ def _add_outbounds(
         listener = outbound_listener(dataplane, outbound, protocol)
         resources[LISTENER_TYPE][listener.name] = listener
         if service not in resources[CLUSTER_TYPE]:
-            resources[CLUSTER_TYPE][service] = outbound_cluster(service, protocol)
+            tls = upstream_tls(mtls.mesh, service, mtls.workdir) if mtls is not None else None
+            resources[CLUSTER_TYPE][service] = outbound_cluster(service, protocol, tls)
             resources[ENDPOINT_TYPE][service] = index.load_assignment(service)
