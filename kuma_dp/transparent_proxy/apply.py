@@ -1,0 +1,253 @@
+"""The only code that changes the firewall: install, verify, uninstall the transparent-proxy rules.
+
+Per IP family, one `iptables-restore --noflush --wait` carries both the removal of any earlier
+install and the new rules, so the kernel swaps them in one transaction per table (install twice ==
+install once). Afterwards `iptables-save` must show exactly the built rules; if it does not, or a
+later family fails, the families already changed are put back from the snapshot taken before.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from kuma_dp.transparent_proxy import constants as c
+from kuma_dp.transparent_proxy import netns
+from kuma_dp.transparent_proxy.backend import Backend, detect
+from kuma_dp.transparent_proxy.config import TProxyConfig
+from kuma_dp.transparent_proxy.rules import IPV4, IPV6, Family, TableRules, build, render_table
+from kuma_dp.transparent_proxy.saved import SavedRules, parse_save
+
+Log = Callable[[str], None]
+LOCK_BUSY_EXIT = 4  # iptables' RESOURCE_PROBLEM: the xtables lock is held by someone else
+
+
+class TProxyError(RuntimeError):
+    """Applying, verifying or removing rules failed; the message says what and where."""
+
+
+@dataclass
+class Report:
+    backend: Backend
+    texts: dict[str, str] = field(default_factory=dict)  # family name → the restore input
+    changed: list[str] = field(default_factory=list)  # families actually written
+    elapsed_s: float = 0.0
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+# --- running the tools ----------------------------------------------------------------------------------
+
+
+def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise TProxyError(f"{argv[0]} not found: install iptables (legacy and/or nft)") from None
+    except subprocess.TimeoutExpired:
+        raise TProxyError(f"{argv[0]} did not finish within 60 s") from None
+
+
+def save(backend: Backend, fam: Family, missing_ok: bool = False) -> SavedRules:
+    """`iptables-save -c` of this namespace (with counters, so a rollback keeps them)."""
+    tool = backend.tool(fam.ipv6, "save")
+    try:
+        result = _run([tool, "-c"])
+    except TProxyError:
+        if missing_ok:
+            return parse_save("")
+        raise
+    if result.returncode != 0:
+        if missing_ok:
+            return parse_save("")
+        raise TProxyError(f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return parse_save(result.stdout)
+
+
+def restore(backend: Backend, fam: Family, text: str, wait_s: int, noflush: bool = True) -> None:
+    """Feed `text` to iptables-restore; retry while another program holds the xtables lock."""
+    tool = backend.tool(fam.ipv6, "restore")
+    argv = [tool, *(["--noflush"] if noflush else ["--counters"]), "--wait", str(wait_s)]
+    for attempt in range(1, c.RESTORE_ATTEMPTS + 1):
+        result = _run(argv, text)
+        if result.returncode == 0:
+            return
+        lock_busy = result.returncode == LOCK_BUSY_EXIT and "lock" in result.stderr
+        if not lock_busy or attempt == c.RESTORE_ATTEMPTS:
+            raise TProxyError(_restore_failure(tool, text, result.stderr))
+        time.sleep(c.RESTORE_RETRY_DELAY_S)
+
+
+def _restore_failure(tool: str, text: str, stderr: str) -> str:
+    message = f"{tool} refused the rules: {stderr.strip() or 'no reason given'}"
+    match = re.search(r"line:? (\d+)", stderr)
+    lines = text.splitlines()
+    if match and 0 < int(match.group(1)) <= len(lines):
+        message += f"\n  offending line: {lines[int(match.group(1)) - 1]}"
+    return message + "\n  nothing was changed (iptables-restore applies a table all or nothing)"
+
+
+# --- planning ---------------------------------------------------------------------------------------------
+
+
+def wanted_families(config: TProxyConfig, ipv6: bool | None = None) -> list[Family]:
+    """IPv4 always; IPv6 in dualstack mode when the namespace has a non-loopback IPv6 address."""
+    if config.ip_family_mode != c.IP_FAMILY_DUALSTACK:
+        return [IPV4]
+    with_v6 = netns.has_ipv6() if ipv6 is None else ipv6
+    return [IPV4, IPV6] if with_v6 else [IPV4]
+
+
+def restore_text(tables: Sequence[TableRules], current: SavedRules) -> str:
+    """Removal of whatever we installed before, then the new rules, one block per table."""
+    removal = current.removal_lines()
+    by_name = {t.table: t for t in tables}
+    names = [*by_name, *(name for name in removal if name not in by_name)]
+    return "".join(
+        render_table(by_name.get(name) or TableRules(name, (), ()), removal.get(name, ())) for name in names
+    )
+
+
+def verify(tables: Sequence[TableRules], saved: SavedRules) -> list[str]:
+    """What differs between the built rules and what `iptables-save` shows (empty = all good)."""
+    problems: list[str] = []
+    expected_tables = {t.table: t for t in tables}
+    for name in sorted(set(expected_tables) | set(saved.tables_with_ours())):
+        table = expected_tables.get(name) or TableRules(name, (), ())
+        for chain in sorted({r.chain for r in table.rules} | set(saved.our_chains(name))):
+            want = [r.saved for r in table.rules if r.chain == chain and r.insert]
+            want += [r.saved for r in table.rules if r.chain == chain and not r.insert]
+            have = saved.ours_in(name, chain)
+            if have != want:
+                problems.append(
+                    f"{name}/{chain}: expected {len(want)} rules, found {len(have)} (or out of order)"
+                )
+            top = saved.rules_in(name, chain)[
+                : len([r for r in table.rules if r.chain == chain and r.insert])
+            ]
+            if top != [r.saved for r in table.rules if r.chain == chain and r.insert]:
+                problems.append(f"{name}/{chain}: exclusions are not at the top of the chain")
+    return problems
+
+
+# --- install / uninstall ---------------------------------------------------------------------------------
+
+
+def install(
+    config: TProxyConfig,
+    *,
+    backend: Backend | None = None,
+    ipv6: bool | None = None,
+    dry_run: bool = False,
+    log: Log = _quiet,
+) -> Report:
+    started = time.perf_counter()
+    backend = backend or detect(warn=log)
+    families = wanted_families(config, ipv6)
+    report = Report(backend)
+    snapshots: dict[Family, SavedRules] = {}
+    plans: dict[Family, tuple[TableRules, ...]] = {}
+    for fam in (IPV4, IPV6):
+        wanted = fam in families
+        snapshots[fam] = save(backend, fam, missing_ok=not wanted)
+        plans[fam] = build(config, fam) if wanted else ()
+        text = restore_text(plans[fam], snapshots[fam])
+        if text:
+            report.texts[fam.name] = text
+    log(f"backend: {backend.name}; families: {', '.join(f.name for f in families)}")
+    if dry_run:
+        return report
+    if IPV6 in families and netns.ensure_loopback_ipv6():
+        log(f"added {c.INBOUND_PASSTHROUGH_SOURCE_V6}/128 to {c.LOOPBACK_INTERFACE}")
+    _apply_all(backend, config.wait_s, plans, snapshots, report, log)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def uninstall(*, backend: Backend | None = None, dry_run: bool = False, log: Log = _quiet) -> Report:
+    """Remove every rule and chain we installed (both families); drop nft tables left empty."""
+    started = time.perf_counter()
+    backend = backend or detect(warn=log)
+    report = Report(backend)
+    plans: dict[Family, tuple[TableRules, ...]] = {}
+    snapshots: dict[Family, SavedRules] = {}
+    for fam in (IPV4, IPV6):
+        snapshots[fam] = save(backend, fam, missing_ok=fam.ipv6)
+        plans[fam] = ()
+        text = restore_text((), snapshots[fam])
+        if text:
+            report.texts[fam.name] = text
+    if not dry_run:
+        _apply_all(backend, c.XTABLES_WAIT_S, plans, snapshots, report, log)
+        for fam in report_families(report):
+            _drop_empty_nft_tables(backend, fam, snapshots[fam].tables_with_ours(), log)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def report_families(report: Report) -> list[Family]:
+    return [fam for fam in (IPV4, IPV6) if fam.name in report.changed]
+
+
+def _apply_all(
+    backend: Backend,
+    wait_s: int,
+    plans: dict[Family, tuple[TableRules, ...]],
+    snapshots: dict[Family, SavedRules],
+    report: Report,
+    log: Log,
+) -> None:
+    done: list[Family] = []
+    try:
+        for fam in (IPV4, IPV6):
+            text = report.texts.get(fam.name)
+            if not text:
+                continue
+            restore(backend, fam, text, wait_s)
+            done.append(fam)
+            problems = verify(plans[fam], save(backend, fam))
+            if problems:
+                raise TProxyError(f"{fam.name} rules not in place after restore: " + "; ".join(problems))
+            report.changed.append(fam.name)
+            log(f"{fam.name}: {backend.tool(fam.ipv6, 'restore')} applied and verified")
+    except TProxyError:
+        for fam in done:
+            _rollback(backend, fam, snapshots[fam], log)
+        raise
+
+
+def _rollback(backend: Backend, fam: Family, snapshot: SavedRules, log: Log) -> None:
+    """Put back the touched tables exactly as they were (counters included)."""
+    current = save(backend, fam)
+    touched = set(current.tables_with_ours()) | set(snapshot.tables_with_ours())
+    text = "".join(snapshot.table_text(name) for name in sorted(touched) if snapshot.has_table(name))
+    if text:
+        restore(backend, fam, text, c.XTABLES_WAIT_S, noflush=False)
+    absent = [name for name in sorted(touched) if not snapshot.has_table(name)]
+    if absent:
+        restore(
+            backend, fam, "".join(f"*{name}\nCOMMIT\n" for name in absent), c.XTABLES_WAIT_S, noflush=False
+        )
+        _drop_empty_nft_tables(backend, fam, absent, log)
+    log(f"{fam.name}: rolled back to the state before install")
+
+
+def _drop_empty_nft_tables(backend: Backend, fam: Family, tables: Sequence[str], log: Log) -> None:
+    """iptables-nft leaves an empty table behind; delete it so `iptables-save` is as before install.
+
+    Legacy tables cannot be unregistered from a namespace; an empty one stays (and is harmless).
+    """
+    if not tables or not backend.is_nft or shutil.which("nft") is None:
+        return
+    saved = save(backend, fam)
+    for name in tables:
+        if saved.has_table(name) and saved.is_empty(name):
+            result = _run(["nft", "delete", "table", "ip6" if fam.ipv6 else "ip", name])
+            if result.returncode == 0:
+                log(f"{fam.name}: removed the empty {name} table")

@@ -1,0 +1,183 @@
+"""Throwaway network namespaces for tests and benchmarks: create, wire with veth pairs, run inside.
+
+    with NetnsLab() as lab:
+        a, b = lab.namespace(), lab.namespace()
+        lab.veth(a, "10.11.0.1/24", b, "10.11.0.2/24")
+        lab.run(a, ["iptables-save"])             # a command inside a
+        lab.call(a, some_function, arg)            # a Python callable inside a (forked child)
+        lab.popen(b, [...], uid=1000)              # a background process inside b, as UID 1000
+
+Names are unique per lab (pid + counter + random), so labs of parallel runs never collide; every
+process is killed and every namespace removed in `close()`, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import secrets
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pyroute2 import NetNS
+from pyroute2 import netns as pr_netns
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/var/run/netns"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(name: str) -> None:
+    """Move the calling process (single-threaded: a fresh child) into the named namespace."""
+    fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _preexec(name: str, uid: int | None) -> Callable[[], None]:
+    def enter() -> None:
+        setns(name)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return enter
+
+
+class NetnsLab:
+    def __init__(self, prefix: str = "kt") -> None:
+        self.prefix = f"{prefix}{os.getpid() % 100000}{secrets.token_hex(2)}"
+        self.namespaces: list[str] = []
+        self.processes: list[subprocess.Popen[Any]] = []
+        self._count = 0
+
+    def __enter__(self) -> NetnsLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- building -------------------------------------------------------------------------------------
+
+    def _name(self) -> str:
+        self._count += 1
+        return f"{self.prefix}n{self._count}"
+
+    def namespace(self) -> str:
+        """A fresh namespace with lo up."""
+        name = self._name()
+        pr_netns.create(name)
+        self.namespaces.append(name)
+        with NetNS(name) as ns:
+            (lo,) = ns.link_lookup(ifname="lo")
+            ns.link("set", index=lo, state="up")
+        return name
+
+    def veth(
+        self, ns_a: str, cidr_a: str, ns_b: str, cidr_b: str, *extra: tuple[str, str]
+    ) -> tuple[str, str]:
+        """A veth pair between two namespaces, up, with an address at each end (`extra`: more
+        (cidr_a, cidr_b) pairs, e.g. IPv6). Returns the interface names (a's, b's)."""
+        self._count += 1
+        if_a, if_b = f"va{self._count}", f"vb{self._count}"
+        with NetNS(ns_a) as ns:
+            ns.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
+        for name, ifname, cidrs in ((ns_a, if_a, [cidr_a]), (ns_b, if_b, [cidr_b])):
+            cidrs += [pair[0] if name == ns_a else pair[1] for pair in extra]
+            self._configure(name, ifname, cidrs)
+        return if_a, if_b
+
+    @staticmethod
+    def _configure(name: str, ifname: str, cidrs: Sequence[str]) -> None:
+        with NetNS(name) as ns:
+            (index,) = ns.link_lookup(ifname=ifname)
+            for cidr in cidrs:
+                address, prefix = cidr.split("/")
+                # nodad: an IPv6 address usable at once, not after duplicate detection (~1 s)
+                flags = {"flags": 0x02} if ":" in address else {}
+                ns.addr("add", index=index, address=address, prefixlen=int(prefix), **flags)
+            ns.link("set", index=index, state="up")
+
+    # --- running inside ---------------------------------------------------------------------------------
+
+    def run(
+        self, name: str, argv: Sequence[str], uid: int | None = None, check: bool = False, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("timeout", 30)
+        return subprocess.run(list(argv), preexec_fn=_preexec(name, uid), text=True, check=check, **kwargs)
+
+    def popen(
+        self, name: str, argv: Sequence[str], uid: int | None = None, **kwargs: Any
+    ) -> subprocess.Popen[str]:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(list(argv), preexec_fn=_preexec(name, uid), text=True, **kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def python(
+        self, name: str, code: str, *args: str, uid: int | None = None, **kwargs: Any
+    ) -> subprocess.Popen[str]:
+        """A Python snippet as a background process inside the namespace."""
+        return self.popen(name, [sys.executable, "-c", code, *args], uid=uid, **kwargs)
+
+    def call(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` in a forked child inside the namespace; return or re-raise."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never returns into the test
+            os.close(read_fd)
+            try:
+                setns(name)
+                payload = (True, fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - sent to the parent
+                payload = (False, _picklable(exc))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pickle.dump(payload, pipe)
+            os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            data = pipe.read()
+        os.waitpid(pid, 0)
+        if not data:
+            raise RuntimeError(f"child in {name} died without an answer")
+        ok, value = pickle.loads(data)
+        if not ok:
+            raise value
+        return value
+
+    # --- cleanup -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                proc.communicate(timeout=5)
+        self.processes.clear()
+        for name in reversed(self.namespaces):
+            with contextlib.suppress(Exception):
+                pr_netns.remove(name)
+        self.namespaces.clear()
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # noqa: BLE001 - fall back to the text
+        return RuntimeError("".join(traceback.format_exception(exc)))
