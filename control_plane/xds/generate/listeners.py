@@ -39,17 +39,18 @@ def inbound_listener(
     name = inbound_listener_name(address, inbound.port)
     cluster, route = local_cluster_name(inbound.workload_port), f"inbound:{inbound.service}"
     chain = filter_chain(name, cluster, protocol, route, mtls=mtls)
+    if mtls is not None:
+        secure_chain(chain, mtls)
     listener = listener_pb2.Listener(
         name=name,
         address=socket_address(address, inbound.port),
         traffic_direction=base_pb2.INBOUND,
-        filter_chains=[chain],
+        filter_chains=[chain],  # a copy: `chain` is complete by now
     )
-    if mtls is not None:
-        secure_chain(chain, mtls)
-        if mtls.permissive:  # plaintext callers get the same chain without TLS, RBAC or identity
-            listener.listener_filters.extend(permissive_listener_filters())
-            listener.filter_chains.append(filter_chain(name, cluster, protocol, route))
+    if mtls is not None and mtls.permissive:
+        # Callers outside the mesh get the same chain in plaintext: no TLS, no RBAC, no identity.
+        listener.listener_filters.extend(permissive_listener_filters())
+        listener.filter_chains.append(filter_chain(name, cluster, protocol, route))
     return listener
 
 
