@@ -7,6 +7,7 @@ Rewrite the golden files after an intended change with
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -15,6 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
@@ -27,6 +32,7 @@ from control_plane.resources.registry import InvalidResource, parse_resource
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.generate import Resources, generate_snapshot
+from control_plane.xds.generate.snapshot import ProxyContext
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, short_type
 
 GOLDEN = Path(__file__).parent / "golden" / "xds"
@@ -77,9 +83,10 @@ CASES: dict[str, tuple[Dataplane, Mesh | None]] = {
 }
 
 
-def generate(dataplane: Dataplane, the_mesh: Mesh | None = None) -> Resources:
+def generate(dataplane: Dataplane, the_mesh: Mesh | None = None, workdir: str | None = None) -> Resources:
     others = [d for d in (WEB, *OTHERS) if d.name != dataplane.name]
-    return generate_snapshot(dataplane, [dataplane, *others], the_mesh)
+    context = ProxyContext(workdir=workdir or f"/run/kuma/{dataplane.name}")  # where its SDS files are
+    return generate_snapshot(dataplane, [dataplane, *others], the_mesh, context=context)
 
 
 def to_json(resources: Resources) -> dict[str, dict[str, Any]]:
@@ -181,9 +188,13 @@ def test_without_transparent_proxying_nothing_changes() -> None:
 
 
 def test_real_envoy_accepts_the_generated_config(envoy_binary: Path, tmp_path: Path) -> None:
+    ca = MeshCa()
     for case, (dataplane, the_mesh) in CASES.items():
+        workdir = tmp_path / case
+        ca.write_sds_files(workdir, dataplane.services[0])
+        resources = generate(dataplane, the_mesh, workdir=str(workdir))
         config = tmp_path / f"{case}.json"
-        config.write_text(json_format.MessageToJson(static_bootstrap(generate(dataplane, the_mesh))))
+        config.write_text(json_format.MessageToJson(static_bootstrap(resources)))
         result = subprocess.run(
             [str(envoy_binary), "--mode", "validate", "--config-path", str(config), "--disable-hot-restart"],
             capture_output=True,
@@ -207,6 +218,67 @@ def static_bootstrap(resources: Resources) -> bootstrap_pb2.Bootstrap:
             static.load_assignment.CopyFrom(resources[ENDPOINT_TYPE][name])
         bootstrap.static_resources.clusters.append(static)
     return bootstrap
+
+
+class MeshCa:
+    """A mesh CA (ECDSA P-256) that writes a proxy's SDS files as the agent does (docs/identity.md)."""
+
+    def __init__(self, mesh: str = "default") -> None:
+        self.mesh = mesh
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{mesh} mesh CA")])
+        self.cert = (
+            self._builder(name, self.key.public_key())
+            .issuer_name(name)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @staticmethod
+    def _builder(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+        )
+
+    def write_sds_files(self, workdir: Path, service: str) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        uri = f"spiffe://{self.mesh}/{service}"
+        cert = (
+            self._builder(x509.Name([]), key.public_key())
+            .issuer_name(self.cert.subject)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        secret_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+        identity = {
+            "@type": secret_type,
+            "name": "identity",
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": cert.public_bytes(pem).decode()},
+                "private_key": {"inline_string": key_pem.decode()},
+            },
+        }
+        ca = {
+            "@type": secret_type,
+            "name": "mesh_ca",
+            "validation_context": {"trusted_ca": {"inline_string": self.cert.public_bytes(pem).decode()}},
+        }
+        sds = workdir / "identity" / "sds"
+        sds.mkdir(parents=True, exist_ok=True)
+        for file_name, secret in (("identity.yaml", identity), ("ca.yaml", ca)):
+            (sds / file_name).write_text(json.dumps({"resources": [secret]}))  # JSON is YAML
 
 
 # --- explicit outbounds are refused ---------------------------------------------------------------
