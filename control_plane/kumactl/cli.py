@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from control_plane.kumactl import tokens_cmd
 from control_plane.kumactl.client import collection_path, resource_path
 from control_plane.kumactl.config_cmd import config_group
 from control_plane.kumactl.context import api_client
@@ -36,6 +37,8 @@ def main(config_file: str | None) -> None:
 
 
 main.add_command(config_group)
+main.add_command(tokens_cmd.generate)
+main.add_command(tokens_cmd.revoke)
 
 
 # --- apply ----------------------------------------------------------------------------------------
