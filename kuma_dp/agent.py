@@ -1,4 +1,4 @@
-"""The agent: bootstrap, then Envoy under supervision, readiness alongside, drain on shutdown.
+"""The agent: bootstrap, identity, then Envoy under supervision, readiness alongside, drain on shutdown.
 
 One asyncio.TaskGroup owns the long-running pieces; signals only set events that the pieces
 wait on, so every task and every Envoy process is awaited and reaped before `run_agent` returns.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,15 +16,21 @@ import yaml
 
 from kuma_dp import bootstrap_client as bc
 from kuma_dp.config import RunConfig
-from kuma_dp.constants import BOOTSTRAP_FILE_MODE, BOOTSTRAP_FILE_NAME
+from kuma_dp.constants import BOOTSTRAP_FILE_MODE, BOOTSTRAP_FILE_NAME, DEFAULT_PROXY_TYPE
 from kuma_dp.drain import drain_and_stop, drain_inbound
 from kuma_dp.envoy.admin import AdminAddress, EnvoyAdmin, admin_address_from_bootstrap
 from kuma_dp.envoy.binary import EnvoyVersion, VersionProbe
 from kuma_dp.envoy.process import EnvoyLaunch, EnvoyProcess
 from kuma_dp.errors import AgentError, BootstrapError
+from kuma_dp.identity.client import CertificateClient, NoCertificateEndpoint
+from kuma_dp.identity.renewal import WorkloadIdentity
+from kuma_dp.identity.sds import IdentityPaths
+from kuma_dp.identity.services import spiffe_ids
+from kuma_dp.identity.token_rotation import TokenRotation
 from kuma_dp.readiness import ReadinessState, start_readiness_server
 from kuma_dp.signals import Shutdown, installed
 from kuma_dp.supervisor import RestartPolicy, supervise
+from kuma_dp.token_source import TokenSource
 from kuma_dp.workdir import work_dir, write_private_file
 
 log = logging.getLogger("agent")
@@ -52,7 +58,7 @@ async def run_agent(config: RunConfig, binary: Path, version_probe: VersionProbe
         log.info("Envoy %s (%s)", envoy_version.version, binary)
         ca = bc.load_trusted_ca(config)
         bc.ssl_context(ca)  # fail now on a CA that is not PEM
-        token = bc.read_token(config)
+        tokens = TokenSource(config.token, config.token_path)
         with work_dir(config.work_dir) as workdir:
             server = await start_readiness_server(readiness, config.readiness_address, config.readiness_port)
             log.info("readiness on http://%s:%d/ready", config.readiness_address, config.readiness_port)
@@ -62,7 +68,7 @@ async def run_agent(config: RunConfig, binary: Path, version_probe: VersionProbe
                     serving = tasks.create_task(server.serve_forever())
                     try:
                         await _bootstrap_and_run(
-                            config, binary, envoy_version, ca, token, workdir, readiness, shutdown
+                            config, binary, envoy_version, ca, tokens, workdir, readiness, shutdown
                         )
                     finally:
                         inbound_drains = None
@@ -76,38 +82,142 @@ async def _bootstrap_and_run(
     binary: Path,
     envoy_version: EnvoyVersion,
     ca: bc.TrustedCa | None,
-    token: str,
+    tokens: TokenSource,
     workdir: Path,
     readiness: ReadinessState,
     shutdown: Shutdown,
 ) -> None:
-    body = bc.request_body(config, token, envoy_version, ca, workdir)
-    log.info("fetching bootstrap from %s for %s.%s", config.cp_address, config.mesh, config.name)
-    response = await _unless_shutdown(bc.fetch_bootstrap(config, body, ca), shutdown.requested)
-    if response is None:
-        log.info("stopped before Envoy was started")
-        return
     bootstrap_path = workdir / BOOTSTRAP_FILE_NAME
-    write_private_file(bootstrap_path, response.bootstrap_yaml, BOOTSTRAP_FILE_MODE)
-    address = admin_address_from_bootstrap(_parse_bootstrap(response.bootstrap_yaml))
-    log.info("bootstrap written to %s; Envoy admin at %s", bootstrap_path, address.describe())
-    admin = EnvoyAdmin(address)
-    readiness.admin = admin
+
+    async def fetch_and_write_bootstrap() -> bytes:
+        body = bc.request_body(config, tokens.current(), envoy_version, ca, workdir)
+        response = await bc.fetch_bootstrap(config, body, ca)
+        write_private_file(bootstrap_path, response.bootstrap_yaml, BOOTSTRAP_FILE_MODE)
+        return response.bootstrap_yaml
+
+    certificates = CertificateClient(config.cp_address, ca, config.mesh, config.name, tokens)
+    identity = _workload_identity(config, certificates, workdir)
+    try:
+        log.info("fetching bootstrap from %s for %s.%s", config.cp_address, config.mesh, config.name)
+        bootstrap = await _unless_shutdown(fetch_and_write_bootstrap(), shutdown.requested)
+        if bootstrap is not None and identity is not None:
+            identity = await _unless_shutdown(_first_certificate(config, identity), shutdown.requested)
+        if shutdown.requested.is_set() or bootstrap is None:
+            log.info("stopped before Envoy was started")
+            return
+        address = admin_address_from_bootstrap(_parse_bootstrap(bootstrap))
+        log.info("bootstrap written to %s; Envoy admin at %s", bootstrap_path, address.describe())
+        admin = EnvoyAdmin(address)
+        readiness.admin = admin
+        try:
+            await _run_with_identity(config, binary, bootstrap_path, admin, shutdown, tokens, identity,
+                                     fetch_and_write_bootstrap)  # fmt: skip
+        finally:
+            readiness.admin = None
+            await admin.aclose()
+    finally:
+        if identity is not None:
+            identity.cancel_pregenerated()
+        await certificates.aclose()
+
+
+async def _run_with_identity(
+    config: RunConfig,
+    binary: Path,
+    bootstrap_path: Path,
+    admin: EnvoyAdmin,
+    shutdown: Shutdown,
+    tokens: TokenSource,
+    identity: WorkloadIdentity | None,
+    refresh_bootstrap: Callable[[], Awaitable[object]],
+) -> None:
+    """Envoy under supervision, with certificate renewal and token-file watching beside it."""
+    restart = asyncio.Event()
+    rotation = TokenRotation(tokens, refresh_bootstrap, admin, restart.set)
+    async with asyncio.TaskGroup() as side:
+        side_tasks = [
+            side.create_task(tokens.watch(rotation.on_token_change)),
+            side.create_task(rotation.refresh_on_change()),
+            side.create_task(rotation.watch_ads()),
+        ]
+        if identity is not None:
+            side_tasks.append(side.create_task(identity.renew_forever()))
+        try:
+            await _run_envoy(
+                config, binary, bootstrap_path, admin, shutdown, restart, rotation.envoy_starting
+            )
+        finally:
+            for task in side_tasks:
+                task.cancel()
+
+
+def _workload_identity(
+    config: RunConfig, certificates: CertificateClient, workdir: Path
+) -> WorkloadIdentity | None:
+    """The identity to obtain, its first key already being made; None for zone proxies, which are
+    not Dataplanes (the CP has no certificate for them)."""
+    if config.proxy_type != DEFAULT_PROXY_TYPE:
+        return None
+    uris = spiffe_ids(config.mesh, config.dataplane_json)
+    identity = WorkloadIdentity(certificates, IdentityPaths.in_workdir(workdir), uris)
+    identity.pregenerate()
+    return identity
+
+
+async def _first_certificate(config: RunConfig, identity: WorkloadIdentity) -> WorkloadIdentity | None:
+    """Key, CSR and SDS files before Envoy starts; None when the CP does not issue certificates."""
+    try:
+        await identity.obtain_at_start(config.retry_backoff_s, config.retry_max_duration_s)
+    except NoCertificateEndpoint as exc:
+        log.warning("%s: running without a workload identity (no mTLS for this proxy)", exc)
+        return None
+    return identity
+
+
+async def _run_envoy(
+    config: RunConfig,
+    binary: Path,
+    bootstrap_path: Path,
+    admin: EnvoyAdmin,
+    shutdown: Shutdown,
+    restart: asyncio.Event,
+    before_start: Callable[[], None],
+) -> None:
+    """Supervise Envoy until shutdown; a `restart` request drains and stops it, then starts it again."""
     launch = EnvoyLaunch(
         binary, bootstrap_path, config.drain_time_s, config.envoy_log_level, config.concurrency
     )
     policy = RestartPolicy(config.max_envoy_restarts, config.envoy_restart_window_s)
 
-    async def on_shutdown(envoy: EnvoyProcess) -> None:
+    async def on_stop(envoy: EnvoyProcess) -> None:
         await drain_and_stop(envoy, admin, config.drain_time_s, shutdown.forced)
 
+    def start_hook() -> None:
+        _remove_stale_socket(admin.address)
+        before_start()
+
+    while True:
+        stop = asyncio.Event()
+        relay = asyncio.ensure_future(_set_on_first(stop, shutdown.requested, restart))
+        try:
+            await supervise(launch, policy, stop, on_stop, start_hook)
+        finally:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+        if shutdown.requested.is_set() or not restart.is_set():
+            return
+        restart.clear()
+        log.info("starting Envoy again with the refreshed bootstrap")
+
+
+async def _set_on_first(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(source.wait()) for source in sources]
     try:
-        await supervise(
-            launch, policy, shutdown.requested, on_shutdown, lambda: _remove_stale_socket(address)
-        )
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        target.set()
     finally:
-        readiness.admin = None
-        await admin.aclose()
+        for wait in waits:
+            wait.cancel()
 
 
 async def _unless_shutdown(work: Awaitable[T], requested: asyncio.Event) -> T | None:

@@ -79,19 +79,6 @@ def ssl_context(ca: TrustedCa | None) -> ssl.SSLContext:
         raise ConfigError(f"{ca.source}: not a PEM CA certificate ({exc.reason or exc})") from None
 
 
-def read_token(config: RunConfig) -> str:
-    if config.token is not None:
-        return config.token
-    if config.token_path is None:
-        return ""
-    try:
-        return config.token_path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"--dataplane-token-file {config.token_path}: cannot read: {exc.strerror}"
-        ) from None
-
-
 def agent_version() -> str:
     return __version__
 
@@ -146,7 +133,7 @@ def server_message(body: bytes) -> str:
     return "; ".join(parts)[:_MESSAGE_LIMIT] if parts else text[:_MESSAGE_LIMIT]
 
 
-def _is_tls_verification_failure(exc: BaseException) -> bool:
+def is_tls_verification_failure(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
@@ -186,7 +173,7 @@ async def _attempt(
     try:
         response = await client.post(url, json=body)
     except httpx.HTTPError as exc:
-        if _is_tls_verification_failure(exc):
+        if is_tls_verification_failure(exc):
             trusted = ca.source if ca else "the system trust store (give --ca-cert-file)"
             raise BootstrapError(
                 f"TLS verification of the control plane at {url} failed against {trusted}: {exc}"

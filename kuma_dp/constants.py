@@ -40,6 +40,34 @@ WORK_DIR_PREFIX = "kuma-dp-"
 WORK_DIR_MODE = 0o711
 BOOTSTRAP_FILE_MODE = 0o600
 
+# Workload identity (docs/identity.md): key, certificate and CA in the work dir, read by Envoy's SDS.
+IDENTITY_DIR_NAME = "identity"
+IDENTITY_SDS_DIR_NAME = "sds"
+IDENTITY_KEY_FILE_NAME = "key.pem"
+IDENTITY_CERTIFICATE_FILE_NAME = "cert.pem"
+IDENTITY_SECRET_NAME = "identity"
+MESH_CA_SECRET_NAME = "mesh_ca"
+IDENTITY_SECRET_FILE_NAME = "identity.yaml"
+MESH_CA_SECRET_FILE_NAME = "ca.yaml"
+IDENTITY_DIR_MODE = 0o700
+IDENTITY_FILE_MODE = 0o600
+CERTIFICATE_PATH = "/certificate"
+CERTIFICATE_REQUEST_TIMEOUT_S = 10.0
+SERVICE_TAG = "kuma.io/service"
+# Renew at 80 % of the lifetime, +- 5 points of jitter so that proxies started together spread out.
+RENEWAL_FRACTION = 0.8
+RENEWAL_JITTER = 0.05
+RENEWAL_BACKOFF_INITIAL_S = 1.0
+RENEWAL_BACKOFF_MAX_S = 30.0
+
+# Token file watching; a changed token reaches Envoy's ADS stream only through a new bootstrap.
+TOKEN_WATCH_DEBOUNCE_MS = 200
+# After the token changed, Envoy (still holding the old token) is restarted once its ADS stream
+# has been down this long while the control plane accepts the new token.
+ADS_STALE_TOKEN_RESTART_S = 10.0
+ADS_WATCH_INTERVAL_S = 1.0
+ADS_CONNECTED_STAT = "control_plane.connected_state"
+
 # kuma-dp wait (Kuma's defaults)
 DEFAULT_WAIT_URL = f"http://localhost:{DEFAULT_READINESS_PORT}{READINESS_PATH}"
 DEFAULT_WAIT_TIMEOUT = "180s"
