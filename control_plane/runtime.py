@@ -12,7 +12,9 @@ import uvicorn
 
 from control_plane.api.app import create_app
 from control_plane.config import CpConfig
-from control_plane.dp_server.bootstrap_api import BootstrapSettings, create_bootstrap_app
+from control_plane.dp_server.authn import DpAuthenticator
+from control_plane.dp_server.bootstrap_api import BootstrapSettings
+from control_plane.dp_server.http_app import create_dp_http_app
 from control_plane.dp_server.server import DpServer
 from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
 from control_plane.store.base import ResourceStore
@@ -49,19 +51,23 @@ class ControlPlane:
             raise RuntimeStartError(str(exc)) from None
         if not config.defaults.skip_mesh_creation:
             ensure_default_mesh(store)
-        if config.dp_server.dp_proxy_authn != "none":
+        if config.dp_server.dp_proxy_authn == "none":
             log.warning(
-                "dataplane token authentication (%s) is not implemented yet: dataplanes are NOT "
-                "authenticated, as with KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none",
-                config.dp_server.dp_proxy_authn,
+                "dataplane authentication is off (KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none): any "
+                "client of the DP server gets config and certificates"
             )
         return cls(config, store, tls)
 
     async def run(self) -> None:
         cfg = self.config
-        xds = XdsComponent(self.store, deregistration_delay_s=cfg.xds.dataplane_deregistration_delay)
-        bootstrap_app = create_bootstrap_app(self.store, BootstrapSettings(dp_server_port=cfg.dp_server.port))
-        dp_server = DpServer(self.tls, cfg.dp_server.port, bootstrap_app, xds.register)
+        authn = DpAuthenticator(self.store, cfg.dp_server.dp_proxy_authn)
+        xds = XdsComponent(
+            self.store,
+            deregistration_delay_s=cfg.xds.dataplane_deregistration_delay,
+            authenticate=authn.authenticate_stream if authn.enabled else None,
+        )
+        http_app = create_dp_http_app(self.store, BootstrapSettings(dp_server_port=cfg.dp_server.port), authn)
+        dp_server = DpServer(self.tls, cfg.dp_server.port, http_app, xds.register)
         api = uvicorn.Server(
             uvicorn.Config(
                 create_app(self.store, localhost_is_admin=cfg.api_server.localhost_is_admin),

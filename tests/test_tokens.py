@@ -7,12 +7,14 @@ import logging
 import time
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from control_plane.api.app import create_app
 from control_plane.kumactl.cli import main as kumactl
 from control_plane.resources.dataplane import Dataplane
 from control_plane.store.base import ResourceKey, mesh_key
@@ -262,3 +264,53 @@ def test_rejections_never_log_the_token(store: MemoryStore, caplog: pytest.LogCa
     signature = token.rsplit(".", 1)[1]
     assert token not in caplog.text and signature not in caplog.text
     assert "PRIVATE KEY" not in caplog.text
+
+
+def api(store: MemoryStore, client_host: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(store), client=(client_host, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://cp")
+
+
+async def test_api_issues_tokens_to_admins_only(store: MemoryStore) -> None:
+    body = {
+        "name": "web-1",
+        "mesh": "default",
+        "tags": {"kuma.io/service": ["web"]},
+        "type": "dataplane",
+        "validFor": "24h",
+    }
+    async with api(store) as client:
+        response = await client.post("/tokens/dataplane", json=body)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    claims = verify_token(store, response.text, dataplane())
+    assert claims.expires - time.time() == pytest.approx(24 * 3600, abs=10)
+    async with api(store, "10.1.2.3") as client:
+        refused = await client.post("/tokens/dataplane", json=body)
+        refused_revoke = await client.post(
+            "/tokens/dataplane/revocations", json={"mesh": "default", "jti": "x"}
+        )
+    assert refused.status_code == 403 and refused_revoke.status_code == 403
+    assert "admin" in refused.json()["details"]
+
+
+async def test_api_names_the_field_at_fault(store: MemoryStore) -> None:
+    async with api(store) as client:
+        bad_duration = await client.post("/tokens/dataplane", json={"mesh": "default", "validFor": "soon"})
+        no_mesh = await client.post("/tokens/dataplane", json={"mesh": "nowhere"})
+        bad_tags = await client.post("/tokens/dataplane", json={"tags": {"kuma.io/service": "web"}})
+        bad_type = await client.post("/tokens/dataplane", json={"type": "ingress"})
+    assert bad_duration.status_code == 400 and bad_duration.json()["causes"][0]["field"] == "validFor"
+    assert no_mesh.status_code == 404 and "nowhere" in no_mesh.json()["details"]
+    assert bad_tags.status_code == 400 and bad_tags.json()["causes"][0]["field"].startswith("tags")
+    assert bad_type.status_code == 400 and bad_type.json()["causes"][0]["field"] == "type"
+
+
+async def test_api_revokes_by_jti(store: MemoryStore) -> None:
+    token = issue_token(store, WEB)
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    async with api(store) as client:
+        first = await client.post("/tokens/dataplane/revocations", json={"mesh": "default", "jti": jti})
+        again = await client.post("/tokens/dataplane/revocations", json={"mesh": "default", "jti": jti})
+    assert first.json() == {"mesh": "default", "jti": jti, "alreadyRevoked": False}
+    assert again.json()["alreadyRevoked"] is True
+    assert reason(store, token) == "revoked"

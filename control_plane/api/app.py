@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from control_plane.api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from control_plane.api.resources import ResourceEndpoints
+from control_plane.api.tokens import token_routes
 from control_plane.resources.registry import MESH, TYPES, ResourceType
 from control_plane.store.base import ResourceStore
 from kuma_common.version import BASED_ON_KUMA, __version__
@@ -75,6 +76,7 @@ def create_app(store: ResourceStore, *, localhost_is_admin: bool = True) -> Star
     mesh_lock = asyncio.Lock()
     for rtype in TYPES.values():
         routes.extend(resource_routes(ResourceEndpoints(store, rtype, localhost_is_admin, mesh_lock)))
+    routes.extend(token_routes(store, localhost_is_admin))
     return Starlette(
         routes=routes,
         exception_handlers={

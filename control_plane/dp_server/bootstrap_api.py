@@ -20,10 +20,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from control_plane.bootstrap.render import BootstrapParams, dataplane_json, render_bootstrap
+from control_plane.dp_server.authn import DpAuthenticator, unauthorized
+from control_plane.dp_server.recent_dataplanes import RecentDataplanes
 from control_plane.resources.common import format_validation_error
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.registry import DATAPLANE, InvalidResource, parse_resource
 from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
+from control_plane.tokens.verify import TokenRejected
 
 log = logging.getLogger("kuma-cp.bootstrap")
 
@@ -66,15 +69,29 @@ class BootstrapSettings:
     dp_server_port: int
 
 
-def create_bootstrap_app(store: ResourceStore, settings: BootstrapSettings) -> Starlette:
+def create_bootstrap_app(
+    store: ResourceStore,
+    settings: BootstrapSettings,
+    authenticator: DpAuthenticator | None = None,
+    recent: RecentDataplanes | None = None,
+) -> Starlette:
+    """`authenticator` None: no token check (tests of the rendering); the runtime always passes one.
+    `recent` remembers authenticated Dataplanes for `POST /certificate`."""
+
     async def bootstrap(request: Request) -> Response:
         try:
             body = _parse_request(await request.body())
             dataplane, raw = _resolve_dataplane(store, body)
+            if authenticator is not None:
+                authenticator.authenticate(body.dataplaneToken or None, dataplane, "bootstrap")
             yaml_text = render_bootstrap(_params(body, dataplane, raw, request, settings))
         except BootstrapError as err:
             log.info("bootstrap from %s refused (%d): %s", _client(request), err.status, err.title)
             return err.response()
+        except TokenRejected as exc:
+            return unauthorized(exc)
+        if recent is not None and raw is not None:
+            recent.remember(dataplane)
         encoded = base64.b64encode(yaml_text.encode()).decode()
         sidecar = {
             "networking": {"address": dataplane.networking.address},

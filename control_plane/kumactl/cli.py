@@ -19,6 +19,7 @@ from control_plane.kumactl.documents import (
     substitute,
 )
 from control_plane.kumactl.output import FORMATS, render_document, render_table
+from control_plane.kumactl.tproxy_cmd import install, uninstall
 from control_plane.resources.common import DEFAULT_MESH
 from control_plane.resources.registry import TYPES, ResourceType
 
@@ -37,6 +38,8 @@ def main(config_file: str | None) -> None:
 
 
 main.add_command(config_group)
+main.add_command(install)
+main.add_command(uninstall)
 main.add_command(tokens_cmd.generate)
 main.add_command(tokens_cmd.revoke)
 

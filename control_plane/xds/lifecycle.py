@@ -46,7 +46,7 @@ class DataplaneLifecycle:
     async def on_open(self, node: base_pb2.Node) -> None:
         """Register the node's Dataplane if it sent one; raises StreamRejected if it is not valid."""
         mesh, name = _node_id(node.id)
-        dataplane = _metadata_dataplane(node)
+        dataplane = metadata_dataplane(node)
         if dataplane is not None:
             if (dataplane.mesh, dataplane.name) != (mesh, name):
                 raise StreamRejected(
@@ -114,7 +114,8 @@ def _node_id(value: str) -> tuple[str, str]:
         raise StreamRejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
-def _metadata_dataplane(node: base_pb2.Node) -> Dataplane | None:
+def metadata_dataplane(node: base_pb2.Node) -> Dataplane | None:
+    """The Dataplane the proxy sent in its node metadata, if any; StreamRejected if it is invalid."""
     value = node.metadata.fields.get(RESOURCE_METADATA_KEY)
     if value is None:
         return None

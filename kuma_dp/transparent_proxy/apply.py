@@ -155,7 +155,8 @@ def install(
     plans: dict[Family, tuple[TableRules, ...]] = {}
     for fam in (IPV4, IPV6):
         wanted = fam in families
-        snapshots[fam] = save(backend, fam, missing_ok=not wanted)
+        # A dry run may run without root, where iptables-save cannot read the tables.
+        snapshots[fam] = save(backend, fam, missing_ok=dry_run or not wanted)
         plans[fam] = build(config, fam) if wanted else ()
         text = restore_text(plans[fam], snapshots[fam])
         if text:

@@ -43,4 +43,5 @@ RESTORE_RETRY_DELAY_S = 0.2
 VALIDATION_SERVER_IP = "127.0.0.6"
 VALIDATION_PORT_RANGE = (20000, 30000)
 VALIDATION_TIMEOUT_S = 2.0
-VALIDATION_CLIENT_UID = 0  # any UID but the proxy's; root is the one that always exists
+VALIDATION_REMOTE_IP = "192.0.2.1"  # TEST-NET-1: the outbound probe's target when a default route exists
+VALIDATION_CLIENT_UIDS = (65534, 4321, 1000)  # the outbound probe runs as the first one not excluded

@@ -6,6 +6,7 @@ so call it in a process made for that (a forked child, an init container, a CNI 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass
 
@@ -78,3 +79,25 @@ def ensure_loopback_ipv6(address: str = c.INBOUND_PASSTHROUGH_SOURCE_V6) -> bool
         (index,) = ipr.link_lookup(ifname=c.LOOPBACK_INTERFACE)
         ipr.addr("add", index=index, address=address, prefixlen=128)
     return True
+
+
+def remote_probe_address() -> str | None:
+    """A non-local IPv4 address that routes out of a non-loopback interface, or None.
+
+    With a default route, TEST-NET-1's 192.0.2.1 (never a real host); otherwise another host of the
+    first connected subnet. The outbound validation probe connects there; the rules must catch it
+    before it leaves.
+    """
+    own = [a for a in addresses() if a.family == socket.AF_INET and a.ifname != c.LOOPBACK_INTERFACE]
+    with IPRoute() as ipr:
+        has_default = any(
+            r.get_attr("RTA_DST") is None for r in ipr.get_routes(family=socket.AF_INET, table=254)
+        )
+    if has_default and own:
+        return c.VALIDATION_REMOTE_IP
+    for a in own:
+        network = ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False)
+        for host in network.hosts():
+            if str(host) != a.address:
+                return str(host)
+    return None

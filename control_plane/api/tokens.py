@@ -1,0 +1,95 @@
+"""Token endpoints (admin only): `POST /tokens/dataplane` issues, `.../revocations` revokes by jti."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from control_plane.api.access import require_admin
+from control_plane.api.bodies import decode_body
+from control_plane.api.errors import ApiError, invalid
+from control_plane.resources.common import DEFAULT_MESH, format_validation_error
+from control_plane.store.base import ResourceStore, mesh_key
+from control_plane.tokens import DEFAULT_VALIDITY_S, TokenRequest, issue_token, revoke
+from kuma_common.durations import DurationError, parse_duration
+
+M = TypeVar("M", bound=BaseModel)
+
+TOKENS_PATH = "/tokens/dataplane"
+REVOCATIONS_PATH = "/tokens/dataplane/revocations"
+
+
+class DataplaneTokenBody(BaseModel):
+    """Kuma's request body; `validFor` is a Go duration (default: 10 years, as Kuma)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    mesh: str = DEFAULT_MESH
+    tags: dict[str, list[str]] = Field(default_factory=dict)
+    type: Literal["dataplane"] = "dataplane"
+    validFor: str | None = None
+
+
+class RevocationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mesh: str = Field(min_length=1)
+    jti: str = Field(min_length=1)
+
+
+def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
+    async def generate(request: Request) -> Response:
+        require_admin(request, localhost_is_admin)
+        body = await _body(request, DataplaneTokenBody)
+        token_request = TokenRequest(body.mesh, body.name, body.tags, _valid_for(body.validFor))
+        _require_mesh(store, body.mesh)
+        token = await asyncio.to_thread(issue_token, store, token_request)
+        return PlainTextResponse(token)
+
+    async def revocations(request: Request) -> Response:
+        require_admin(request, localhost_is_admin)
+        body = await _body(request, RevocationBody)
+        _require_mesh(store, body.mesh)
+        added = await asyncio.to_thread(revoke, store, body.mesh, body.jti)
+        return JSONResponse({"mesh": body.mesh, "jti": body.jti, "alreadyRevoked": not added})
+
+    return [
+        Route(TOKENS_PATH, generate, methods=["POST"]),
+        Route(REVOCATIONS_PATH, revocations, methods=["POST"]),
+    ]
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    doc = decode_body(await request.body(), request.headers.get("content-type"))
+    if not isinstance(doc, dict):
+        raise invalid([{"field": "(body)", "message": "must be an object"}], "Request is not valid")
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise invalid(format_validation_error(exc), "Request is not valid") from None
+
+
+def _valid_for(text: str | None) -> float:
+    if text is None:
+        return DEFAULT_VALIDITY_S
+    try:
+        seconds = parse_duration(text)
+    except DurationError as exc:
+        raise invalid([{"field": "validFor", "message": str(exc)}], "Request is not valid") from None
+    if seconds <= 0:
+        message = "must be a positive duration"
+        raise invalid([{"field": "validFor", "message": message}], "Request is not valid")
+    return seconds
+
+
+def _require_mesh(store: ResourceStore, mesh: str) -> None:
+    if store.get(mesh_key(mesh)) is None:
+        raise ApiError(
+            404, "Not found", f'mesh "{mesh}" does not exist', [{"field": "mesh", "message": "not found"}]
+        )

@@ -1,0 +1,85 @@
+"""CSR in, workload certificate out: the mesh's lifetime, the SAN rules and the persisted CA."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+
+from control_plane.ca.authority import get_or_create_mesh_ca
+from control_plane.ca.csr import check_csr, parse_csr, spiffe_uri
+from control_plane.ca.signing import sign_workload_certificate
+from control_plane.resources.mesh import Mesh
+from control_plane.store.base import ResourceStore, mesh_key
+from kuma_common.durations import DurationError, parse_duration
+
+log = logging.getLogger("kuma-cp.ca")
+
+DEFAULT_LIFETIME = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    certificate_pem: str
+    ca_pem: str
+    not_after: dt.datetime
+    serial: int
+
+    def response(self) -> dict[str, str]:
+        """The body of `POST /certificate` (docs/identity.md)."""
+        return {
+            "certificate": self.certificate_pem,
+            "caBundle": self.ca_pem,
+            "notAfter": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "serial": format(self.serial, "x"),
+        }
+
+
+def certificate_lifetime(mesh: Mesh | None) -> dt.timedelta:
+    """The enabled mTLS backend's `dpCert.rotation.expiration`, or 24 h."""
+    backend = mesh.mtls.enabled if mesh is not None and mesh.mtls is not None else None
+    if backend is None:
+        return DEFAULT_LIFETIME
+    text = backend.dpCert.rotation.expiration
+    try:
+        seconds = parse_duration(text)
+    except DurationError:
+        seconds = 0
+    if seconds <= 0:
+        log.warning(
+            "mesh %s: dpCert.rotation.expiration %r is not a positive duration; using %s",
+            mesh.name if mesh else "?",
+            text,
+            DEFAULT_LIFETIME,
+        )
+        return DEFAULT_LIFETIME
+    return dt.timedelta(seconds=seconds)
+
+
+def mesh_lifetime(store: ResourceStore, mesh: str) -> dt.timedelta:
+    stored = store.get(mesh_key(mesh))
+    return certificate_lifetime(None if stored is None else Mesh.model_validate(stored.document()))
+
+
+def issue_certificate(
+    store: ResourceStore,
+    mesh: str,
+    services: Sequence[str],
+    csr_pem: str,
+    now: dt.datetime | None = None,
+) -> IssuedCertificate:
+    """Check the CSR against the allowed services and sign; CsrInvalid / CsrForbidden otherwise."""
+    csr = parse_csr(csr_pem)
+    check_csr(csr, [spiffe_uri(mesh, service) for service in services], mesh)
+    ca = get_or_create_mesh_ca(store, mesh)
+    now = now or dt.datetime.now(dt.UTC)
+    cert = sign_workload_certificate(ca, csr.public_key(), services, mesh_lifetime(store, mesh), now)
+    return IssuedCertificate(
+        certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        ca_pem=ca.cert_pem,
+        not_after=cert.not_valid_after_utc,
+        serial=cert.serial_number,
+    )

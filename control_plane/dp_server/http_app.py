@@ -1,0 +1,19 @@
+"""The DP server's HTTP side: `/bootstrap` and `POST /certificate` in one app, one authenticator."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from control_plane.dp_server.authn import DpAuthenticator
+from control_plane.dp_server.bootstrap_api import BootstrapSettings, create_bootstrap_app
+from control_plane.dp_server.identity_api import certificate_routes
+from control_plane.dp_server.recent_dataplanes import RecentDataplanes
+from control_plane.store.base import ResourceStore
+
+
+def create_dp_http_app(
+    store: ResourceStore, settings: BootstrapSettings, authenticator: DpAuthenticator
+) -> Starlette:
+    recent = RecentDataplanes()
+    bootstrap = create_bootstrap_app(store, settings, authenticator, recent)
+    return Starlette(routes=[*bootstrap.routes, *certificate_routes(store, authenticator, recent)])

@@ -1,0 +1,88 @@
+"""`POST /certificate`: a proxy's CSR, checked against its token and Dataplane, signed by the mesh CA.
+
+Status codes (docs/identity.md): 200 the certificate; 404 with an empty body, the Dataplane is not
+known yet (retry); 401 the token; 403 the CSR asks for what the token does not prove (logged at
+WARNING with what was asked); 400 a malformed body; 422 a CSR that cannot be used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from control_plane.ca.csr import CsrForbidden, CsrInvalid
+from control_plane.ca.issue import issue_certificate
+from control_plane.dp_server.authn import AUTHORIZATION, DpAuthenticator, token_from_header, unauthorized
+from control_plane.dp_server.recent_dataplanes import RecentDataplanes
+from control_plane.resources.dataplane import Dataplane
+from control_plane.store.base import ResourceStore, dataplane_key
+from control_plane.tokens.verify import TokenRejected, allowed_services
+
+log = logging.getLogger("kuma-cp.identity")
+
+CERTIFICATE_PATH = "/certificate"
+_FIELDS = ("mesh", "name", "csr")
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, title: str, details: str = "") -> None:
+        super().__init__(title)
+        self.status, self.title, self.details = status, title, details or title
+
+    def response(self) -> Response:
+        return JSONResponse({"title": self.title, "details": self.details}, status_code=self.status)
+
+
+def certificate_routes(
+    store: ResourceStore, authenticator: DpAuthenticator, recent: RecentDataplanes
+) -> list[Route]:
+    async def certificate(request: Request) -> Response:
+        try:
+            mesh, name, csr = _parse_body(await request.body())
+        except _Refused as err:
+            return err.response()
+        dataplane = recent.get(mesh, name) or _stored_dataplane(store, mesh, name)
+        if dataplane is None:
+            return Response(status_code=404)  # empty body: "not known yet, retry"
+        try:
+            token = authenticator.authenticate(
+                token_from_header(request.headers.get(AUTHORIZATION)), dataplane, "certificate request"
+            )
+        except TokenRejected as exc:
+            return unauthorized(exc)
+        try:
+            issued = issue_certificate(store, mesh, allowed_services(token, dataplane), csr)
+        except CsrInvalid as exc:
+            return _Refused(422, "invalid certificate signing request", str(exc)).response()
+        except CsrForbidden as exc:
+            log.warning("certificate for dataplane %s/%s refused: %s", mesh, name, exc)
+            return _Refused(403, "certificate signing request refused", str(exc)).response()
+        log.debug("certificate %x issued to %s/%s", issued.serial, mesh, name)
+        return JSONResponse(issued.response())
+
+    return [Route(CERTIFICATE_PATH, certificate, methods=["POST"])]
+
+
+def _parse_body(raw: bytes) -> tuple[str, str, str]:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise _Refused(400, "request body is not valid JSON", str(exc)) from None
+    if not isinstance(doc, dict):
+        raise _Refused(400, "request body must be a JSON object with mesh, name and csr")
+    values = []
+    for field in _FIELDS:
+        value = doc.get(field)
+        if not isinstance(value, str) or not value:
+            raise _Refused(400, f"{field} is required (a non-empty string)")
+        values.append(value)
+    return values[0], values[1], values[2]
+
+
+def _stored_dataplane(store: ResourceStore, mesh: str, name: str) -> Dataplane | None:
+    stored = store.get(dataplane_key(name, mesh))
+    return None if stored is None else Dataplane.model_validate(stored.document())

@@ -1,0 +1,1 @@
+"""`kuma-init`: the init-container program that installs and validates transparent proxying."""
