@@ -30,6 +30,7 @@ import pytest
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.component import XdsComponent
+from tests.test_xds_transparent import MeshCa
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,7 +62,10 @@ APP = """
 import sys, http.server, threading
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = ("peer=%s port=%d\\n" % (self.client_address[0], self.server.server_address[1])).encode()
+        body = "peer=%s port=%d\\n" % (self.client_address[0], self.server.server_address[1])
+        if self.headers.get("x-forwarded-client-cert"):
+            body += "xfcc=%s\\n" % self.headers["x-forwarded-client-cert"]
+        body = body.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -253,7 +257,10 @@ async def ads_server(socket_path: Path) -> AsyncIterator[MemoryStore]:
 def write_bootstrap(host: Host, ads_socket: Path) -> Path:
     config = json.loads(json.dumps(BOOTSTRAP))
     config["node"].update(id=f"default.{host.name}", cluster=host.service)
-    config["node"]["metadata"] = {"dataplane.resource": json.dumps(host.dataplane())}
+    config["node"]["metadata"] = {
+        "dataplane.resource": json.dumps(host.dataplane()),
+        "workdir": str(host.workdir),
+    }
     config["admin"]["address"]["pipe"]["path"] = str(host.admin_socket)
     lb_endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0][
         "lb_endpoints"
@@ -291,8 +298,8 @@ async def eventually(condition: Any, timeout: float = 15.0, what: str = "conditi
     raise AssertionError(f"{what} not met within {timeout}s; last: {last!r}")
 
 
-async def curl(host: Host, url: str) -> subprocess.CompletedProcess[str]:
-    command = host.exec("curl", "-sS", "--max-time", "5", url, uid=APP_UID)
+async def curl(host: Host, url: str, uid: int = APP_UID) -> subprocess.CompletedProcess[str]:
+    command = host.exec("curl", "-sS", "--max-time", "5", url, uid=uid)
     return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=20)
 
 
@@ -304,37 +311,29 @@ def listener_stat(address: str, port: int, stat: str) -> str:
     return f"listener.{address}_{port}.{stat}"
 
 
-async def test_curl_to_the_other_hosts_ip_crosses_both_envoys(envoy_binary: Path) -> None:
+@contextlib.asynccontextmanager
+async def mesh_of_two(envoy_binary: Path, mesh_spec: dict[str, Any]) -> AsyncIterator[tuple[Host, Host]]:
+    """Two hosts, each with its app and its Envoy configured by our ADS server for a mesh made of
+    `mesh_spec`; with mTLS on, each proxy's SDS files are written first, as kuma-dp does."""
     require_root()
     root = Path(tempfile.mkdtemp(prefix="kuma-tp-"))
     root.chmod(0o755)
     processes = Processes(root)
     try:
         with two_hosts(root) as (web, backend):
-            async with ads_server(root / "ads.sock"):
+            async with ads_server(root / "ads.sock") as store:
+                store.upsert(mesh_key("default"), mesh_spec)
+                if mesh_spec.get("mtls"):
+                    write_identities(web, backend)
                 for host in (web, backend):
-                    ports = [str(APP_PORT)] + ([str(UNDECLARED_PORT)] if host is backend else [])
-                    processes.start(f"app-{host.name}", host.exec(sys.executable, "-c", APP, *ports))
-                    envoy = host.exec(
-                        str(envoy_binary),
-                        "--config-path",
-                        str(write_bootstrap(host, root / "ads.sock")),
-                        "--disable-hot-restart",
-                        "--concurrency",
-                        "1",
-                        "--log-level",
-                        "warning",
-                        uid=PROXY_UID,
-                    )
-                    processes.start(f"envoy-{host.name}", envoy)
+                    start_app_and_envoy(processes, host, envoy_binary, root / "ads.sock")
                 await wait_configured(web, backend)
                 for host in (web, backend):
                     await eventually(
                         lambda h=host: _true(processes.log(f"app-{h.name}").startswith("ready")),
                         what=f"app of {host.name} listening",
                     )
-                await check_mesh_call(web, backend)
-                await check_passthrough(web, backend)
+                yield web, backend
     except BaseException:
         for name, _ in processes.started:
             print(f"--- {name}\n{processes.log(name)[-3000:]}")
@@ -342,6 +341,48 @@ async def test_curl_to_the_other_hosts_ip_crosses_both_envoys(envoy_binary: Path
     finally:
         processes.stop_all()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def start_app_and_envoy(processes: Processes, host: Host, envoy_binary: Path, ads_socket: Path) -> None:
+    ports = [str(APP_PORT)] + ([str(UNDECLARED_PORT)] if host.service == "backend" else [])
+    processes.start(f"app-{host.name}", host.exec(sys.executable, "-c", APP, *ports))
+    config = write_bootstrap(host, ads_socket)
+    envoy = [str(envoy_binary), "--config-path", str(config), "--disable-hot-restart", "--concurrency", "1"]
+    processes.start(f"envoy-{host.name}", host.exec(*envoy, "--log-level", "warning", uid=PROXY_UID))
+
+
+def write_identities(*hosts: Host) -> None:
+    """A mesh CA and, per proxy, the SDS files kuma-dp would keep (readable by the proxy UID)."""
+    ca = MeshCa()
+    for host in hosts:
+        ca.write_sds_files(host.workdir, host.service)
+        for path in (host.workdir / "identity", *(host.workdir / "identity").rglob("*")):
+            os.chown(path, PROXY_UID, PROXY_UID)
+
+
+async def test_curl_to_the_other_hosts_ip_crosses_both_envoys(envoy_binary: Path) -> None:
+    async with mesh_of_two(envoy_binary, {}) as (web, backend):
+        await check_mesh_call(web, backend)
+        await check_passthrough(web, backend)
+
+
+STRICT = {
+    "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin", "mode": "STRICT"}]}
+}
+
+
+async def test_strict_mtls_mesh_call_is_mutual_tls_and_nothing_goes_around_it(envoy_binary: Path) -> None:
+    """The same plain curl crosses the hosts over mTLS (the app gets web's identity in
+    x-forwarded-client-cert); a port no inbound declares is refused, and so is a plaintext
+    connection that skips web's Envoy (sent as the proxy UID, so never redirected)."""
+    async with mesh_of_two(envoy_binary, STRICT) as (web, backend):
+        result = await curl(web, f"http://{backend.address}:{APP_PORT}/")
+        assert result.stdout.startswith(f"peer=127.0.0.6 port={APP_PORT}\n"), result
+        assert "xfcc=" in result.stdout and "URI=spiffe://default/web" in result.stdout, result
+        refused = await curl(web, f"http://{backend.address}:{UNDECLARED_PORT}/")
+        assert refused.returncode != 0 and "peer=" not in refused.stdout, refused
+        plaintext = await curl(web, f"http://{backend.address}:{APP_PORT}/", uid=PROXY_UID)
+        assert plaintext.returncode != 0 and "peer=" not in plaintext.stdout, plaintext
 
 
 async def wait_configured(web: Host, backend: Host) -> None:
