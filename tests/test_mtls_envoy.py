@@ -1,0 +1,245 @@
+"""mTLS between two REAL Envoys configured by our ADS server: web-1 calls backend through its
+outbound; backend-1's inbound requires web's certificate (STRICT), also takes plaintext
+(PERMISSIVE), tells the app who called (x-forwarded-client-cert), and obeys MeshTrafficPermissions.
+
+The certificates are made by the test (a test CA signing `spiffe://default/web` and
+`spiffe://default/backend`) and written as the agent writes them: file-based SDS in the work dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from control_plane.resources.registry import parse_resource, to_document
+from control_plane.store.base import ResourceKey, mesh_key
+from tests.conftest import free_port
+from tests.test_xds_mtls import make_ca, pem, write_sds_files
+from tests.test_xds_server import BOOTSTRAP, control_plane, eventually
+
+pytestmark = pytest.mark.timeout(90)
+
+DENY_WEB = """\
+type: MeshTrafficPermission
+mesh: default
+name: deny-web-to-backend
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+  - targetRef: {kind: MeshService, name: web}
+    default: {action: Deny}
+"""
+DENY_KEY = ResourceKey("MeshTrafficPermission", "default", "deny-web-to-backend")
+
+
+def mtls_mesh(mode: str) -> dict[str, Any]:
+    backend = {"name": "ca-1", "type": "builtin", "mode": mode}
+    return {"mtls": {"enabledBackend": "ca-1", "backends": [backend]}}
+
+
+def spec_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """What `kumactl apply` stores: the validated document without its key."""
+    return {k: v for k, v in to_document(parse_resource(doc)).items() if k not in ("type", "mesh", "name")}
+
+
+class Envoy:
+    """A real Envoy with the bootstrap kuma-dp would render: node metadata `workdir` and
+    `dataplane.resource`, ADS pointed at the test's server."""
+
+    def __init__(self, binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]) -> None:
+        self.log = workdir / "envoy.log"
+        config = workdir / "bootstrap.yaml"
+        config.write_text(
+            BOOTSTRAP.format(
+                node_id=f"default.{resource['name']}",
+                resource=json.dumps(json.dumps(resource)),
+                workdir=workdir,
+                admin_port=free_port(),
+                ads_port=ads_port,
+            )
+        )
+        # Drain flags as kuma-dp passes them (kuma_dp/envoy/process.py): on a listener update the
+        # old filter chain's connections get `connection: close` at once, so a changed permission
+        # applies from the next request instead of after the drain time.
+        command = [
+            str(binary),
+            "--config-path",
+            str(config),
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+        ]
+        command += ["--drain-time-s", "30", "--drain-strategy", "immediate"]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def envoys(binary: Path, ads_port: int, *proxies: tuple[Path, dict[str, Any]]) -> AsyncIterator[None]:
+    started: list[Envoy] = []
+    try:
+        for workdir, resource in proxies:
+            started.append(Envoy(binary, workdir, ads_port, resource))
+        yield
+    except BaseException:
+        for envoy in started:  # shown by pytest on failure
+            print(f"--- {envoy.log}\n" + envoy.log.read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        for envoy in started:
+            envoy.stop()
+
+
+@contextlib.asynccontextmanager
+async def identity_echo_app() -> AsyncIterator[int]:
+    """The app behind backend's inbound: answers with the x-forwarded-client-cert it received."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            xfcc = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in head.split("\r\n")
+                    if line.lower().startswith("x-forwarded-client-cert:")
+                ),
+                "none",
+            )
+            body = f"xfcc={xfcc}".encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def get(port: int) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+        return await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def status(port: int) -> int | str:
+    """The HTTP status, or the name of the transport error (reset, refused...)."""
+    try:
+        return (await get(port)).status_code
+    except httpx.TransportError as exc:
+        return type(exc).__name__
+
+
+def tls_without_client_certificate(port: int, ca_pem: str) -> str:
+    """What a TLS client holding no certificate (as `openssl s_client`) gets from the inbound."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.check_hostname = False
+    context.set_alpn_protocols(["kuma"])
+    try:
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=2)) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+            data = tls.recv(1024)
+            return "answered" if data else "closed"
+    except (ssl.SSLError, ConnectionError) as exc:
+        return f"refused: {exc}"
+
+
+def dataplane(name: str, inbound: dict[str, Any], outbound: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    networking = {"address": "127.0.0.1", "inbound": [inbound], "outbound": list(outbound)}
+    return {"type": "Dataplane", "mesh": "default", "name": name, "networking": networking}
+
+
+def http_tags(service: str) -> dict[str, str]:
+    return {"kuma.io/service": service, "kuma.io/protocol": "http"}
+
+
+async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
+    envoy_binary: Path, tmp_path: Path
+) -> None:
+    ca = make_ca()
+    web_dir, backend_dir = tmp_path / "web-1", tmp_path / "backend-1"
+    for workdir, uri in ((web_dir, "spiffe://default/web"), (backend_dir, "spiffe://default/backend")):
+        workdir.mkdir()
+        write_sds_files(workdir, ca, uri)
+    outbound, backend_inbound = free_port(), free_port()
+    async with identity_echo_app() as app_port, control_plane() as cp:
+        cp.store.upsert(mesh_key("default"), mtls_mesh("STRICT"))
+        web = dataplane(
+            "web-1",
+            {"port": free_port(), "servicePort": free_port(), "tags": http_tags("web")},
+            [{"port": outbound, "tags": {"kuma.io/service": "backend"}}],
+        )
+        backend = dataplane(
+            "backend-1", {"port": backend_inbound, "servicePort": app_port, "tags": http_tags("backend")}
+        )
+        async with envoys(envoy_binary, cp.port, (web_dir, web), (backend_dir, backend)):
+            # Over mTLS, and the app learns the caller's SPIFFE identity.
+            response = await eventually(lambda: _ok(get(outbound)), timeout=20)
+            assert "URI=spiffe://default/web" in response.text, response.text
+
+            # STRICT: plaintext and certificate-less TLS are refused at the inbound.
+            plaintext = await status(backend_inbound)
+            assert isinstance(plaintext, str), f"plaintext got HTTP {plaintext}"
+            refused = await asyncio.to_thread(tls_without_client_certificate, backend_inbound, pem(ca[1]))
+            assert refused != "answered", refused
+            print(f"STRICT inbound: plaintext HTTP -> {plaintext}; TLS without a certificate -> {refused}")
+
+            # PERMISSIVE: plaintext passes (without an identity), mTLS still works.
+            cp.store.upsert(mesh_key("default"), mtls_mesh("PERMISSIVE"))
+            plain = await eventually(lambda: _ok(get(backend_inbound)), timeout=10)
+            assert plain.text == "xfcc=none"
+            assert "URI=spiffe://default/web" in (await get(outbound)).text
+
+            # A Deny permission stops web's requests; deleting it restores them within 2 s.
+            cp.store.upsert(mesh_key("default"), mtls_mesh("STRICT"))
+            await eventually(lambda: _status_is(backend_inbound, str), timeout=10)
+            cp.store.upsert(DENY_KEY, spec_of(yaml.safe_load(DENY_WEB)))
+            denied = await eventually(lambda: _denied(get(outbound)), timeout=5)
+            assert denied.status_code == 403 and "RBAC: access denied" in denied.text
+            cp.store.delete(DENY_KEY)
+            started = time.monotonic()
+            await eventually(lambda: _ok(get(outbound)), timeout=2)
+            restored_in = time.monotonic() - started
+            assert restored_in < 2
+            print(f"traffic restored {restored_in * 1000:.0f} ms after the permission was deleted")
+
+
+async def _ok(request: Any) -> httpx.Response | None:
+    response = await request
+    return response if response.status_code == 200 else None
+
+
+async def _denied(request: Any) -> httpx.Response | None:
+    response = await request
+    return response if response.status_code == 403 else None
+
+
+async def _status_is(port: int, kind: type) -> bool:
+    return isinstance(await status(port), kind)
