@@ -1,0 +1,144 @@
+"""Real kuma-cp with dpToken authentication, tokens from the real kumactl, a real Envoy.
+
+An Envoy whose ADS metadata carries a bad token is refused before anything is registered: it gets
+no listener or cluster and its Dataplane never appears. With a good token it does. Neither the
+tokens nor any key shows up in the control plane's log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from demo.lab import ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def kumactl_token(lab: Lab, cp: ControlPlaneProc, *args: str) -> str:
+    result = lab.kumactl(cp, "generate", "dataplane-token", "--valid-for", "1h", *args)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token.count(".") == 2
+    return token
+
+
+def bootstrap_yaml(cp: ControlPlaneProc, dp: dict[str, Any], token: str, workdir: Path) -> httpx.Response:
+    body = {
+        "mesh": "default",
+        "name": dp["name"],
+        "proxyType": "dataplane",
+        "dataplaneToken": token,
+        "dataplaneResource": json.dumps(dp),
+        "caCert": cp.ca_cert.read_text(),
+        "workdir": str(workdir),
+    }
+    return httpx.post(
+        f"{cp.dp_url}/bootstrap",
+        json=body,
+        verify=ssl.create_default_context(cafile=str(cp.ca_cert)),
+        timeout=10,
+    )
+
+
+def start_envoy(lab: Lab, envoy: Path, name: str, config: str, workdir: Path) -> Proc:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "bootstrap.yaml"
+    path.write_text(config)
+    path.chmod(0o600)
+    argv = [str(envoy), "-c", str(path), "--disable-hot-restart", "--log-level", "info"]
+    return lab.spawn(name, argv)
+
+
+def config_dump(workdir: Path) -> dict[str, Any]:
+    transport = httpx.HTTPTransport(uds=str(workdir / "envoy-admin.sock"))
+    with httpx.Client(transport=transport, base_url="http://envoy", timeout=5) as admin:
+        return admin.get("/config_dump").json()
+
+
+def dynamic(dump: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    listeners: list[Any] = []
+    clusters: list[Any] = []
+    for config in dump["configs"]:
+        listeners += config.get("dynamic_listeners", [])
+        clusters += config.get("dynamic_active_clusters", []) + config.get("dynamic_warming_clusters", [])
+    return listeners, clusters
+
+
+def registered(cp: ControlPlaneProc, name: str) -> bool:
+    return httpx.get(f"{cp.api_url}/meshes/default/dataplanes/{name}", timeout=2).status_code == 200
+
+
+def test_only_a_good_token_gets_config_and_registers(lab: Lab, envoy_binary: Path) -> None:
+    cp = lab.start_control_plane(KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE="dpToken")
+    lab.wait_control_plane(cp)
+    inbound = free_port()
+    dp = dataplane("web-1", "web", inbound, free_port())
+    good = kumactl_token(lab, cp, "--name", "web-1", "--tag", "kuma.io/service=web")
+    for_web_2 = kumactl_token(lab, cp, "--name", "web-2")
+
+    refused = bootstrap_yaml(cp, dp, for_web_2, lab.root / "unused")
+    assert refused.status_code == 401 and refused.json()["details"] == "wrong dataplane"
+    response = bootstrap_yaml(cp, dp, good, lab.root / "bad-envoy")
+    assert response.status_code == 200, response.text
+    config = base64.b64decode(response.json()["bootstrap"]).decode()
+    ads_metadata = yaml.safe_load(config)["dynamic_resources"]["ads_config"]["grpc_services"][0]
+    assert {"key": "authorization", "value": good} in ads_metadata["initial_metadata"]
+
+    # An Envoy whose ADS stream carries the token of another dataplane.
+    bad_dir = lab.root / "bad-envoy"
+    bad = start_envoy(lab, envoy_binary, "envoy-bad", config.replace(good, for_web_2), bad_dir)
+    refusal = re.compile(r"ADS stream of dataplane default/web-1 refused: wrong dataplane")
+    wait_for(
+        "the ADS refusal in the CP log", lambda: bool(refusal.search(cp.proc.log.read_text())), 20, cp.proc
+    )
+    wait_for("the bad Envoy's admin", lambda: bool(config_dump(bad_dir)), 10, bad)
+    assert dynamic(config_dump(bad_dir)) == ([], [])
+    assert not registered(cp, "web-1")
+    bad.stop()
+
+    good_dir = lab.root / "good-envoy"
+    envoy = start_envoy(
+        lab, envoy_binary, "envoy-good", config.replace(str(bad_dir), str(good_dir)), good_dir
+    )
+
+    def has_config() -> bool:
+        listeners, clusters = dynamic(config_dump(good_dir))
+        return any(f"inbound:127.0.0.1:{inbound}" in json.dumps(item) for item in listeners) and bool(
+            clusters
+        )
+
+    wait_for("the good Envoy's listeners and clusters", has_config, 20, envoy)
+    assert registered(cp, "web-1")
+
+    # Revoked with the real kumactl (jti and mesh read from the token file): refused from now on.
+    token_file = lab.root / "good.token"
+    token_file.write_text(good)
+    revoked = lab.kumactl(cp, "revoke", "dataplane-token", "--token-file", str(token_file))
+    assert revoked.returncode == 0, revoked.stderr
+    after = bootstrap_yaml(cp, dp, good, lab.root / "unused")
+    assert after.status_code == 401 and after.json()["details"] == "revoked"
+
+    envoy.stop()
+    log = cp.proc.log.read_text()
+    for secret in (good, for_web_2, good.rsplit(".", 1)[1], "PRIVATE KEY", "BEGIN"):
+        assert secret not in log
+
+
+def test_kumactl_warns_without_valid_for_and_needs_admin(lab: Lab) -> None:
+    cp = lab.start_control_plane(KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE="dpToken")
+    lab.wait_control_plane(cp)
+    result = lab.kumactl(cp, "generate", "dataplane-token", "--name", "web-1")
+    assert result.returncode == 0 and "Warning: no --valid-for given" in result.stderr
+    assert result.stdout.strip().count(".") == 2
+    unknown = lab.kumactl(cp, "generate", "dataplane-token", "--mesh", "nowhere", "--valid-for", "1h")
+    assert unknown.returncode == 1 and 'mesh "nowhere" does not exist' in unknown.stderr
+    assert "Traceback" not in unknown.stderr
