@@ -366,16 +366,16 @@ async def test_curl_to_the_other_hosts_ip_crosses_both_envoys(envoy_binary: Path
         await check_passthrough(web, backend)
 
 
-STRICT = {
-    "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin", "mode": "STRICT"}]}
-}
+def mtls(mode: str) -> dict[str, Any]:
+    backend = {"name": "ca-1", "type": "builtin", "mode": mode}
+    return {"mtls": {"enabledBackend": "ca-1", "backends": [backend]}}
 
 
 async def test_strict_mtls_mesh_call_is_mutual_tls_and_nothing_goes_around_it(envoy_binary: Path) -> None:
     """The same plain curl crosses the hosts over mTLS (the app gets web's identity in
     x-forwarded-client-cert); a port no inbound declares is refused, and so is a plaintext
     connection that skips web's Envoy (sent as the proxy UID, so never redirected)."""
-    async with mesh_of_two(envoy_binary, STRICT) as (web, backend):
+    async with mesh_of_two(envoy_binary, mtls("STRICT")) as (web, backend):
         result = await curl(web, f"http://{backend.address}:{APP_PORT}/")
         assert result.stdout.startswith(f"peer=127.0.0.6 port={APP_PORT}\n"), result
         assert "xfcc=" in result.stdout and "URI=spiffe://default/web" in result.stdout, result
@@ -437,3 +437,17 @@ async def check_passthrough(web: Host, backend: Host) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"peer=127.0.0.6 port={UNDECLARED_PORT}"
     assert (await counter(web, out_cx), await counter(backend, in_cx)) == (before[0] + 1, before[1] + 1)
+
+
+async def test_permissive_mtls_mesh_call_is_mutual_tls_and_other_traffic_still_passes(
+    envoy_binary: Path,
+) -> None:
+    """PERMISSIVE: mesh peers still talk mTLS, but an undeclared port and a plaintext client that
+    skips web's Envoy reach backend's app (through its Envoy, from 127.0.0.6)."""
+    async with mesh_of_two(envoy_binary, mtls("PERMISSIVE")) as (web, backend):
+        result = await curl(web, f"http://{backend.address}:{APP_PORT}/")
+        assert "URI=spiffe://default/web" in result.stdout, result
+        passed = await curl(web, f"http://{backend.address}:{UNDECLARED_PORT}/")
+        assert passed.stdout.strip() == f"peer=127.0.0.6 port={UNDECLARED_PORT}", passed
+        plaintext = await curl(web, f"http://{backend.address}:{APP_PORT}/", uid=PROXY_UID)
+        assert plaintext.stdout.strip() == f"peer=127.0.0.6 port={APP_PORT}", plaintext
