@@ -26,6 +26,7 @@ import yaml
 
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import ResourceKey, mesh_key
+from control_plane.xds.names import stat_prefix
 from tests.conftest import free_port
 from tests.test_xds_mtls import make_ca, pem, write_sds_files
 from tests.test_xds_server import BOOTSTRAP, control_plane, eventually
@@ -61,13 +62,14 @@ class Envoy:
 
     def __init__(self, binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]) -> None:
         self.log = workdir / "envoy.log"
+        self.admin_port = free_port()
         config = workdir / "bootstrap.yaml"
         config.write_text(
             BOOTSTRAP.format(
                 node_id=f"default.{resource['name']}",
                 resource=json.dumps(json.dumps(resource)),
                 workdir=workdir,
-                admin_port=free_port(),
+                admin_port=self.admin_port,
                 ads_port=ads_port,
             )
         )
@@ -99,12 +101,14 @@ class Envoy:
 
 
 @contextlib.asynccontextmanager
-async def envoys(binary: Path, ads_port: int, *proxies: tuple[Path, dict[str, Any]]) -> AsyncIterator[None]:
+async def envoys(
+    binary: Path, ads_port: int, *proxies: tuple[Path, dict[str, Any]]
+) -> AsyncIterator[list[Envoy]]:
     started: list[Envoy] = []
     try:
         for workdir, resource in proxies:
             started.append(Envoy(binary, workdir, ads_port, resource))
-        yield
+        yield started
     except BaseException:
         for envoy in started:  # shown by pytest on failure
             print(f"--- {envoy.log}\n" + envoy.log.read_text(errors="replace")[-4000:])
@@ -199,7 +203,10 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
         backend = dataplane(
             "backend-1", {"port": backend_inbound, "servicePort": app_port, "tags": http_tags("backend")}
         )
-        async with envoys(envoy_binary, cp.port, (web_dir, web), (backend_dir, backend)):
+        async with envoys(envoy_binary, cp.port, (web_dir, web), (backend_dir, backend)) as (
+            _,
+            backend_envoy,
+        ):
             # Over mTLS, and the app learns the caller's SPIFFE identity.
             response = await eventually(lambda: _ok(get(outbound)), timeout=20)
             assert "URI=spiffe://default/web" in response.text, response.text
@@ -229,6 +236,20 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
             restored_in = time.monotonic() - started
             assert restored_in < 2
             print(f"traffic restored {restored_in * 1000:.0f} ms after the permission was deleted")
+
+            # AllowWithShadowDeny: the request passes, and the backend's RBAC stats count a shadow deny.
+            cp.store.upsert(
+                DENY_KEY, spec_of(yaml.safe_load(DENY_WEB.replace("Deny}", "AllowWithShadowDeny}")))
+            )
+            stat = f"http.{stat_prefix(f'inbound:127.0.0.1:{backend_inbound}')}.rbac.shadow_denied"
+            await eventually(lambda: _counted(backend_envoy, stat, get(outbound)), timeout=5)
+
+
+async def _counted(envoy: Envoy, stat: str, request: Any) -> bool:
+    assert (await request).status_code == 200
+    async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+        stats = (await client.get(f"http://127.0.0.1:{envoy.admin_port}/stats", params={"filter": stat})).text
+    return any(line.startswith(f"{stat}: ") and int(line.split(": ")[1]) > 0 for line in stats.splitlines())
 
 
 async def _ok(request: Any) -> httpx.Response | None:
