@@ -96,11 +96,12 @@ class NetnsLab:
             ns.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
         for name, ifname, cidrs in ((ns_a, if_a, [cidr_a]), (ns_b, if_b, [cidr_b])):
             cidrs += [pair[0] if name == ns_a else pair[1] for pair in extra]
-            self._configure(name, ifname, cidrs)
+            self.add_addresses(name, ifname, *cidrs)
         return if_a, if_b
 
     @staticmethod
-    def _configure(name: str, ifname: str, cidrs: Sequence[str]) -> None:
+    def add_addresses(name: str, ifname: str, *cidrs: str) -> None:
+        """Add addresses to an interface of a namespace and bring it up."""
         with NetNS(name) as ns:
             (index,) = ns.link_lookup(ifname=ifname)
             for cidr in cidrs:

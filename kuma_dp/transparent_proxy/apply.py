@@ -167,6 +167,10 @@ def install(
     if IPV6 in families and netns.ensure_loopback_ipv6():
         log(f"added {c.INBOUND_PASSTHROUGH_SOURCE_V6}/128 to {c.LOOPBACK_INTERFACE}")
     _apply_all(backend, config.wait_s, plans, snapshots, report, log)
+    for fam in report_families(report):  # tables an earlier install used and this one does not
+        built = {t.table for t in plans[fam]}
+        dropped = [name for name in snapshots[fam].tables_with_ours() if name not in built]
+        _drop_empty_nft_tables(backend, fam, dropped, log)
     report.elapsed_s = time.perf_counter() - started
     return report
 
