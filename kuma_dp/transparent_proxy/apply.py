@@ -66,7 +66,9 @@ def save(backend: Backend, fam: Family, missing_ok: bool = False) -> SavedRules:
     if result.returncode != 0:
         if missing_ok:
             return parse_save("")
-        raise TProxyError(f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}")
+        raise TProxyError(
+            f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}{_hint(result.stderr)}"
+        )
     return parse_save(result.stdout)
 
 
@@ -85,12 +87,18 @@ def restore(backend: Backend, fam: Family, text: str, wait_s: int, noflush: bool
 
 
 def _restore_failure(tool: str, text: str, stderr: str) -> str:
-    message = f"{tool} refused the rules: {stderr.strip() or 'no reason given'}"
+    message = f"{tool} refused the rules: {stderr.strip() or 'no reason given'}{_hint(stderr)}"
     match = re.search(r"line:? (\d+)", stderr)
     lines = text.splitlines()
     if match and 0 < int(match.group(1)) <= len(lines):
         message += f"\n  offending line: {lines[int(match.group(1)) - 1]}"
     return message + "\n  nothing was changed (iptables-restore applies a table all or nothing)"
+
+
+def _hint(stderr: str) -> str:
+    if "Permission denied" in stderr or "Operation not permitted" in stderr:
+        return "\n  hint: iptables needs root with CAP_NET_ADMIN (init container: add NET_ADMIN, NET_RAW)"
+    return ""
 
 
 # --- planning ---------------------------------------------------------------------------------------------
