@@ -68,10 +68,17 @@ class TokenSource:
         sees a replacement by rename or a Kubernetes-style `..data` symlink swap."""
         if self.path is None:
             return
-        directory = self.path.parent
+        directory, name = self.path.parent, self.path.name
+        # watchfiles logs every change at INFO; ours is the one line that matters.
+        logging.getLogger("watchfiles").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+        def concerns_token(_change: object, changed: str) -> bool:
+            # The file itself, or Kubernetes' `..data` / `..<timestamp>` entries behind its symlink.
+            return Path(changed).name in (name, "") or Path(changed).name.startswith("..")
+
         async for _changes in awatch(
             directory,
-            watch_filter=None,
+            watch_filter=concerns_token,
             debounce=TOKEN_WATCH_DEBOUNCE_MS,
             recursive=False,
             stop_event=stop,

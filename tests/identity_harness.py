@@ -261,7 +261,8 @@ class HarnessAds:
         from envoy.service.discovery.v3 import ads_pb2_grpc  # noqa: PLC0415
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_AdsServicer(self), server)
+        servicer = type("Ads", (_AdsServicer, ads_pb2_grpc.AggregatedDiscoveryServiceServicer), {})(self)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         server.start()
         self._server = server
