@@ -31,7 +31,7 @@ from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import InvalidResource, parse_resource
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
-from control_plane.xds.generate import Resources, generate_snapshot
+from control_plane.xds.generate import EndpointIndex, Resources, generate_snapshot
 from control_plane.xds.generate.snapshot import ProxyContext
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, short_type
 
@@ -177,6 +177,18 @@ def test_own_endpoints_and_unreachable_services_get_no_outbound() -> None:
     )
     names = sorted(n for n in generate(narrowed)[LISTENER_TYPE] if n.startswith("outbound:1"))
     assert names == ["outbound:10.0.1.3:5432"]
+
+
+def test_outbound_listeners_are_built_once_per_mesh() -> None:
+    """Every transparent proxy of a mesh gets the same listener objects (serialized once)."""
+    mesh_dataplanes = [WEB, *OTHERS]
+    index = EndpointIndex(mesh_dataplanes)
+    web, backend = (generate_snapshot(d, mesh_dataplanes, None, endpoints=index) for d in (WEB, OTHERS[0]))
+    assert web[LISTENER_TYPE]["outbound:10.0.0.2:8080"] is backend[LISTENER_TYPE]["outbound:10.0.0.2:8080"]
+    assert (
+        web[LISTENER_TYPE]["inbound:passthrough:ipv4"]
+        is not backend[LISTENER_TYPE]["inbound:passthrough:ipv4"]
+    )
 
 
 def test_without_transparent_proxying_nothing_changes() -> None:

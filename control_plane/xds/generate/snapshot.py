@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.message import Message
 
 from control_plane.resources.dataplane import Dataplane, Outbound
@@ -17,7 +18,7 @@ from control_plane.xds.generate.listeners import inbound_listener, outbound_list
 from control_plane.xds.generate.permissions import MeshPolicies, caller_actions
 from control_plane.xds.generate.protocol import tags_protocol
 from control_plane.xds.generate.tls import InboundMtls, upstream_tls
-from control_plane.xds.generate.transparent import add_transparent_proxying, implied_outbounds, is_transparent
+from control_plane.xds.generate.transparent import ImpliedOutbounds, add_transparent_proxying, is_transparent
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 # type URL → resource name → message
@@ -68,10 +69,11 @@ def generate_snapshot(
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
     mtls = _mesh_mtls(dataplane, mesh, context or ProxyContext())
     _add_inbounds(dataplane, resources, mtls, policies or MeshPolicies())
-    outbounds = dataplane.networking.outbound
+    outbounds, make_listener = dataplane.networking.outbound, outbound_listener
     if is_transparent(dataplane):
-        outbounds = implied_outbounds(dataplane, mesh_dataplanes, index)
-    _add_outbounds(dataplane, outbounds, index, resources, mtls)
+        implied = ImpliedOutbounds.of(mesh_dataplanes, index)
+        outbounds, make_listener = implied.for_proxy(dataplane), implied.listener
+    _add_outbounds(dataplane, outbounds, index, resources, mtls, make_listener)
     add_transparent_proxying(dataplane, mesh, resources)
     return resources
 
@@ -112,11 +114,12 @@ def _add_outbounds(
     index: EndpointIndex,
     resources: Resources,
     mtls: InboundMtls | None = None,
+    make_listener: Callable[[Dataplane, Outbound, str], Listener] = outbound_listener,
 ) -> None:
     for outbound in outbounds:
         service = outbound.service
         protocol = index.protocol(service)
-        listener = outbound_listener(dataplane, outbound, protocol)
+        listener = make_listener(dataplane, outbound, protocol)
         resources[LISTENER_TYPE][listener.name] = listener
         if service not in resources[CLUSTER_TYPE]:
             tls = upstream_tls(mtls.mesh, service, mtls.workdir) if mtls is not None else None

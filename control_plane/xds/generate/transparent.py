@@ -24,6 +24,8 @@ crosses.
 from __future__ import annotations
 
 import ipaddress
+import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,6 +41,7 @@ from control_plane.resources.common import SERVICE_TAG
 from control_plane.resources.dataplane import Dataplane, Outbound, TransparentProxying
 from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
+from control_plane.xds.generate.listeners import outbound_listener
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
 
 CONNECT_TIMEOUT_S = 5  # Kuma's default, as the other clusters
@@ -79,30 +82,63 @@ def ip_families(dataplane: Dataplane) -> tuple[IpFamily, ...]:
     return (IPV4,)
 
 
-def implied_outbounds(
-    dataplane: Dataplane, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex
-) -> list[Outbound]:
-    """One outbound per endpoint (address, port) of every service the proxy may reach.
+class ImpliedOutbounds:
+    """The outbounds transparent proxying implies in one mesh: one per endpoint (address, port) of
+    every service, in service order (two services on one address: the first wins).
 
-    `reachableServices` narrows the set, as in Kuma. The proxy's own inbounds are left out: their
-    `inbound:` listener already owns that address, and a call to it lands there through 15001.
+    Their listeners depend on the mesh only, so each is built once and the same message is given to
+    every proxy of the mesh: the Packer then serializes it once, not once per proxy (without this,
+    a mesh of N transparent proxies costs N x N listener builds). Should per-caller policies ever
+    shape outbound listeners, they must become part of the key.
     """
-    tp = dataplane.networking.transparentProxying or TransparentProxying()
-    reachable = set(tp.reachableServices) if tp.reachableServices is not None else None
-    taken = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
-    outbounds: list[Outbound] = []
-    services = sorted({i.service for other in mesh_dataplanes for i in other.networking.inbound})
-    for service in services:
-        if reachable is not None and service not in reachable:
-            continue
-        for endpoint in index.endpoints(service):
-            if (endpoint.address, endpoint.port) in taken:
-                continue
-            taken.add((endpoint.address, endpoint.port))  # two services on one address: first wins
-            outbounds.append(
-                Outbound(port=endpoint.port, address=endpoint.address, tags={SERVICE_TAG: service})
-            )
-    return outbounds
+
+    _by_index: weakref.WeakKeyDictionary[EndpointIndex, ImpliedOutbounds] = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex) -> None:
+        services = sorted({i.service for other in mesh_dataplanes for i in other.networking.inbound})
+        by_address: dict[tuple[str, int], Outbound] = {}
+        for service in services:
+            for endpoint in index.endpoints(service):
+                # Built from already validated Dataplanes: skip validating them once more.
+                outbound = Outbound.model_construct(
+                    port=endpoint.port, address=endpoint.address, tags={SERVICE_TAG: service}
+                )
+                by_address.setdefault((endpoint.address, endpoint.port), outbound)
+        self._outbounds = list(by_address.values())
+        self._listeners: dict[tuple[str, int], listener_pb2.Listener] = {}
+
+    @classmethod
+    def of(cls, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex) -> ImpliedOutbounds:
+        """The shared set of the mesh whose endpoints `index` holds (built on first use)."""
+        with cls._lock:
+            implied = cls._by_index.get(index)
+            if implied is None:
+                implied = cls._by_index[index] = cls(mesh_dataplanes, index)
+            return implied
+
+    def for_proxy(self, dataplane: Dataplane) -> list[Outbound]:
+        """What `dataplane` may reach: `reachableServices` narrows the set, as in Kuma; its own
+        inbounds are left out (their `inbound:` listener owns that address already, and a call to
+        it lands there through 15001)."""
+        tp = dataplane.networking.transparentProxying or TransparentProxying()
+        reachable = set(tp.reachableServices) if tp.reachableServices is not None else None
+        own = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
+        return [
+            o
+            for o in self._outbounds
+            if (o.address, o.port) not in own and (reachable is None or o.service in reachable)
+        ]
+
+    def listener(self, dataplane: Dataplane, outbound: Outbound, protocol: str) -> listener_pb2.Listener:
+        """`outbound_listener`'s result for `outbound`, binding nothing, built once per mesh."""
+        key = (outbound.address or "", outbound.port)
+        with self._lock:
+            listener = self._listeners.get(key)
+            if listener is None:
+                listener = self._listeners[key] = outbound_listener(dataplane, outbound, protocol)
+                listener.bind_to_port.value = False
+            return listener
 
 
 def add_transparent_proxying(
@@ -113,8 +149,9 @@ def add_transparent_proxying(
     if tp is None:
         return
     listeners, clusters = resources[LISTENER_TYPE], resources[CLUSTER_TYPE]
-    for listener in listeners.values():
-        listener.bind_to_port.value = False  # the redirect listeners below are the only ones bound
+    for listener in listeners.values():  # the redirect listeners below are the only ones bound
+        if not listener.HasField("bind_to_port"):  # (shared outbound listeners already say so)
+            listener.bind_to_port.value = False
     for inbound in dataplane.networking.inbound:
         local = clusters.get(local_cluster_name(inbound.workload_port))
         if isinstance(local, cluster_pb2.Cluster):
