@@ -6,16 +6,20 @@ and removes the rules.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kuma_dp.transparent_proxy import apply
-from kuma_dp.transparent_proxy.apply import Report, TProxyError
 from kuma_dp.transparent_proxy.cli_options import config_from_cli, require_root, tproxy_options
 
+if TYPE_CHECKING:
+    from kuma_dp.transparent_proxy.apply import Log, Report
 
-def _log(verbose: bool) -> apply.Log:
+# The engine (and pyroute2 behind it) is imported inside the commands: every other kumactl command
+# would otherwise pay for it at start.
+
+
+def _log(verbose: bool) -> Log:
     return (lambda msg: click.echo(f"# {msg}", err=True)) if verbose else (lambda _msg: None)
 
 
@@ -35,12 +39,14 @@ def install_transparent_proxy(**params: Any) -> None:
     Inbound TCP goes to the inbound listener (15006), outbound TCP of every user but the proxy's
     to the outbound listener (15001); exclusions go direct. Install twice = install once.
     """
+    from kuma_dp.transparent_proxy import apply
+
     config = config_from_cli(params)
     if not params["dry_run"]:
         require_root("kumactl install transparent-proxy")
     try:
         report = apply.install(config, dry_run=params["dry_run"], log=_log(params["verbose"]))
-    except TProxyError as exc:
+    except apply.TProxyError as exc:
         raise click.ClickException(str(exc)) from None
     if params["dry_run"]:
         _print_dry_run(report)
@@ -56,11 +62,13 @@ def install_transparent_proxy(**params: Any) -> None:
 @click.option("--verbose", is_flag=True, help="say what is done, step by step")
 def uninstall_transparent_proxy(dry_run: bool, verbose: bool) -> None:
     """Remove exactly the rules `kumactl install transparent-proxy` added (needs root)."""
+    from kuma_dp.transparent_proxy import apply
+
     if not dry_run:
         require_root("kumactl uninstall transparent-proxy")
     try:
         report = apply.uninstall(dry_run=dry_run, log=_log(verbose))
-    except TProxyError as exc:
+    except apply.TProxyError as exc:
         raise click.ClickException(str(exc)) from None
     if dry_run:
         _print_dry_run(report)
