@@ -79,39 +79,34 @@ print("ready", flush=True)
 servers[0].serve_forever()
 """
 
-BOOTSTRAP = {
-    "node": {"id": None, "cluster": None, "metadata": {}},
-    "admin": {"address": {"pipe": {"path": None}}},
-    "dynamic_resources": {
-        "ads_config": {
-            "api_type": "GRPC",
-            "transport_api_version": "V3",
-            "set_node_on_first_message_only": True,
-            "grpc_services": [{"envoy_grpc": {"cluster_name": "ads_cluster"}}],
-        },
-        "cds_config": {"ads": {}, "resource_api_version": "V3"},
-        "lds_config": {"ads": {}, "resource_api_version": "V3"},
-    },
-    "static_resources": {
-        "clusters": [
-            {
-                "name": "ads_cluster",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    }
-                },
-                "load_assignment": {
-                    "cluster_name": "ads_cluster",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": None}}}}]}],
-                },
-            }
-        ]
-    },
-}
+# Envoy's bootstrap as kuma-dp's, minus TLS: ADS and admin over Unix sockets (JSON is YAML).
+BOOTSTRAP = """
+node:
+  id: default.{name}
+  cluster: {service}
+  metadata: {{dataplane.resource: {resource}, workdir: {workdir}}}
+admin: {{address: {{pipe: {{path: {admin}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{envoy_grpc: {{cluster_name: ads_cluster}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: ads_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: ads_cluster
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: {ads}}}}}}}}}]}}]
+"""
 
 
 def require_root() -> None:
@@ -255,19 +250,16 @@ async def ads_server(socket_path: Path) -> AsyncIterator[MemoryStore]:
 
 
 def write_bootstrap(host: Host, ads_socket: Path) -> Path:
-    config = json.loads(json.dumps(BOOTSTRAP))
-    config["node"].update(id=f"default.{host.name}", cluster=host.service)
-    config["node"]["metadata"] = {
-        "dataplane.resource": json.dumps(host.dataplane()),
-        "workdir": str(host.workdir),
-    }
-    config["admin"]["address"]["pipe"]["path"] = str(host.admin_socket)
-    lb_endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0][
-        "lb_endpoints"
-    ][0]
-    lb_endpoint["endpoint"]["address"]["pipe"]["path"] = str(ads_socket)
-    path = host.workdir / "bootstrap.json"
-    path.write_text(json.dumps(config))
+    text = BOOTSTRAP.format(
+        name=host.name,
+        service=host.service,
+        resource=json.dumps(json.dumps(host.dataplane())),  # a string holding the Dataplane's JSON
+        workdir=json.dumps(str(host.workdir)),
+        admin=json.dumps(str(host.admin_socket)),
+        ads=json.dumps(str(ads_socket)),
+    )
+    path = host.workdir / "bootstrap.yaml"
+    path.write_text(text)
     path.chmod(0o644)
     return path
 
