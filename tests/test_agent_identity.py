@@ -8,17 +8,21 @@ import datetime
 import json
 import random
 import signal
+import socket
+import ssl
 import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
-from agent_harness import Agent, TestApp, app, pki, start_agent, wait_for
+from agent_harness import Agent, TestApp, app, free_port, pki, start_agent, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from identity_harness import IdentityControlPlane, peer_certificate, tls_bootstrap_for
 
+from demo.lab import Lab, dataplane
 from kuma_dp.identity import keygen
 from kuma_dp.identity.client import IdentityError, parse_issued
 from kuma_dp.identity.renewal import next_backoff_s, renewal_delay_s
@@ -260,3 +264,78 @@ def test_sds_document_shape() -> None:
             }
         ]
     }
+
+
+# --- with the real control plane ------------------------------------------------------------------
+
+MTLS_MESH = """\
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+    dpCert: {rotation: {expiration: 6s}}
+"""
+
+
+def test_real_control_plane_issues_and_renews_with_token(lab: Lab, tmp_path: Path) -> None:
+    cp = lab.start_control_plane(KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE="dpToken")
+    lab.wait_control_plane(cp)
+    applied = lab.kumactl(cp, "apply", "-f", "-", input=MTLS_MESH)
+    assert applied.returncode == 0, applied.stderr
+    token = lab.kumactl(cp, "generate", "dataplane-token", "--name", "web-1", "--valid-for", "1h")
+    assert token.returncode == 0, token.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text(token.stdout)
+    app_port, port = free_port(), free_port()
+    lab.start_app("backend", "web-1", app_port)
+    agent = lab.start_agent(
+        cp, dataplane("web-1", "web", port, app_port), "--dataplane-token-file", str(token_file)
+    )
+    lab.wait_ready(agent)
+
+    paths = IdentityPaths.in_workdir(agent.work_dir)
+    leaf = _leaf_in(paths)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://default/web"]
+    envoy_pids = _envoy_pids(agent.proc.popen.pid)
+    wait_for("a renewed certificate", lambda: _leaf_in(paths).serial_number != leaf.serial_number, timeout=10)
+    # Envoy serves the new one over mTLS on the inbound, without a restart.
+    renewed = _leaf_in(paths)
+    wait_for(
+        "Envoy serving the renewed certificate",
+        lambda: _served_by_inbound(port, paths) == renewed.serial_number,
+        timeout=5,
+    )
+    assert [
+        p.pid for p in psutil.Process(agent.proc.popen.pid).children() if "envoy" in p.name()
+    ] == envoy_pids
+    log = agent.proc.log.read_text()
+    assert token.stdout.strip() not in log and "PRIVATE KEY" not in log and "Traceback" not in log
+
+
+def _envoy_pids(agent_pid: int) -> list[int]:
+    return [p.pid for p in psutil.Process(agent_pid).children() if "envoy" in p.name()]
+
+
+def _leaf_in(paths: IdentityPaths) -> x509.Certificate:
+    secret = json.loads(paths.identity_secret.read_text())["resources"][0]
+    return x509.load_pem_x509_certificate(
+        secret["tls_certificate"]["certificate_chain"]["inline_string"].encode()
+    )
+
+
+def _served_by_inbound(port: int, paths: IdentityPaths) -> int:
+    """An mTLS handshake with the inbound, presenting the agent's own identity as the client."""
+    ca = json.loads(paths.ca_secret.read_text())["resources"][0]["validation_context"]["trusted_ca"][
+        "inline_string"
+    ]
+    context = ssl.create_default_context(cadata=ca)
+    context.check_hostname = False
+    context.load_cert_chain(paths.certificate, paths.key)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
