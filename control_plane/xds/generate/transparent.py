@@ -18,7 +18,8 @@ IP/port. Why: it is Kuma's way and names; the implied outbounds go through exact
 explicit outbounds use (protocol, routes, and the mTLS of the service's cluster), so the two modes
 cannot drift; and an endpoint coming or going adds or removes one small listener instead of
 rewriting (and draining chains of) the one listener every outbound connection of the proxy
-crosses.
+crosses. As with Kuma's VIPs, a call to one endpoint's address reaches its *service*: the
+service's cluster balances it over all endpoints, over mTLS when the mesh has it on.
 """
 
 from __future__ import annotations
@@ -40,12 +41,11 @@ from google.protobuf.message import Message
 from control_plane.resources.common import SERVICE_TAG
 from control_plane.resources.dataplane import Dataplane, Outbound, TransparentProxying
 from control_plane.resources.mesh import Mesh
+from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
-from control_plane.xds.generate.listeners import outbound_listener
+from control_plane.xds.generate.listeners import TCP_PROXY_FILTER, outbound_listener
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
 
-CONNECT_TIMEOUT_S = 5  # Kuma's default, as the other clusters
-TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 DIRECT_RESPONSE_FILTER = "envoy.filters.network.direct_response"
 
 
