@@ -214,3 +214,46 @@ def test_ipv4_mode_or_no_ipv6_address_installs_ipv4_only(world: World) -> None:
     assert not [
         line for line in save(world.lab, world.app, world.backend.tool(True, "save")) if "KUMA" in line
     ]
+
+
+def test_a_namespace_without_ipv6_gets_ipv4_rules_only_and_no_loopback_address() -> None:
+    require_root()
+    with NetnsLab("t4") as lab:
+        ns = lab.namespace()  # lo only: no IPv6 beyond ::1
+        report = lab.call(ns, apply.install, config(), backend=Backend("nft"))
+        assert report.changed == ["IPv4"]
+        assert not lab.call(ns, _lo_has, "::6")
+        with_v6 = lab.namespace()
+        lab.veth(with_v6, "10.79.0.1/24", lab.namespace(), "10.79.0.2/24")  # link-local IPv6 appears
+        assert lab.call(with_v6, apply.install, config(), backend=Backend("nft")).changed == ["IPv4", "IPv6"]
+        assert lab.call(with_v6, _lo_has, "::6")
+
+
+def _lo_has(address: str) -> bool:
+    from kuma_dp.transparent_proxy import netns
+
+    return any(a.ifname == "lo" and a.address == address for a in netns.addresses())
+
+
+def test_a_busy_xtables_lock_is_waited_for_and_retried(tmp_path) -> None:
+    require_root()
+    with NetnsLab("tl") as lab:
+        ns = lab.namespace()
+        elapsed, changed = lab.call(ns, _install_while_locked, str(tmp_path / "xtables.lock"), 1.3)
+        assert changed == ["IPv4"]
+        assert elapsed >= 1.3  # it did wait for the holder, and then got through
+
+
+def _install_while_locked(lock_path: str, hold_s: float) -> tuple[float, list[str]]:
+    import fcntl
+    import threading
+    import time
+
+    os.environ["XTABLES_LOCKFILE"] = lock_path  # a private lock: other tests' iptables are not held up
+    holder = open(lock_path, "w")  # noqa: SIM115 - released by the timer below
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threading.Timer(hold_s, holder.close).start()
+    started = time.monotonic()
+    # --wait 1 gives up while the lock is still held; the engine retries
+    report = apply.install(replace(config(), wait_s=1), backend=Backend("legacy"), ipv6=False)
+    return time.monotonic() - started, report.changed
