@@ -74,14 +74,17 @@ def serials(store: ResourceStore, mesh: str) -> list[int]:
     return sorted(found)
 
 
-def public_key(store: ResourceStore, mesh: str, kid: str) -> rsa.RSAPublicKey | None:
-    """The key that verifies tokens with this `kid` in this mesh, or None if there is none."""
+def stored_key_data(store: ResourceStore, mesh: str, kid: str) -> str | None:
+    """The stored form (base64 PEM) of the key with this `kid` in this mesh, or None."""
     if not kid.isdigit():
         return None
     stored = store.get(signing_key_key(mesh, int(kid)))
-    if stored is None:
-        return None
-    return _load_stored(stored.spec["data"]).public_key()
+    return None if stored is None else stored.spec["data"]
+
+
+def public_key_of(data: str) -> rsa.RSAPublicKey:
+    """The verifying key of a stored signing key."""
+    return _load_stored(data).public_key()
 
 
 def current_signing_key(store: ResourceStore, mesh: str) -> SigningKey:

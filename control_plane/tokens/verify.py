@@ -6,6 +6,7 @@ a detail for the control plane's own log. Neither ever contains the token.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from control_plane.resources.common import SERVICE_TAG
 from control_plane.resources.dataplane import Dataplane
 from control_plane.store.base import ResourceStore
 from control_plane.tokens.issue import ALGORITHM, TOKEN_TYPE
-from control_plane.tokens.keys import public_key
+from control_plane.tokens.keys import public_key_of, stored_key_data
 from control_plane.tokens.revocation import revoked_ids
 
 LEEWAY_S = 5
@@ -64,10 +65,10 @@ def verify_token(
     mesh = claimed.get("Mesh")
     if not isinstance(mesh, str) or not mesh:
         raise TokenRejected("malformed", "the token has no Mesh claim")
-    key = public_key(store, mesh, kid)
-    if key is None:
+    key_data = stored_key_data(store, mesh, kid)
+    if key_data is None:
         raise TokenRejected("unknown key", f"mesh {mesh!r} has no signing key with kid {kid!r}")
-    claims = _verified_claims(token, key)
+    claims = _verified_claims(token, key_data)
     verified = _parse_claims(claims, kid)
     _check_time(claims, time.time() if now is None else now)
     if verified.jti in revoked_ids(store, mesh):
@@ -118,6 +119,13 @@ def allowed_services(token: VerifiedToken | None, dataplane: Dataplane) -> list[
     return [service for service in services if service in token.tags[SERVICE_TAG]]
 
 
+# A proxy presents the same token at every bootstrap, CSR and stream: parsing and signature
+# checks are pure functions of (token, key), so their results are cached (pyjwt's base64 checks
+# cost more than the RSA verification). Expiry, revocation and the Dataplane are checked every time.
+_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _unverified(token: str) -> tuple[str, dict[str, Any]]:
     try:
         header = jwt.get_unverified_header(token)
@@ -132,11 +140,14 @@ def _unverified(token: str) -> tuple[str, dict[str, Any]]:
     return kid, claims
 
 
-def _verified_claims(token: str, key: Any) -> dict[str, Any]:
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _verified_claims(token: str, key_data: str) -> dict[str, Any]:
+    """The claims if the signature verifies with the stored key `key_data` (cached: the key's
+    stored text is part of the cache key, so a replaced or removed key is never trusted)."""
     # Time claims are checked by _check_time (one clock, testable); pyjwt checks the signature.
     options = {"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False}
     try:
-        return jwt.decode(token, key, algorithms=[ALGORITHM], options=options)
+        return jwt.decode(token, public_key_of(key_data), algorithms=[ALGORITHM], options=options)
     except jwt.InvalidSignatureError:
         raise TokenRejected("bad signature", "the signature does not match the mesh key") from None
     except jwt.InvalidTokenError as exc:
@@ -156,7 +167,8 @@ def _parse_claims(claims: dict[str, Any], kid: str) -> VerifiedToken:
         isinstance(values, list) and all(isinstance(v, str) for v in values) for values in tags.values()
     ):
         raise TokenRejected("malformed", "Tags is not a map of lists of strings")
-    return VerifiedToken(name, claims["Mesh"], tags, jti, kid, exp)
+    # A copy: the claims are cached and shared between requests.
+    return VerifiedToken(name, claims["Mesh"], {k: list(v) for k, v in tags.items()}, jti, kid, exp)
 
 
 def _check_time(claims: dict[str, Any], now: float) -> None:
