@@ -21,7 +21,15 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.xds.cache import SnapshotCache, TypeSnapshot
-from control_plane.xds.names import NAMED_TYPES, PUSH_ORDER, ROUTE_TYPE, SERVED_TYPES, short_type
+from control_plane.xds.names import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    NAMED_TYPES,
+    PUSH_ORDER,
+    ROUTE_TYPE,
+    SERVED_TYPES,
+    short_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,9 @@ class _TypeState:
     sent_version: str | None = None
     sent_nonce: str = ""
     accepted_version: str = ""  # what Envoy says it runs (version_info of its last request)
+    # Set for endpoints when clusters are sent: a replaced EDS cluster warms until it receives a
+    # ClusterLoadAssignment again, even an unchanged one (else Envoy waits out its 15 s timeout).
+    resend: bool = False
 
 
 @dataclass
@@ -89,7 +100,7 @@ class _Stream:
         names_changed = state.subscribed and names != state.names
         state.subscribed, state.names = True, names
         current = self._current(request.type_url)
-        if current is None or not (names_changed or _lacks(state, current.version)):
+        if current is None or not (names_changed or state.resend or _lacks(state, current.version)):
             return []
         return [self._respond(request.type_url, state, current)]
 
@@ -98,7 +109,7 @@ class _Stream:
         for type_url in (*PUSH_ORDER, ROUTE_TYPE):
             state = self.types[type_url]
             current = self._current(type_url)
-            if state.subscribed and current is not None and _lacks(state, current.version):
+            if state.subscribed and current is not None and (state.resend or _lacks(state, current.version)):
                 responses.append(self._respond(type_url, state, current))
         return responses
 
@@ -110,6 +121,9 @@ class _Stream:
         self, type_url: str, state: _TypeState, current: TypeSnapshot
     ) -> discovery_pb2.DiscoveryResponse:
         state.sent_version, state.sent_nonce = current.version, str(next(self.nonces))
+        state.resend = False
+        if type_url == CLUSTER_TYPE:
+            self.types[ENDPOINT_TYPE].resend = True
         self.counter[type_url] += 1
         # Listeners and clusters are always sent whole; endpoints and routes only as named
         # (an empty list there means "none", not "all").
