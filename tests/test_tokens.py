@@ -314,3 +314,20 @@ async def test_api_revokes_by_jti(store: MemoryStore) -> None:
     assert first.json() == {"mesh": "default", "jti": jti, "alreadyRevoked": False}
     assert again.json()["alreadyRevoked"] is True
     assert reason(store, token) == "revoked"
+
+
+def test_a_replaced_key_is_not_trusted_from_the_cache(store: MemoryStore) -> None:
+    token = issue_token(store, WEB)
+    verify_token(store, token, dataplane())  # cached as verified with key 1
+    replacement = base64.b64encode(private_key_pem(new_private_key())).decode()
+    store.upsert(signing_key_key("default", 1), {"data": replacement})
+    assert reason(store, token) == "bad signature"
+
+
+def test_kumactl_revoke_needs_exactly_one_of_jti_and_token_file(tmp_path: Path) -> None:
+    for argv in ([], ["--jti", "a", "--token-file", str(tmp_path / "t")]):
+        result = CliRunner().invoke(kumactl, ["revoke", "dataplane-token", *argv])
+        assert result.exit_code == 1 and "exactly one of --jti and --token-file" in result.stderr
+    (tmp_path / "t").write_text("not a token")
+    result = CliRunner().invoke(kumactl, ["revoke", "dataplane-token", "--token-file", str(tmp_path / "t")])
+    assert result.exit_code == 1 and "is not a dataplane token" in result.stderr
