@@ -123,24 +123,25 @@ def restore_text(tables: Sequence[TableRules], current: SavedRules) -> str:
 
 
 def verify(tables: Sequence[TableRules], saved: SavedRules) -> list[str]:
-    """What differs between the built rules and what `iptables-save` shows (empty = all good)."""
+    """What differs between the built rules and what `iptables-save` shows (empty = all good):
+    our rules exactly, in order, the inserted ones at the very top of their chain, nothing else of ours."""
     problems: list[str] = []
-    expected_tables = {t.table: t for t in tables}
-    for name in sorted(set(expected_tables) | set(saved.tables_with_ours())):
-        table = expected_tables.get(name) or TableRules(name, (), ())
-        for chain in sorted({r.chain for r in table.rules} | set(saved.our_chains(name))):
-            want = [r.saved for r in table.rules if r.chain == chain and r.insert]
-            want += [r.saved for r in table.rules if r.chain == chain and not r.insert]
-            have = saved.ours_in(name, chain)
-            if have != want:
+    expected = {t.table: t for t in tables}
+    for name in sorted(set(expected) | set(saved.tables_with_ours())):
+        table = expected.get(name) or TableRules(name, (), ())
+        for chain in sorted({r.chain for r in table.rules} | set(saved.our_chains(name)) | set(table.chains)):
+            top = [r.saved for r in table.rules if r.chain == chain and r.insert]
+            rest = [r.saved for r in table.rules if r.chain == chain and not r.insert]
+            if chain in table.chains and not saved.has_chain(name, chain):
+                problems.append(f"{name}: chain {chain} is missing")
+            elif chain.startswith(c.CHAIN_PREFIX) and chain not in table.chains:
+                problems.append(f"{name}: chain {chain} should not be there")
+            elif saved.ours_in(name, chain) != top + rest:
                 problems.append(
-                    f"{name}/{chain}: expected {len(want)} rules, found {len(have)} (or out of order)"
+                    f"{name}/{chain}: our rules differ from the built ones (missing, extra or reordered)"
                 )
-            top = saved.rules_in(name, chain)[
-                : len([r for r in table.rules if r.chain == chain and r.insert])
-            ]
-            if top != [r.saved for r in table.rules if r.chain == chain and r.insert]:
-                problems.append(f"{name}/{chain}: exclusions are not at the top of the chain")
+            elif saved.rules_in(name, chain)[: len(top)] != top:
+                problems.append(f"{name}/{chain}: the exclusions are not at the top of the chain")
     return problems
 
 

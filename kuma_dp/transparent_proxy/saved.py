@@ -46,6 +46,9 @@ class SavedRules:
         table = self.tables[name]
         return not table.rules and all(policy == "ACCEPT" for policy in table.chains.values())
 
+    def has_chain(self, table: str, chain: str) -> bool:
+        return table in self.tables and chain in self.tables[table].chains
+
     def rules_in(self, table: str, chain: str) -> list[str]:
         t = self.tables.get(table)
         return [rule for ch, rule, _ in t.rules if ch == chain] if t else []
