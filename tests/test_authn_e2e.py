@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from cryptography import x509
 
 from demo.lab import ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
 
@@ -142,3 +143,56 @@ def test_kumactl_warns_without_valid_for_and_needs_admin(lab: Lab) -> None:
     unknown = lab.kumactl(cp, "generate", "dataplane-token", "--mesh", "nowhere", "--valid-for", "1h")
     assert unknown.returncode == 1 and 'mesh "nowhere" does not exist' in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+MTLS_MESH = """type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+    dpCert: {rotation: {expiration: 1h}}
+"""
+
+
+def test_agents_with_tokens_get_their_identity_and_talk_over_mtls(lab: Lab) -> None:
+    cp = lab.start_control_plane(KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE="dpToken")
+    lab.wait_control_plane(cp)
+    assert lab.kumactl(cp, "apply", "-f", "-", input=MTLS_MESH).returncode == 0
+    backend_app, web_app, outbound = free_port(), free_port(), free_port()
+    lab.start_app("backend", "backend-1", backend_app)
+    lab.start_app("web", "web-1", web_app, backend_url=f"http://127.0.0.1:{outbound}")
+    agents = {}
+    for name, service, app, outbounds in (
+        ("backend-1", "backend", backend_app, None),
+        ("web-1", "web", web_app, {"backend": outbound}),
+    ):
+        token_file = lab.root / f"{name}.token"
+        token_file.write_text(kumactl_token(lab, cp, "--name", name, "--tag", f"kuma.io/service={service}"))
+        dp = dataplane(name, service, free_port(), app, outbounds)
+        agents[name] = lab.start_agent(cp, dp, "--dataplane-token-file", str(token_file))
+    for agent in agents.values():
+        lab.wait_ready(agent, 40)
+
+    # The certificate came from the CP before Envoy registered the Dataplane (known from /bootstrap).
+    sds = yaml.safe_load((agents["web-1"].work_dir / "identity" / "sds" / "identity.yaml").read_text())
+    chain = sds["resources"][0]["tls_certificate"]["certificate_chain"]["inline_string"]
+    cert = x509.load_pem_x509_certificate(chain.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://default/web"]
+
+    def through_the_mesh() -> bool:
+        response = httpx.get(f"http://127.0.0.1:{web_app}/", timeout=3)
+        return response.status_code == 200 and response.json()["backend"]["instance"] == "backend-1"
+
+    wait_for("web → backend over mTLS", through_the_mesh, 20)
+
+    intruder = lab.root / "intruder.token"
+    intruder.write_text(kumactl_token(lab, cp, "--name", "web-2"))
+    refused = lab.start_agent(
+        cp, dataplane("web-9", "web", free_port(), free_port()), "--dataplane-token-file", str(intruder)
+    )
+    assert refused.proc.popen.wait(30) != 0
+    assert "wrong dataplane" in refused.proc.log.read_text()
+    assert not registered(cp, "web-9")
