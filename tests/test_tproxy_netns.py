@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 from netns_harness import NetnsLab
-from tproxy_probes import connect, save, start_servers
+from tproxy_probes import ask_udp, connect, save, start_servers, start_udp_servers
 
 from kuma_dp.transparent_proxy import apply, backend
 from kuma_dp.transparent_proxy.apply import TProxyError
@@ -121,6 +121,16 @@ def test_each_exclusion_goes_direct(world: World) -> None:
     assert world.connect_in(APP_V4, 9001) == f"app {APP_V4}:9001"  # excluded inbound port
     assert world.connect_in(APP_V4, 9000, source=PEER2_V4) == f"app {APP_V4}:9000"  # excluded source
     assert world.connect_in(APP_V4, 9000) == f"inbound {APP_V4}:9000"
+
+
+def test_dns_capture_sends_the_apps_queries_to_the_dns_proxy(world: World) -> None:
+    start_udp_servers(world.lab, world.peer, "resolver:0.0.0.0:53")
+    # as Kuma's DNS proxy: on 127.0.0.1 (where REDIRECT sends it), running as the proxy user
+    start_udp_servers(world.lab, world.app, f"uid={PROXY_UID}", "dns-proxy:127.0.0.1:15053")
+    world.install(config(redirect_dns=True))
+    assert ask_udp(world.lab, world.app, PEER_V4, 53, uid=APP_UID) == "dns-proxy"
+    # the DNS proxy itself (the proxy UID) reaches the real resolver
+    assert ask_udp(world.lab, world.app, PEER_V4, 53, uid=PROXY_UID) == "resolver"
 
 
 def test_uninstall_restores_the_tables_and_double_install_is_idempotent(world: World) -> None:

@@ -112,3 +112,65 @@ def _zero_counters(line: str) -> str:
 
 
 PYTHON = sys.executable
+
+
+# Answers every UDP datagram on `tag:port` (0.0.0.0) with "<tag>".
+# Answers every UDP datagram on `tag:host:port` with "<tag>"; `uid=N` first: run as N (unprivileged ports)
+# (a DNS proxy must be the proxy user: the conntrack-zone rules know its answers by UID).
+UDP_SERVER = r"""
+import encodings.idna, os, socket, sys, threading
+args = sys.argv[1:]
+uid = int(args.pop(0)[4:]) if args and args[0].startswith("uid=") else None
+if uid is not None:  # first: the owner match sees the UID that created the socket
+    os.setgroups([]); os.setgid(uid); os.setuid(uid)
+sockets = []
+for tag, host, port in (a.split(":") for a in args):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, int(port)))
+    sockets.append((tag, s))
+def serve(tag, s):
+    while True:
+        _, peer = s.recvfrom(512)
+        s.sendto(tag.encode(), peer)
+for tag, s in sockets:
+    threading.Thread(target=serve, args=(tag, s), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def start_udp_servers(lab: NetnsLab, ns: str, *specs: str) -> subprocess.Popen[str]:
+    proc = lab.python(ns, UDP_SERVER, *specs)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _ask_udp_as(uid: int, host: str, port: int) -> str:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        answer = ""
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(2)
+                s.connect((host, port))
+                s.send(b"q")
+                answer = s.recv(200).decode()
+        except OSError as exc:
+            answer = f"error {exc.strerror or exc}"
+        finally:
+            os.write(write_fd, answer.encode())
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def ask_udp(lab: NetnsLab, ns: str, host: str, port: int, uid: int) -> str:
+    """Who answers a UDP datagram from `ns` as `uid` to host:port."""
+    return lab.call(ns, _ask_udp_as, uid, host, port)
