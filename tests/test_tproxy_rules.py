@@ -230,6 +230,7 @@ def test_later_layers_win() -> None:
         (flag_layer({"exclude_outbound_ports_for_uids": ("tcp:22:x",)}), '"x" is not a list of UIDs'),
         (flag_layer({"proxy_uid": "no-such-user-here"}), '--kuma-dp-user: invalid value "no-such-user-here"'),
         (flag_layer({"ip_family_mode": "ipv6"}), "--ip-family-mode"),
+        (flag_layer({"wait_s": "soon"}), '--wait: invalid value "soon": expected whole seconds'),
         (flag_layer({"redirect_dns": "maybe"}), "--redirect-dns"),
         (
             env_layer({"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_PORT": "0"}),

@@ -55,12 +55,12 @@ def _bad(where: str, value: object, why: str) -> TProxyConfigError:
     return TProxyConfigError(f'{where}: invalid value "{value}": {why}')
 
 
-def parse_port(value: object, where: str, allow_zero: bool = False) -> int:
+def parse_port(value: object, where: str) -> int:
     text = str(value).strip()
     if not text.isdigit():
         raise _bad(where, value, "not a port number")
     port = int(text)
-    if not (0 if allow_zero else 1) <= port <= 65535:
+    if not 1 <= port <= 65535:
         raise _bad(where, value, "port out of range 1-65535")
     return port
 
@@ -115,6 +115,13 @@ def parse_cidr_list(value: object, where: str) -> tuple[str, ...]:
         except ValueError as exc:
             raise _bad(where, value, f'"{item}" is not an IP address or CIDR ({exc})') from None
     return tuple(dict.fromkeys(nets))
+
+
+def parse_seconds(value: object, where: str) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) > 3600:
+        raise _bad(where, value, "expected whole seconds (0-3600)")
+    return int(text)
 
 
 def parse_bool(value: object, where: str) -> bool:

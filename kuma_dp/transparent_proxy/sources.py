@@ -131,7 +131,7 @@ FIELDS: tuple[Field, ...] = (
         "DROP_INVALID_PACKETS",
         cfg.parse_bool,
     ),
-    Field("wait_s", "--wait", "wait", "WAIT", lambda v, w: cfg.parse_port(v, w, allow_zero=True)),
+    Field("wait_s", "--wait", "wait", "WAIT", cfg.parse_seconds),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 FIELD_BY_YAML_KEY = {f.yaml_key: f for f in FIELDS}
