@@ -135,11 +135,13 @@ async def _run_with_identity(
     restart = asyncio.Event()
     rotation = TokenRotation(tokens, refresh_bootstrap, admin, restart.set)
     async with asyncio.TaskGroup() as side:
-        side_tasks = [
-            side.create_task(tokens.watch(rotation.on_token_change)),
-            side.create_task(rotation.refresh_on_change()),
-            side.create_task(rotation.watch_ads()),
-        ]
+        side_tasks: list[asyncio.Task[None]] = []
+        if tokens.path is not None:  # only a token file can change
+            side_tasks += [
+                side.create_task(tokens.watch(rotation.on_token_change)),
+                side.create_task(rotation.refresh_on_change()),
+                side.create_task(rotation.watch_ads()),
+            ]
         if identity is not None:
             side_tasks.append(side.create_task(identity.renew_forever()))
         try:
