@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 from pyroute2 import NetNS
 from pyroute2 import netns as pr_netns
 
+from kuma_dp.transparent_proxy import netns
+
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/var/run/netns"
@@ -142,7 +144,7 @@ class NetnsLab:
         if pid == 0:  # child: never returns into the test
             os.close(read_fd)
             try:
-                setns(name)
+                netns.enter(name)  # the engine's own helper (pyroute2 setns), exercised here
                 payload = (True, fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - sent to the parent
                 payload = (False, _picklable(exc))
