@@ -3,8 +3,10 @@
 1. The signing function alone (`control_plane.ca.issue_certificate`: parse, verify and check the
    CSR, sign with the mesh CA) on one core, CSRs made beforehand.
 2. End to end: a real `kuma-cp` (memory store, dpToken authn) and N concurrent HTTPS clients
-   (one keep-alive TLS connection each, TLS handshakes included in the time) posting to
-   `POST /certificate` on the DP server, each with its dataplane's token.
+   posting to `POST /certificate` on the DP server, each with its dataplane's token; once over
+   N keep-alive TLS connections, once with a new TLS connection per certificate (proxies
+   restarting at once). The CPU each side used per certificate is printed too: on a small
+   machine the clients compete with the control plane for the same cores.
 
 Target (issue 3): ≥ 500/s end to end, so 1,000 proxies restarting at once hold identities within 2 s.
 Run: `.venv/bin/python -m bench.csr_signing [--count 2000] [--clients 16]`. Prints figures,

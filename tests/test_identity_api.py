@@ -180,6 +180,7 @@ async def test_good_token_bootstraps_and_gets_exactly_its_spiffe_identity(
     assert body["serial"] == format(leaf.serial_number, "x")
     assert body["notAfter"] == leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert token not in caplog.text and token.rsplit(".", 1)[1] not in caplog.text
+    assert "PRIVATE KEY" not in caplog.text
 
 
 @pytest.mark.parametrize(
