@@ -62,7 +62,7 @@ class DpServer:
             front = TlsFront(backends, server_ssl_context(self._tls.cert_file, self._tls.key_file))
             try:
                 await _wait_for_socket(backends.http_socket, http_task)
-                log.info("DP server (bootstrap + ADS) listening on :%d (TLS)", self._port)
+                log.info("DP server (bootstrap, certificates, ADS) listening on :%d (TLS)", self._port)
                 await front.serve(self._host, self._port, self.started)
             finally:
                 http.should_exit = True
