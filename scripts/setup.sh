@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian's own interpreter when it is new enough: every user can run it, and the namespace tests
+# run the agent as the proxy's UID (5678) from this venv. Else whatever `python3` is.
+if [ -z "${PYTHON:-}" ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  PYTHON=/usr/bin/python3
+fi
 PYTHON="${PYTHON:-python3}"
 # curl/iproute2/iptables/nftables: the network tests and the demo's checks; python3-venv: the venv.
 SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates)
@@ -28,7 +33,28 @@ check_python() {
   fi
 }
 
+venv_usable_by_others() {
+  # As root, check that an unprivileged user can run the venv's interpreter and its standard
+  # library (a pyenv build under /root cannot): the namespace tests run the agent as UID 5678.
+  [ "$(id -u)" != 0 ] && return 0
+  "$PYTHON" - <<'PY'
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    try:
+        os.execv(".venv/bin/python", [".venv/bin/python", "-c", "import asyncio, ssl"])
+    finally:
+        os._exit(1)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+PY
+}
+
 make_venv() {
+  if [ -x .venv/bin/python ] && ! venv_usable_by_others; then
+    echo "setup: recreating .venv with $PYTHON (its interpreter is not usable by other users)" >&2
+    rm -rf .venv
+  fi
   if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
