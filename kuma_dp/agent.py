@@ -117,7 +117,7 @@ async def _bootstrap_and_run(
             await admin.aclose()
     finally:
         if identity is not None:
-            identity.cancel_pregenerated()
+            await identity.cancel_pregenerated()
         await certificates.aclose()
 
 

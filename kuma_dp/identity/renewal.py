@@ -53,9 +53,12 @@ class WorkloadIdentity:
         """Start making the first key and CSR now (overlaps the bootstrap request)."""
         self._next = asyncio.ensure_future(keygen.generate(self.uris))
 
-    def cancel_pregenerated(self) -> None:
-        if self._next is not None:
-            self._next.cancel()
+    async def cancel_pregenerated(self) -> None:
+        """Stop an unused key child and wait until it is reaped (before the event loop closes)."""
+        pending, self._next = self._next, None
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"WorkloadIdentity(uris={self.uris}, serial={self.current.serial if self.current else None})"
