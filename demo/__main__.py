@@ -46,7 +46,7 @@ def main() -> int:
 
 
 def run_demo(lab: Lab, requests: int) -> None:
-    step = _Steps(6)
+    step = _Steps(8)
     api_port = _port_or_free(DEFAULT_API_PORT)
     dp_port = _port_or_free(DEFAULT_DP_PORT)
     step(
@@ -60,7 +60,8 @@ def run_demo(lab: Lab, requests: int) -> None:
     lab.start_app("backend", "backend-1", ports["backend_app"])
     lab.start_app("web", "web-1", ports["web_app"], backend_url=f"http://127.0.0.1:{ports['web_out']}")
 
-    step("agents: kuma-dp run beside each app (bootstrap from the CP, then Envoy, then xDS)")
+    step("agents: kuma-dp run beside each app, each with its own dataplane token (kumactl generate")
+    print("      dataplane-token): bootstrap, its own key + certificate, then Envoy, then xDS")
     started = time.monotonic()
     backend_dp = dataplane("backend-1", "backend", ports["backend_in"], ports["backend_app"])
     web_dp = dataplane(
@@ -87,6 +88,63 @@ def run_demo(lab: Lab, requests: int) -> None:
     step("what each Envoy counted (stats from its admin socket)")
     for agent in agents:
         _print_traffic(agent)
+
+    step("mTLS on: kumactl apply a Mesh with a builtin CA backend (STRICT, as Kuma's default)")
+    lab.kumactl(cp, "apply", "-f", "-", input=MTLS_MESH)
+    web_app = f"http://127.0.0.1:{ports['web_app']}"
+    _wait_for_caller(web_app)
+    for agent in agents:
+        print(f"      {agent.name}'s Envoy presents {_identity(agent)}")
+    for i in range(min(requests, 3)):
+        resp = httpx.get(f"{web_app}/secure/{i}", timeout=5)
+        xfcc = resp.json()["backend"].get("caller", "")
+        caller = next((p[4:] for p in xfcc.split(";") if p.startswith("URI=")), "(none)")
+        print(f"      web → backend GET /secure/{i} → {resp.status_code}; backend's app saw caller {caller}")
+
+    step("STRICT refuses what is not mesh mTLS")
+    try:
+        refused = httpx.get(f"http://127.0.0.1:{ports['backend_in']}/plaintext", timeout=3)
+        raise LabError(f"plaintext to backend's inbound was answered ({refused.status_code})")
+    except httpx.HTTPError as exc:
+        inbound = ports["backend_in"]
+        print(f"      plaintext GET to backend's Envoy inbound :{inbound} → refused ({type(exc).__name__})")
+
+
+MTLS_MESH = """
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+"""
+
+
+def _wait_for_caller(web_app: str, timeout: float = 15) -> None:
+    """Until backend's Envoy forwards the caller's identity: mTLS has reached both Envoys."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "caller" in httpx.get(f"{web_app}/probe", timeout=2).json()["backend"]:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise LabError("mTLS did not take effect within 15 s")
+
+
+def _identity(agent: AgentProc) -> str:
+    """The SPIFFE URI, serial and expiry of the workload certificate Envoy serves (admin /certs)."""
+    with agent.envoy_admin() as admin:
+        certs = admin.get("/certs").json()["certificates"]
+    for entry in certs:
+        for cert in entry.get("cert_chain", []):
+            uris = [san["uri"] for san in cert.get("subject_alt_names", []) if "uri" in san]
+            if uris:
+                serial, expires = cert["serial_number"][:12], cert["expiration_time"]
+                return f"{', '.join(uris)} (serial {serial}…, expires {expires})"
+    return "no certificate"
 
 
 def _print_traffic(agent: AgentProc) -> None:

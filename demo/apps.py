@@ -15,7 +15,11 @@ def backend_handler(instance: str) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.startswith("/sleep/"):  # a slow request, for the drain tests
                 time.sleep(float(self.path.removeprefix("/sleep/")))
-            _reply(self, {"service": "backend", "instance": instance, "path": self.path})
+            body = {"service": "backend", "instance": instance, "path": self.path}
+            caller = self.headers.get("x-forwarded-client-cert")  # set by Envoy under mTLS
+            if caller:
+                body["caller"] = caller
+            _reply(self, body)
 
         def log_message(self, *args: object) -> None:
             pass

@@ -125,6 +125,7 @@ class Lab:
     root: Path
     procs: list[Proc] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    _kumactl_target: str = ""
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.root / f"{name}.log"
@@ -156,7 +157,6 @@ class Lab:
             "KUMA_API_SERVER_HTTP_PORT": str(api_port),
             "KUMA_API_SERVER_HTTP_INTERFACE": "127.0.0.1",
             "KUMA_DP_SERVER_PORT": str(dp_port),
-            "KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE": "none",
             **env,
         }
         proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env)
@@ -180,10 +180,30 @@ class Lab:
         wait_for(f"app {instance} on :{port}", lambda: _port_open(port), 10, proc)
         return proc
 
+    def dataplane_token(self, cp: ControlPlaneProc, name: str, mesh: str = "default") -> Path:
+        """A token for dataplane `name`, from the real `kumactl generate dataplane-token`, in a 0600 file."""
+        res = self.kumactl(
+            cp, "generate", "dataplane-token", "--name", name, "--mesh", mesh, "--valid-for", "24h"
+        )
+        if res.returncode != 0:
+            raise LabError(f"kumactl generate dataplane-token failed: {res.stderr.strip()}")
+        path = self.root / f"{name}.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(res.stdout.strip())
+        return path
+
     def start_agent(
-        self, cp: ControlPlaneProc, dataplane: dict[str, Any], *extra: str, **env: str
+        self,
+        cp: ControlPlaneProc,
+        dataplane: dict[str, Any],
+        *extra: str,
+        token_file: Path | None = None,
+        **env: str,
     ) -> AgentProc:
+        """`kuma-dp run` for `dataplane`, with a fresh token unless `token_file` is given."""
         name = dataplane["name"]
+        token_file = token_file or self.dataplane_token(cp, name, dataplane.get("mesh", "default"))
         work_dir = self.root / f"{name}-dp"
         dp_file = self.root / f"{name}.yaml"
         dp_file.write_text(yaml.safe_dump(dataplane, sort_keys=False))
@@ -194,6 +214,7 @@ class Lab:
             "--ca-cert-file", str(cp.ca_cert),
             "--dataplane-file", str(dp_file),
             "--work-dir", str(work_dir),
+            "--dataplane-token-file", str(token_file),
             "--drain-time", "2s",
             *extra,
         ]  # fmt: skip
@@ -208,8 +229,10 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "KUMACTL_CONFIG": str(self.root / "kumactl.yaml")}
         base = [str(BIN / "kumactl")]
-        add = ["config", "control-planes", "add", "--name", "lab", "--address", cp.api_url, "--overwrite"]
-        subprocess.run([*base, *add], env=env, capture_output=True, text=True, check=True)
+        if self._kumactl_target != cp.api_url:
+            add = ["config", "control-planes", "add", "--name", "lab", "--address", cp.api_url, "--overwrite"]
+            subprocess.run([*base, *add], env=env, capture_output=True, text=True, check=True)
+            self._kumactl_target = cp.api_url
         return subprocess.run(
             [*base, *args], env=env, input=input, capture_output=True, text=True, timeout=30
         )

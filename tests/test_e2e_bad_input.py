@@ -43,19 +43,19 @@ def test_kumactl_apply_rejects_bad_resources(
     assert lab.kumactl(cp, "get", "dataplanes", "-o", "json").stdout.count('"name"') == 0
 
 
-def _agent(lab: Lab, cp_url: str, ca: Path, *extra: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _agent(
+    lab: Lab, cp: ControlPlaneProc, cp_url: str, ca: Path, *extra: str, dp_text: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`kuma-dp run` for dp-1 with a valid token, against `cp_url` trusting `ca`."""
     dp_file = lab.root / "dp.yaml"
-    dp_file.write_text(yaml.safe_dump(dataplane("dp-1", "svc", free_port(), free_port())))
+    dp_file.write_text(dp_text or yaml.safe_dump(dataplane("dp-1", "svc", free_port(), free_port())))
     argv = [
-        str(BIN / "kuma-dp"),
-        "run",
-        "--cp-address",
-        cp_url,
-        "--ca-cert-file",
-        str(ca),
-        "-d",
-        str(dp_file),
-    ]
+        str(BIN / "kuma-dp"), "run",
+        "--cp-address", cp_url,
+        "--ca-cert-file", str(ca),
+        "-d", str(dp_file),
+        "--dataplane-token-file", str(lab.dataplane_token(cp, "dp-1")),
+    ]  # fmt: skip
     return subprocess.run(
         [*argv, *extra],
         capture_output=True,
@@ -77,17 +77,18 @@ def _assert_clear_failure(res: subprocess.CompletedProcess[str], *needles: str) 
 def test_agent_with_wrong_ca_file(lab: Lab, cp: ControlPlaneProc) -> None:
     other_ca = lab.root / "other-ca.crt"
     other_ca.write_bytes(self_signed_pem(["localhost"])[0])
-    _assert_clear_failure(_agent(lab, cp.dp_url, other_ca), str(other_ca))
+    _assert_clear_failure(_agent(lab, cp, cp.dp_url, other_ca), str(other_ca))
 
 
 def test_agent_with_missing_ca_file(lab: Lab, cp: ControlPlaneProc) -> None:
-    _assert_clear_failure(_agent(lab, cp.dp_url, lab.root / "nope.crt"), "nope.crt")
+    _assert_clear_failure(_agent(lab, cp, cp.dp_url, lab.root / "nope.crt"), "nope.crt")
 
 
 def test_agent_with_unreachable_control_plane(lab: Lab, cp: ControlPlaneProc) -> None:
     url = f"https://localhost:{free_port()}"
     res = _agent(
         lab,
+        cp,
         url,
         cp.ca_cert,
         KUMA_CONTROL_PLANE_RETRY_BACKOFF="200ms",
@@ -98,27 +99,13 @@ def test_agent_with_unreachable_control_plane(lab: Lab, cp: ControlPlaneProc) ->
 
 def test_agent_with_missing_envoy_binary(lab: Lab, cp: ControlPlaneProc) -> None:
     _assert_clear_failure(
-        _agent(lab, cp.dp_url, cp.ca_cert, "--binary-path", "/nonexistent/envoy"), "/nonexistent/envoy"
+        _agent(lab, cp, cp.dp_url, cp.ca_cert, "--binary-path", "/nonexistent/envoy"), "/nonexistent/envoy"
     )
 
 
 def test_agent_with_invalid_dataplane_gets_the_servers_message(lab: Lab, cp: ControlPlaneProc) -> None:
-    dp_file = lab.root / "bad.yaml"
-    dp_file.write_text(GOOD + "  - port: 8080\n    tags: {kuma.io/service: a}\n  colour: blue\n")
-    argv = [
-        str(BIN / "kuma-dp"),
-        "run",
-        "--cp-address",
-        cp.dp_url,
-        "--ca-cert-file",
-        str(cp.ca_cert),
-        "-d",
-        str(dp_file),
-    ]
-    res = subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, env=lab.env, stdin=subprocess.DEVNULL
-    )
-    _assert_clear_failure(res, "colour")
+    bad = GOOD + "  - port: 8080\n    tags: {kuma.io/service: a}\n  colour: blue\n"
+    _assert_clear_failure(_agent(lab, cp, cp.dp_url, cp.ca_cert, dp_text=bad), "colour")
 
 
 def test_control_plane_with_bad_configuration(lab: Lab) -> None:

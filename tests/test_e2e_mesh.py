@@ -92,8 +92,9 @@ def test_agent_waits_for_control_plane_then_ready_within_5s(lab: Lab) -> None:
     # Start the CP once to create its certificate, stop it, then start the agent first.
     cp = lab.start_control_plane(api, dp)
     lab.wait_control_plane(cp)
+    token = lab.dataplane_token(cp, "backend-1")
     cp.proc.stop()
-    agent = lab.start_agent(cp, dataplane("backend-1", "backend", free_port(), app))
+    agent = lab.start_agent(cp, dataplane("backend-1", "backend", free_port(), app), token_file=token)
     time.sleep(1.5)  # the agent is now retrying against a closed port
     assert agent.proc.popen.poll() is None
     restarted = lab.start_control_plane(api, dp, work_dir=cp.work_dir)
