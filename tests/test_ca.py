@@ -159,7 +159,9 @@ def test_lifetime_rules() -> None:
             "backends": [{"name": "b", "dpCert": {"rotation": {"expiration": "x"}}}],
         }
     }
-    assert certificate_lifetime(mesh(broken)) == dt.timedelta(hours=24)
+    # A bad duration never reaches the CA: the Mesh is refused, naming the field.
+    with pytest.raises(ValueError, match="dpCert.rotation.expiration"):
+        mesh(broken)
 
 
 @pytest.mark.parametrize(

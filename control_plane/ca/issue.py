@@ -12,13 +12,12 @@ from cryptography.hazmat.primitives import serialization
 from control_plane.ca.authority import get_or_create_mesh_ca
 from control_plane.ca.csr import check_csr, parse_csr, spiffe_uri
 from control_plane.ca.signing import sign_workload_certificate
-from control_plane.resources.mesh import Mesh
+from control_plane.resources.mesh import DEFAULT_CERT_LIFETIME_S, Mesh
 from control_plane.store.base import ResourceStore, mesh_key
-from kuma_common.durations import DurationError, parse_duration
 
 log = logging.getLogger("kuma-cp.ca")
 
-DEFAULT_LIFETIME = dt.timedelta(hours=24)
+DEFAULT_LIFETIME = dt.timedelta(seconds=DEFAULT_CERT_LIFETIME_S)
 
 
 @dataclass(frozen=True)
@@ -39,24 +38,10 @@ class IssuedCertificate:
 
 
 def certificate_lifetime(mesh: Mesh | None) -> dt.timedelta:
-    """The enabled mTLS backend's `dpCert.rotation.expiration`, or 24 h."""
-    backend = mesh.mtls.enabled if mesh is not None and mesh.mtls is not None else None
-    if backend is None:
+    """The enabled mTLS backend's `dpCert.rotation.expiration` (validated with the Mesh), or 24 h."""
+    if mesh is None or mesh.mtls is None:
         return DEFAULT_LIFETIME
-    text = backend.dpCert.rotation.expiration
-    try:
-        seconds = parse_duration(text)
-    except DurationError:
-        seconds = 0
-    if seconds <= 0:
-        log.warning(
-            "mesh %s: dpCert.rotation.expiration %r is not a positive duration; using %s",
-            mesh.name if mesh else "?",
-            text,
-            DEFAULT_LIFETIME,
-        )
-        return DEFAULT_LIFETIME
-    return dt.timedelta(seconds=seconds)
+    return dt.timedelta(seconds=mesh.mtls.certificate_lifetime_s())
 
 
 def mesh_lifetime(store: ResourceStore, mesh: str) -> dt.timedelta:

@@ -7,10 +7,24 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from control_plane.resources.common import NamedResource, StrictModel
+from kuma_common.durations import DurationError, parse_duration
+
+DEFAULT_CERT_LIFETIME_S = 24 * 3600.0
 
 
 class Rotation(StrictModel):
     expiration: str = "24h"
+
+    @field_validator("expiration")
+    @classmethod
+    def _positive_duration(cls, value: str) -> str:
+        try:
+            seconds = parse_duration(value)
+        except DurationError:
+            raise ValueError(f"{value!r} is not a duration (e.g. 24h, 30m, 90s)") from None
+        if seconds < 1:
+            raise ValueError(f"{value!r} is too short: certificates must live at least 1s")
+        return value
 
 
 class DpCert(StrictModel):
@@ -41,6 +55,11 @@ class Mtls(StrictModel):
     @property
     def enabled(self) -> MtlsBackend | None:
         return next((b for b in self.backends if b.name == self.enabledBackend), None)
+
+    def certificate_lifetime_s(self) -> float:
+        """How long workload certificates live: the enabled backend's rotation, or 24 h."""
+        backend = self.enabled
+        return parse_duration(backend.dpCert.rotation.expiration) if backend else DEFAULT_CERT_LIFETIME_S
 
 
 class Networking(StrictModel):

@@ -12,7 +12,7 @@ from google.protobuf import any_pb2, duration_pb2
 
 from control_plane.resources.dataplane import Inbound
 from control_plane.xds.generate.endpoints import static_load_assignment
-from control_plane.xds.generate.protocol import needs_http2_upstream
+from control_plane.xds.generate.protocol import is_http, needs_http2_upstream
 from control_plane.xds.names import local_cluster_name
 
 CONNECT_TIMEOUT_S = 5  # Kuma's default connect timeout
@@ -35,9 +35,13 @@ def local_cluster(inbound: Inbound, protocol: str) -> cluster_pb2.Cluster:
 
 
 def outbound_cluster(
-    service: str, protocol: str, tls: base_pb2.TransportSocket | None = None
+    service: str,
+    protocol: str,
+    tls: base_pb2.TransportSocket | None = None,
+    max_connection_duration_s: float | None = None,
 ) -> cluster_pb2.Cluster:
-    """`tls`: the mTLS transport socket (tls.upstream_tls) when the mesh has mTLS on."""
+    """`tls`: the mTLS transport socket (tls.upstream_tls) when the mesh has mTLS on, and with it
+    the longest a pooled HTTP connection may live (`InboundMtls.max_connection_duration_s`)."""
     cluster = cluster_pb2.Cluster(
         name=service,
         type=cluster_pb2.Cluster.EDS,
@@ -46,7 +50,7 @@ def outbound_cluster(
     )
     if tls is not None:
         cluster.transport_socket.CopyFrom(tls)
-    _set_upstream_protocol(cluster, protocol)
+    _set_upstream_protocol(cluster, protocol, max_connection_duration_s)
     return cluster
 
 
@@ -57,15 +61,22 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
     )
 
 
-def _set_upstream_protocol(cluster: cluster_pb2.Cluster, protocol: str) -> None:
-    """HTTP/2 and gRPC services are called with HTTP/2; everything else keeps Envoy's default."""
-    if not needs_http2_upstream(protocol):
-        return
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+def _set_upstream_protocol(
+    cluster: cluster_pb2.Cluster, protocol: str, max_connection_duration_s: float | None = None
+) -> None:
+    """HTTP/2 and gRPC services are called with HTTP/2; everything else keeps Envoy's default.
+    HTTP connections (pooled) are closed after `max_connection_duration_s`, if given."""
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    if needs_http2_upstream(protocol):
+        options.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+    if max_connection_duration_s is not None and is_http(protocol):
+        options.common_http_protocol_options.max_connection_duration.FromMilliseconds(
+            int(max_connection_duration_s * 1000)
         )
-    )
+        if not options.HasField("explicit_http_config"):  # Envoy requires the protocol be named
+            options.explicit_http_config.http_protocol_options.SetInParent()
+    if options == http_protocol_options_pb2.HttpProtocolOptions():
+        return
     packed = any_pb2.Any()
     packed.Pack(options)
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(packed)

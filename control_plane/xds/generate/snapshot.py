@@ -89,7 +89,12 @@ def _mesh_mtls(dataplane: Dataplane, mesh: Mesh | None, context: ProxyContext) -
             "`workdir` in its node metadata, so its certificate files cannot be named; "
             "it gets no configuration (run it with kuma-dp)"
         )
-    return InboundMtls(mesh=dataplane.mesh, workdir=context.workdir, permissive=backend.mode == "PERMISSIVE")
+    return InboundMtls(
+        mesh=dataplane.mesh,
+        workdir=context.workdir,
+        permissive=backend.mode == "PERMISSIVE",
+        certificate_lifetime_s=mesh.mtls.certificate_lifetime_s(),
+    )
 
 
 def _add_inbounds(
@@ -123,5 +128,6 @@ def _add_outbounds(
         resources[LISTENER_TYPE][listener.name] = listener
         if service not in resources[CLUSTER_TYPE]:
             tls = upstream_tls(mtls.mesh, service, mtls.workdir) if mtls is not None else None
-            resources[CLUSTER_TYPE][service] = outbound_cluster(service, protocol, tls)
+            max_duration = mtls.max_connection_duration_s if mtls is not None else None
+            resources[CLUSTER_TYPE][service] = outbound_cluster(service, protocol, tls, max_duration)
             resources[ENDPOINT_TYPE][service] = index.load_assignment(service)

@@ -100,6 +100,14 @@ class InboundMtls:
     workdir: str
     permissive: bool = False
     permissions: CallerActions | None = None
+    certificate_lifetime_s: float = 24 * 3600.0
+
+    @property
+    def max_connection_duration_s(self) -> float:
+        """A pooled mTLS connection is closed after a tenth of a certificate's lifetime. Renewal
+        comes at ~80 % of it, so no connection outlives the certificate it was opened with, and
+        peers see rotated certificates soon (Envoy keeps pooled connections open otherwise)."""
+        return self.certificate_lifetime_s / 10
 
 
 def secure_chain(chain: listener_components_pb2.FilterChain, mtls: InboundMtls) -> None:
