@@ -10,8 +10,9 @@ if [ -z "${PYTHON:-}" ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version
   PYTHON=/usr/bin/python3
 fi
 PYTHON="${PYTHON:-python3}"
-# curl/iproute2/iptables/nftables: the network tests and the demo's checks; python3-venv: the venv.
-SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates)
+# curl/iproute2/iptables/nftables: the network tests and the demo's checks; python3-venv: the venv;
+# containernetworking-plugins: the reference CNI plugins (/usr/lib/cni) the kuma-cni chain tests run.
+SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates containernetworking-plugins)
 
 install_system_packages() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0
