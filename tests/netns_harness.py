@@ -31,6 +31,45 @@ from pyroute2 import netns as pr_netns
 from kuma_dp.transparent_proxy import netns
 
 T = TypeVar("T")
+
+# A stand-in application for namespace tests: answers GET on every port given as an argument with
+# the peer address it sees (127.0.0.6 when Envoy delivered it) and any x-forwarded-client-cert.
+PEER_ECHO_APP = """
+import sys, http.server, threading
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = "peer=%s port=%d\\n" % (self.client_address[0], self.server.server_address[1])
+        if self.headers.get("x-forwarded-client-cert"):
+            body += "xfcc=%s\\n" % self.headers["x-forwarded-client-cert"]
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+servers = [http.server.ThreadingHTTPServer(("0.0.0.0", int(p)), Handler) for p in sys.argv[1:]]
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+servers[0].serve_forever()
+"""
+
+
+def require_root() -> None:
+    """Skip without root (namespaces, veth, iptables), but fail instead when CI=true."""
+    if os.geteuid() == 0:
+        return
+    reason = "needs root: network namespaces, veth pairs and iptables"
+    if os.environ.get("CI") == "true":
+        import pytest  # noqa: PLC0415 - the harness is also used by benchmarks, without pytest
+
+        pytest.fail(reason + " (CI=true: not skipping)")
+    import pytest  # noqa: PLC0415
+
+    pytest.skip(reason)
+
+
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/var/run/netns"
 _libc = ctypes.CDLL(None, use_errno=True)

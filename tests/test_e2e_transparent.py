@@ -23,7 +23,7 @@ import yaml
 
 from control_plane.dp_server.tls import self_signed_pem
 from tests.conftest import wait_until
-from tests.netns_harness import NetnsLab
+from tests.netns_harness import PEER_ECHO_APP, NetnsLab, require_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -33,35 +33,6 @@ USER_UID = 1000
 APP_PORT = 8080
 UNDECLARED_PORT = 9090  # served by host b's app, known to no Dataplane
 EXCLUDED_PORT = 9091  # excluded outbound on host a, inbound on host b
-
-APP = """
-import sys, http.server, threading
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = "peer=%s port=%d\\n" % (self.client_address[0], self.server.server_address[1])
-        if self.headers.get("x-forwarded-client-cert"):
-            body += "xfcc=%s\\n" % self.headers["x-forwarded-client-cert"]
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-    def log_message(self, *args):
-        pass
-servers = [http.server.ThreadingHTTPServer(("0.0.0.0", int(p)), Handler) for p in sys.argv[1:]]
-for s in servers[1:]:
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-servers[0].serve_forever()
-"""
-
-
-def require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    reason = "needs root: network namespaces, veth and iptables"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: not skipping)")
-    pytest.skip(reason)
 
 
 @dataclass
@@ -132,7 +103,12 @@ class TransparentMesh:
 
     def start_app(self, host: Host, *ports: int) -> None:
         self.lab.python(
-            host.ns, APP, *map(str, ports), uid=USER_UID, stdout=self.log(f"app-{host.ns}"), stderr=-2
+            host.ns,
+            PEER_ECHO_APP,
+            *map(str, ports),
+            uid=USER_UID,
+            stdout=self.log(f"app-{host.ns}"),
+            stderr=-2,
         )
         wait_until(lambda: self.curl(host, f"http://127.0.0.1:{ports[0]}/").returncode == 0, timeout=10)
 

@@ -17,6 +17,7 @@ from netns_harness import NetnsLab
 from tproxy_probes import connect, save, start_servers
 
 from control_plane.kumactl.cli import main as kumactl_main
+from tests.netns_harness import require_root
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,15 +25,6 @@ BIN = Path(sys.executable).parent
 KUMA_INIT = str(BIN / "kuma-init")
 KUMACTL = str(BIN / "kumactl")
 APP_V4, PEER_V4 = "10.78.0.1", "10.78.0.2"
-
-
-def require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    reason = "needs root: network namespaces, veth pairs and iptables"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: not skipping)")
-    pytest.skip(reason)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from kuma_dp.transparent_proxy.apply import TProxyError
 from kuma_dp.transparent_proxy.backend import Backend
 from kuma_dp.transparent_proxy.config import TProxyConfig
 from kuma_dp.transparent_proxy.sources import build_config, flag_layer
+from tests.netns_harness import require_root
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,15 +29,6 @@ APP_UID, PROXY_UID = 1000, 5678
 APP_V4, PEER_V4, PEER2_V4 = "10.77.0.1", "10.77.0.2", "10.77.0.3"
 APP_V6, PEER_V6 = "fd77::1", "fd77::2"
 PEER_PORT, OTHER_PORT = 8080, 8081
-
-
-def require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    reason = "needs root: network namespaces, veth pairs and iptables"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: not skipping)")
-    pytest.skip(reason)
 
 
 @dataclass

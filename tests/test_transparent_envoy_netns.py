@@ -30,6 +30,7 @@ import pytest
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.component import XdsComponent
+from tests.netns_harness import PEER_ECHO_APP, require_root
 from tests.test_xds_transparent import MeshCa
 
 pytestmark = pytest.mark.timeout(90)
@@ -58,26 +59,6 @@ COMMIT
 """
 
 # The app: answers every request with the peer address it sees.
-APP = """
-import sys, http.server, threading
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = "peer=%s port=%d\\n" % (self.client_address[0], self.server.server_address[1])
-        if self.headers.get("x-forwarded-client-cert"):
-            body += "xfcc=%s\\n" % self.headers["x-forwarded-client-cert"]
-        body = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-servers = [http.server.ThreadingHTTPServer(("0.0.0.0", int(p)), Handler) for p in sys.argv[1:]]
-for s in servers[1:]:
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-print("ready", flush=True)
-servers[0].serve_forever()
-"""
 
 # Envoy's bootstrap as kuma-dp's, minus TLS: ADS and admin over Unix sockets (JSON is YAML).
 BOOTSTRAP = """
@@ -107,15 +88,6 @@ static_resources:
       cluster_name: ads_cluster
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: {ads}}}}}}}}}]}}]
 """
-
-
-def require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    reason = "needs root: network namespaces, veth and iptables"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: not skipping)")
-    pytest.skip(reason)
 
 
 def run(*command: str) -> str:
@@ -337,7 +309,7 @@ async def mesh_of_two(envoy_binary: Path, mesh_spec: dict[str, Any]) -> AsyncIte
 
 def start_app_and_envoy(processes: Processes, host: Host, envoy_binary: Path, ads_socket: Path) -> None:
     ports = [str(APP_PORT)] + ([str(UNDECLARED_PORT)] if host.service == "backend" else [])
-    processes.start(f"app-{host.name}", host.exec(sys.executable, "-c", APP, *ports))
+    processes.start(f"app-{host.name}", host.exec(sys.executable, "-c", PEER_ECHO_APP, *ports))
     config = write_bootstrap(host, ads_socket)
     envoy = [str(envoy_binary), "--config-path", str(config), "--disable-hot-restart", "--concurrency", "1"]
     processes.start(f"envoy-{host.name}", host.exec(*envoy, "--log-level", "warning", uid=PROXY_UID))
