@@ -145,6 +145,18 @@ def verify(tables: Sequence[TableRules], saved: SavedRules) -> list[str]:
     return problems
 
 
+def check(config: TProxyConfig, *, backend: Backend | None = None, ipv6: bool | None = None) -> list[str]:
+    """What differs between the rules `config` builds and this namespace's tables; changes nothing."""
+    backend = backend or detect()
+    families = wanted_families(config, ipv6)
+    problems: list[str] = []
+    for fam in (IPV4, IPV6):
+        plan = build(config, fam) if fam in families else ()
+        saved = save(backend, fam, missing_ok=fam not in families)
+        problems += [f"{fam.name}: {p}" for p in verify(plan, saved)]
+    return problems
+
+
 # --- install / uninstall ---------------------------------------------------------------------------------
 
 

@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from kuma_dp.transparent_proxy import config as cfg
 from kuma_dp.transparent_proxy.config import TProxyConfig, TProxyConfigError
 
@@ -177,10 +175,17 @@ def annotation_layer(annotations: Mapping[str, str]) -> Layer:
 
 def yaml_layer(text: str, source: str) -> Layer:
     """Kuma's transparent-proxy config file; an unknown key is an error naming it."""
+    import yaml  # noqa: PLC0415 - on first use: ~25 ms the CNI plugin does not pay
+
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TProxyConfigError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
+    return mapping_layer(document, source)
+
+
+def mapping_layer(document: object, source: str) -> Layer:
+    """Kuma's transparent-proxy config keys, already parsed (YAML file, a CNI config's JSON object)."""
     if document is None:
         return {}
     if not isinstance(document, dict):
@@ -207,7 +212,7 @@ def _flatten(document: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return items
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _yaml_problem(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
