@@ -8,6 +8,7 @@ Needs root (namespaces, iptables); skipped otherwise, but fails when CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -112,27 +113,39 @@ class TransparentMesh:
         )
         wait_until(lambda: self.curl(host, f"http://127.0.0.1:{ports[0]}/").returncode == 0, timeout=10)
 
-    def start_agent(self, host: Host, name: str, service: str) -> None:
+    def start_agent(
+        self,
+        host: Host,
+        name: str,
+        service: str,
+        *,
+        work_dir: Path | None = None,
+        readiness_port: int = 9902,
+        inbound: dict[str, object] | None = None,
+        outbounds: dict[str, int] | None = None,
+    ) -> None:
+        """An agent as the proxy UID; transparent unless `outbounds` ({service: local port}) are given."""
+        work_dir = work_dir or host.work_dir
         token = self.root / f"{name}.token"
         token.write_text(
             self.kumactl("generate", "dataplane-token", "--name", name, "--valid-for", "1h").strip()
         )
-        dataplane = {
-            "type": "Dataplane",
-            "mesh": "default",
-            "name": name,
-            "networking": {
-                "address": host.ip,
-                "inbound": [
-                    {"port": APP_PORT, "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}
-                ],
-                "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001},
-            },
+        tags = {"kuma.io/service": service, "kuma.io/protocol": "http"}
+        networking: dict[str, object] = {
+            "address": host.ip,
+            "inbound": [{**(inbound or {"port": APP_PORT}), "tags": tags}],
         }
+        if outbounds:
+            networking["outbound"] = [
+                {"port": p, "tags": {"kuma.io/service": s}} for s, p in outbounds.items()
+            ]
+        else:
+            networking["transparentProxying"] = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
+        dataplane = {"type": "Dataplane", "mesh": "default", "name": name, "networking": networking}
         dp_file = self.root / f"{name}.yaml"
         dp_file.write_text(yaml.safe_dump(dataplane))
-        host.work_dir.mkdir(mode=0o700)
-        for path in (token, dp_file, host.work_dir):
+        work_dir.mkdir(mode=0o700)
+        for path in (token, dp_file, work_dir):
             os.chown(path, PROXY_UID, PROXY_UID)
         token.chmod(0o600)
         argv = [
@@ -143,20 +156,25 @@ class TransparentMesh:
             "--ca-cert-file", str(self.root / "cp.crt"),
             "--dataplane-file", str(dp_file),
             "--dataplane-token-file", str(token),
-            "--work-dir", str(host.work_dir),
+            "--work-dir", str(work_dir),
             "--drain-time", "1s",
         ]  # fmt: skip
-        agent = self.lab.popen(host.ns, argv, uid=PROXY_UID, stdout=self.log(f"dp-{name}"), stderr=-2)
+        env = {**os.environ, "KUMA_READINESS_PORT": str(readiness_port)}
+        agent = self.lab.popen(
+            host.ns, argv, uid=PROXY_UID, env=env, stdout=self.log(f"dp-{name}"), stderr=-2
+        )
         try:
-            wait_until(lambda: self.ready(host) if agent.poll() is None else _stop(), timeout=30)
+            wait_until(
+                lambda: self.ready(host, readiness_port) if agent.poll() is None else _stop(), timeout=30
+            )
         except AssertionError:
             log = (self.root / f"dp-{name}.log").read_text().splitlines()
             raise AssertionError(
                 f"agent {name} not READY (exit {agent.poll()}):\n" + "\n".join(log[-15:])
             ) from None
 
-    def ready(self, host: Host) -> bool:
-        return self.curl(host, "http://127.0.0.1:9902/ready").stdout.strip() == "READY"
+    def ready(self, host: Host, port: int = 9902) -> bool:
+        return self.curl(host, f"http://127.0.0.1:{port}/ready").stdout.strip() == "READY"
 
     def curl(self, host: Host, url: str, uid: int | None = None) -> object:
         return self.lab.run(host.ns, ["curl", "-sS", "--max-time", "5", url], uid=uid)
@@ -172,9 +190,9 @@ def _stop() -> bool:
     raise AssertionError("the process exited")
 
 
-@pytest.fixture
-def mesh() -> Iterator[TransparentMesh]:
-    require_root()
+@contextlib.contextmanager
+def transparent_mesh() -> Iterator[TransparentMesh]:
+    """Host a (control plane, web-1) and host b (backend-1), both with transparent proxying."""
     # Not pytest's tmp_path: it is private to root, and the agent runs as the proxy's UID.
     root = Path(tempfile.mkdtemp(prefix="kuma-e2e-tp-"))
     lab = NetnsLab(prefix="e2etp")
@@ -194,6 +212,13 @@ def mesh() -> Iterator[TransparentMesh]:
         lab.close()
         if not os.environ.get("KUMA_TEST_KEEP"):
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def mesh() -> Iterator[TransparentMesh]:
+    require_root()
+    with transparent_mesh() as built:
+        yield built
 
 
 def test_plain_curl_crosses_both_envoys_then_over_mtls(mesh: TransparentMesh) -> None:
