@@ -166,6 +166,18 @@ def test_add_check_del_lifecycle(runtime: Runtime) -> None:
     assert "rules installed" in runtime.log_file.read_text()
 
 
+def test_netns_given_as_a_proc_path(runtime: Runtime) -> None:
+    """Runtimes without named namespaces pass /proc/<pid>/ns/net of the pod's first process."""
+    ns = runtime.lab.namespace()
+    sleeper = runtime.lab.popen(ns, ["sleep", "30"])
+    path = f"/proc/{sleeper.pid}/ns/net"
+    assert runtime.call("ADD", None, runtime.conf(), netns=path)[:2] == (0, PREV_1_0)
+    assert "-j KUMA_MESH_INBOUND" in runtime.saved(ns)
+    assert runtime.call("CHECK", None, runtime.conf(), netns=path)[0] == 0
+    assert runtime.call("DEL", None, runtime.conf(), netns=path)[0] == 0
+    assert "KUMA_MESH" not in runtime.saved(ns)
+
+
 def test_del_of_a_namespace_that_is_gone(runtime: Runtime) -> None:
     ns = runtime.lab.namespace()
     assert runtime.call("ADD", ns, runtime.conf())[0] == 0
