@@ -117,7 +117,12 @@ class IdentityControlPlane(FakeControlPlane):
             ]
         )
         config = uvicorn.Config(
-            app, ssl_certfile=str(self.cert), ssl_keyfile=str(self.key), log_level="warning", lifespan="off"
+            app,
+            ssl_certfile=str(self.cert),
+            ssl_keyfile=str(self.key),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,  # agents keep a connection open for renewals
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)

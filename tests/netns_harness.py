@@ -183,7 +183,7 @@ class NetnsLab:
         if pid == 0:  # child: never returns into the test
             os.close(read_fd)
             try:
-                netns.enter(name)  # the engine's own helper (pyroute2 setns), exercised here
+                netns.enter(name)  # the engine's own helper (libc setns), exercised here
                 payload = (True, fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - sent to the parent
                 payload = (False, _picklable(exc))
