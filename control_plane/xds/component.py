@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from control_plane.store.base import ResourceStore
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.generate import SnapshotGenerator, generate_snapshot
-from control_plane.xds.lifecycle import DataplaneLifecycle
+from control_plane.xds.lifecycle import STARTUP_GRACE_S, DataplaneLifecycle
 from control_plane.xds.reconciler import DEFAULT_DEBOUNCE_S, Reconciler
 from control_plane.xds.server import AdsServer, StreamRejected
 
@@ -32,11 +32,12 @@ class XdsComponent:
         authenticate: Authenticator | None = None,
         generator: SnapshotGenerator = generate_snapshot,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
+        startup_grace_s: float = STARTUP_GRACE_S,
     ) -> None:
         self._authenticate = authenticate
         self.cache = SnapshotCache()
         self.reconciler = Reconciler(store, self.cache, generator=generator, debounce_s=debounce_s)
-        self.lifecycle = DataplaneLifecycle(store, deregistration_delay_s)
+        self.lifecycle = DataplaneLifecycle(store, deregistration_delay_s, startup_grace_s)
         self.ads = AdsServer(self.cache, hooks=self)
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -25,23 +25,34 @@ from control_plane.resources.registry import (
     parse_resource,
     to_document,
 )
-from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
+from control_plane.store.base import ResourceKey, ResourceStore, dataplane_key, mesh_key
 from control_plane.xds.names import InvalidNodeId, parse_node_id
+from control_plane.xds.names import node_id as node_id_of
 from control_plane.xds.server import StreamRejected
 
 log = logging.getLogger(__name__)
 
 RESOURCE_METADATA_KEY = "dataplane.resource"
+# Store records (internal: not served by the API) remembering which Dataplanes a proxy registered,
+# so that after a control-plane restart those whose proxy never returns are still removed.
+REGISTRATION_TYPE = "DataplaneRegistration"
+# After a restart, proxies reconnect with Envoy's backoff (up to 30 s): wait at least this long
+# before removing a Dataplane whose proxy has not come back.
+STARTUP_GRACE_S = 60.0
 _HEADER_FIELDS = ("type", "mesh", "name", *READ_ONLY_FIELDS)
 
 
 class DataplaneLifecycle:
-    def __init__(self, store: ResourceStore, deregistration_delay_s: float) -> None:
+    def __init__(
+        self, store: ResourceStore, deregistration_delay_s: float, startup_grace_s: float = STARTUP_GRACE_S
+    ) -> None:
         self._store = store
         self._delay_s = deregistration_delay_s
+        self._startup_grace_s = max(startup_grace_s, deregistration_delay_s)
         self._streams: Counter[str] = Counter()
         self._registered: set[str] = set()  # node ids whose Dataplane came from their metadata
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self._stopped = False  # the control plane is stopping: streams end, Dataplanes stay
 
     async def on_open(self, node: base_pb2.Node) -> None:
         """Register the node's Dataplane if it sent one; raises StreamRejected if it is not valid."""
@@ -64,28 +75,52 @@ class DataplaneLifecycle:
         if self._streams[node_id] > 0:
             return
         del self._streams[node_id]
-        if node_id in self._registered:
-            self._cancel_pending(node_id)
-            self._pending[node_id] = asyncio.create_task(self._deregister_later(node_id))
+        if node_id in self._registered and not self._stopped:
+            self._schedule_deregistration(node_id, self._delay_s)
+
+    def _schedule_deregistration(self, node_id: str, delay_s: float) -> None:
+        self._cancel_pending(node_id)
+        self._pending[node_id] = asyncio.create_task(self._deregister_later(node_id, delay_s))
 
     async def run(self) -> None:
-        """Owns the deregistration timers: cancelled with it (the Dataplanes then stay)."""
+        """Owns the deregistration timers: cancelled with it (the Dataplanes then stay, and the
+        next start removes those whose proxy does not come back)."""
         try:
+            await self._sweep_after_restart()
             await asyncio.Event().wait()
         finally:
+            self._stopped = True
             pending = list(self._pending.values())
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _deregister_later(self, node_id: str) -> None:
-        await asyncio.sleep(self._delay_s)
+    async def _sweep_after_restart(self) -> None:
+        """Dataplanes registered by proxies before this start: removed unless their proxy returns."""
+        records, _ = await asyncio.to_thread(self._store.list, REGISTRATION_TYPE)
+        for record in records:
+            node_id = node_id_of(record.key.mesh, record.key.name)
+            if self._streams[node_id] == 0 and node_id not in self._pending:
+                self._registered.add(node_id)
+                self._schedule_deregistration(node_id, self._startup_grace_s)
+        if records:
+            log.info(
+                "%d Dataplane(s) registered by proxies before this start; those whose proxy does not "
+                "reconnect within %gs are removed",
+                len(records),
+                self._startup_grace_s,
+            )
+
+    async def _deregister_later(self, node_id: str, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
         self._pending.pop(node_id, None)
         if self._streams[node_id] > 0:
             return
         self._registered.discard(node_id)
         mesh, name = parse_node_id(node_id)
-        if await asyncio.to_thread(self._store.delete, dataplane_key(name, mesh)):
+        deleted = await asyncio.to_thread(self._store.delete, dataplane_key(name, mesh))
+        await asyncio.to_thread(self._store.delete, ResourceKey(REGISTRATION_TYPE, mesh, name))
+        if deleted:
             log.info("Dataplane %s/%s deregistered: its proxy disconnected", mesh, name)
 
     def _cancel_pending(self, node_id: str) -> None:
@@ -100,6 +135,9 @@ class DataplaneLifecycle:
                 f"mesh {dataplane.mesh!r} of the Dataplane does not exist",
             )
         key = dataplane_key(dataplane.name, dataplane.mesh)
+        marker = ResourceKey(REGISTRATION_TYPE, dataplane.mesh, dataplane.name)
+        if self._store.get(marker) is None:  # first, so a crash in between cannot leak a Dataplane
+            self._store.upsert(marker, {})
         spec = {k: v for k, v in to_document(dataplane).items() if k not in _HEADER_FIELDS}
         stored = self._store.get(key)
         if stored is None or stored.spec != spec:  # an unchanged upsert would still wake the mesh
