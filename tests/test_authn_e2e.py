@@ -196,3 +196,24 @@ def test_agents_with_tokens_get_their_identity_and_talk_over_mtls(lab: Lab) -> N
     assert refused.proc.popen.wait(30) != 0
     assert "wrong dataplane" in refused.proc.log.read_text()
     assert not registered(cp, "web-9")
+
+
+def test_signing_key_rotation_with_kumactl(lab: Lab, tmp_path: Path) -> None:
+    cp = lab.start_control_plane(KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE="dpToken")
+    lab.wait_control_plane(cp)
+    dp = dataplane("web-1", "web", free_port(), free_port())
+    old = kumactl_token(lab, cp, "--name", "web-1")
+    rotated = lab.kumactl(cp, "rotate", "dataplane-token-signing-key", "--mesh", "default")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "new dataplane token signing key 2" in rotated.stdout and ": 1" in rotated.stdout
+    new = kumactl_token(lab, cp, "--name", "web-1")
+    assert json.loads(base64.urlsafe_b64decode(new.split(".")[0] + "=="))["kid"] == "2"
+    # Both keys are trusted until the old one is removed; then only tokens of the new one are.
+    assert bootstrap_yaml(cp, dp, old, tmp_path).status_code == 200
+    removed = lab.kumactl(cp, "delete", "dataplane-token-signing-key", "--mesh", "default", "--kid", "1")
+    assert removed.returncode == 0, removed.stderr
+    refused = bootstrap_yaml(cp, dp, old, tmp_path)
+    assert refused.status_code == 401 and "unknown key" in refused.text
+    assert bootstrap_yaml(cp, dp, new, tmp_path).status_code == 200
+    missing = lab.kumactl(cp, "delete", "dataplane-token-signing-key", "--mesh", "default", "--kid", "1")
+    assert missing.returncode == 1 and "no signing key" in missing.stderr

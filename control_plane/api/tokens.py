@@ -1,4 +1,6 @@
-"""Token endpoints (admin only): `POST /tokens/dataplane` issues, `.../revocations` revokes by jti."""
+"""Token endpoints (admin only): `POST /tokens/dataplane` issues, `.../revocations` revokes by jti,
+`.../signing-keys/{mesh}` lists (GET) and rotates (POST) a mesh's signing keys, and
+`.../signing-keys/{mesh}/{kid}` (DELETE) removes one: the tokens it signed stop verifying."""
 
 from __future__ import annotations
 
@@ -16,12 +18,11 @@ from control_plane.api.errors import ApiError, invalid
 from control_plane.resources.common import DEFAULT_MESH, format_validation_error
 from control_plane.store.base import ResourceStore, mesh_key
 from control_plane.tokens import DEFAULT_VALIDITY_S, TokenRequest, issue_token, revoke
+from control_plane.tokens.keys import remove_signing_key, rotate_signing_key, serials
+from kuma_common.api_paths import REVOCATIONS_PATH, SIGNING_KEYS_PATH, TOKENS_PATH
 from kuma_common.durations import DurationError, parse_duration
 
 M = TypeVar("M", bound=BaseModel)
-
-TOKENS_PATH = "/tokens/dataplane"
-REVOCATIONS_PATH = "/tokens/dataplane/revocations"
 
 
 class DataplaneTokenBody(BaseModel):
@@ -59,9 +60,30 @@ def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
         added = await asyncio.to_thread(revoke, store, body.mesh, body.jti)
         return JSONResponse({"mesh": body.mesh, "jti": body.jti, "alreadyRevoked": not added})
 
+    async def signing_keys(request: Request) -> Response:
+        require_admin(request, localhost_is_admin)
+        mesh = request.path_params["mesh"]
+        _require_mesh(store, mesh)
+        if request.method == "POST":
+            key = await asyncio.to_thread(rotate_signing_key, store, mesh)
+            return JSONResponse({"mesh": mesh, "kid": key.kid}, status_code=201)
+        kids = [str(serial) for serial in await asyncio.to_thread(serials, store, mesh)]
+        return JSONResponse({"mesh": mesh, "kids": kids})
+
+    async def signing_key(request: Request) -> Response:
+        require_admin(request, localhost_is_admin)
+        mesh, kid = request.path_params["mesh"], request.path_params["kid"]
+        _require_mesh(store, mesh)
+        if not await asyncio.to_thread(remove_signing_key, store, mesh, kid):
+            cause = [{"field": "kid", "message": "no such signing key"}]
+            raise ApiError(404, "Not found", f'mesh "{mesh}" has no signing key {kid!r}', cause)
+        return JSONResponse({"mesh": mesh, "kid": kid, "removed": True})
+
     return [
         Route(TOKENS_PATH, generate, methods=["POST"]),
         Route(REVOCATIONS_PATH, revocations, methods=["POST"]),
+        Route(SIGNING_KEYS_PATH + "/{mesh}", signing_keys, methods=["GET", "POST"]),
+        Route(SIGNING_KEYS_PATH + "/{mesh}/{kid}", signing_key, methods=["DELETE"]),
     ]
 
 

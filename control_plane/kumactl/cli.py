@@ -42,6 +42,7 @@ main.add_command(install)
 main.add_command(uninstall)
 main.add_command(tokens_cmd.generate)
 main.add_command(tokens_cmd.revoke)
+main.add_command(tokens_cmd.rotate)
 
 
 # --- apply ----------------------------------------------------------------------------------------
@@ -176,3 +177,4 @@ for _rtype in TYPES.values():
     get.add_command(_list_command(_rtype))
     get.add_command(_get_command(_rtype))
     delete.add_command(_delete_command(_rtype))
+delete.add_command(tokens_cmd.delete_signing_key)

@@ -58,6 +58,13 @@ class ApiClient:
             raise api_error(response, what)
         return response.status_code == 201
 
+    def post(self, path: str, body: dict[str, Any] | None = None, what: str | None = None) -> httpx.Response:
+        """An action (not a resource write); the response, whatever 2xx it is."""
+        response = self._send("POST", path, json=body or {})
+        if not response.is_success:
+            raise api_error(response, what)
+        return response
+
     def delete(self, path: str, what: str | None = None) -> None:
         response = self._send("DELETE", path)
         if response.status_code != 200:

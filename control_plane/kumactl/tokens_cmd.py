@@ -10,7 +10,7 @@ import jwt
 
 from control_plane.kumactl.client import ApiClient
 from control_plane.kumactl.context import api_client
-from control_plane.kumactl.errors import KumactlError, api_error
+from control_plane.kumactl.errors import KumactlError
 from control_plane.resources.common import DEFAULT_MESH
 from control_plane.tokens import (
     DEFAULT_VALIDITY_S,
@@ -19,10 +19,9 @@ from control_plane.tokens import (
     load_private_key_pem,
     sign_token,
 )
+from kuma_common.api_paths import REVOCATIONS_PATH, SIGNING_KEYS_PATH, TOKENS_PATH
 from kuma_common.durations import DurationError, format_duration, parse_duration
 
-TOKENS_PATH = "/tokens/dataplane"  # control_plane.api.tokens
-REVOCATIONS_PATH = "/tokens/dataplane/revocations"
 NO_VALID_FOR_WARNING = (
     "Warning: no --valid-for given: the token is valid for {default} (Kuma's default). "
     "Prefer a short validity, e.g. --valid-for 24h, and revoke tokens you no longer use."
@@ -37,6 +36,37 @@ def generate() -> None:
 @click.group()
 def revoke() -> None:
     """Revoke tokens."""
+
+
+@click.group()
+def rotate() -> None:
+    """Rotate signing keys."""
+
+
+@rotate.command("dataplane-token-signing-key")
+@click.option("-m", "--mesh", default=DEFAULT_MESH, show_default=True, help="mesh whose key to rotate")
+@click.pass_context
+def rotate_signing_key(ctx: click.Context, mesh: str) -> None:
+    """Add a new signing key: new tokens are signed with it; tokens of the older keys stay valid
+    until those keys are removed (`kumactl delete dataplane-token-signing-key`)."""
+    with api_client(ctx) as client:
+        new = client.post(f"{SIGNING_KEYS_PATH}/{mesh}").json()
+        kids = client.get(f"{SIGNING_KEYS_PATH}/{mesh}")["kids"]
+    older = ", ".join(k for k in kids if k != new["kid"]) or "none"
+    click.echo(
+        f'mesh "{mesh}": new dataplane token signing key {new["kid"]}; older keys still trusted: {older}'
+    )
+
+
+@click.command("dataplane-token-signing-key")
+@click.option("-m", "--mesh", default=DEFAULT_MESH, show_default=True, help="mesh of the key")
+@click.option("--kid", required=True, help="the key's id (serial), as in a token's header")
+@click.pass_context
+def delete_signing_key(ctx: click.Context, mesh: str, kid: str) -> None:
+    """Remove a signing key: every token it signed is refused from the next connection."""
+    with api_client(ctx) as client:
+        client.delete(f"{SIGNING_KEYS_PATH}/{mesh}/{kid}")
+    click.echo(f'mesh "{mesh}": dataplane token signing key {kid} removed')
 
 
 @generate.command("dataplane-token")
@@ -160,8 +190,4 @@ def _read_token_ids(path: Path) -> tuple[str, str | None]:
 
 
 def _post(client: ApiClient, path: str, body: dict[str, Any]) -> Any:
-    # ApiClient has no public POST yet; _send gives its connection-error messages.
-    response = client._send("POST", path, json=body)
-    if response.status_code != 200:
-        raise api_error(response)
-    return response
+    return client.post(path, body)
