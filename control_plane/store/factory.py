@@ -30,10 +30,10 @@ def ensure_work_dir(work_dir: Path) -> None:
 def open_store(config: CpConfig) -> ResourceStore:
     """The store of `config.store.type`; raise StoreError with a message a user can act on."""
     kind = config.store.type
+    ensure_work_dir(config.general.work_dir)  # every store: the CP's certificate lives there too
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
-        ensure_work_dir(config.general.work_dir)
         return SqliteStore(sqlite_path(config))
     if kind == "postgres":
         raise StoreError(
