@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,9 +24,9 @@ import yaml
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import ResourceKey, mesh_key
 from control_plane.xds.names import stat_prefix
+from tests.ads_harness import Envoy, control_plane, eventually
 from tests.conftest import free_port
 from tests.test_xds_mtls import make_ca, pem, write_sds_files
-from tests.test_xds_server import BOOTSTRAP, control_plane, eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -54,50 +51,6 @@ def mtls_mesh(mode: str) -> dict[str, Any]:
 def spec_of(doc: dict[str, Any]) -> dict[str, Any]:
     """What `kumactl apply` stores: the validated document without its key."""
     return {k: v for k, v in to_document(parse_resource(doc)).items() if k not in ("type", "mesh", "name")}
-
-
-class Envoy:
-    """A real Envoy with the bootstrap kuma-dp would render: node metadata `workdir` and
-    `dataplane.resource`, ADS pointed at the test's server."""
-
-    def __init__(self, binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]) -> None:
-        self.log = workdir / "envoy.log"
-        self.admin_port = free_port()
-        config = workdir / "bootstrap.yaml"
-        config.write_text(
-            BOOTSTRAP.format(
-                node_id=f"default.{resource['name']}",
-                resource=json.dumps(json.dumps(resource)),
-                workdir=workdir,
-                admin_port=self.admin_port,
-                ads_port=ads_port,
-            )
-        )
-        # Drain flags as kuma-dp passes them (kuma_dp/envoy/process.py): on a listener update the
-        # old filter chain's connections get `connection: close` at once, so a changed permission
-        # applies from the next request instead of after the drain time.
-        command = [
-            str(binary),
-            "--config-path",
-            str(config),
-            "--disable-hot-restart",
-            "--log-level",
-            "warning",
-        ]
-        command += ["--drain-time-s", "30", "--drain-strategy", "immediate"]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ from control_plane.store.sqlite import SqliteStore
 from control_plane.xds.client import AdsClient
 from control_plane.xds.component import XdsComponent
 from control_plane.xds.names import LISTENER_TYPE
-from tests.test_xds_server import WEB, eventually, node
+from tests.ads_harness import WEB, eventually, node
 
 
 @contextlib.asynccontextmanager

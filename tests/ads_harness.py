@@ -1,0 +1,243 @@
+"""Test harness for the xDS server: a control plane (store + XdsComponent on a gRPC port), a raw
+ADS client, and REAL Envoys bootstrapped as kuma-dp would (node metadata `dataplane.resource` and
+`workdir`, ADS over plaintext HTTP/2 to the test's server, kuma-dp's drain flags)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from envoy.config.core.v3 import base_pb2
+
+from control_plane.resources.registry import parse_resource, to_document
+from control_plane.store.base import dataplane_key, mesh_key
+from control_plane.store.memory import MemoryStore
+from control_plane.xds.client import AdsClient
+from control_plane.xds.component import XdsComponent
+from tests.conftest import free_port
+
+NODE = "default.web-1"
+
+
+def dataplane_doc(name: str, inbound: list[dict[str, Any]], outbound: list[dict[str, Any]] = ()) -> dict:
+    networking = {"address": "127.0.0.1", "inbound": inbound, "outbound": list(outbound)}
+    return {"type": "Dataplane", "mesh": "default", "name": name, "networking": networking}
+
+
+def store_dataplane(store: MemoryStore, doc: dict[str, Any]) -> None:
+    """What `kumactl apply` does."""
+    spec = {k: v for k, v in to_document(parse_resource(doc)).items() if k not in ("type", "mesh", "name")}
+    store.upsert(dataplane_key(doc["name"], doc["mesh"]), spec)
+
+
+async def eventually(condition: Callable[[], Awaitable[Any] | Any], timeout: float = 5.0) -> Any:
+    """Poll until `condition` is truthy; fail with its last value or error at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+            if asyncio.iscoroutine(last):
+                last = await last
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - reported at the deadline
+            last = exc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
+
+
+@dataclass
+class ControlPlane:
+    store: MemoryStore
+    component: XdsComponent
+    server: grpc.aio.Server
+    port: int
+    runner: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def control_plane(**options: Any) -> AsyncIterator[ControlPlane]:
+    store = MemoryStore()
+    store.upsert(mesh_key("default"), {})
+    component = XdsComponent(store, **options)
+    server = grpc.aio.server()
+    component.register(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    runner = asyncio.create_task(component.run())
+    try:
+        yield ControlPlane(store, component, server, port, runner)
+    finally:
+        runner.cancel()  # ends the streams first, so stop() need not wait for them
+        await asyncio.gather(runner, return_exceptions=True)
+        await server.stop(grace=1)
+
+
+@contextlib.asynccontextmanager
+async def ads_client(port: int, node: base_pb2.Node, metadata: tuple = ()) -> AsyncIterator[AdsClient]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = AdsClient(channel, node, metadata)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+async def silent(client: AdsClient, seconds: float = 0.3) -> bool:
+    """No response within `seconds` (the only way to show that nothing is sent)."""
+    with contextlib.suppress(TimeoutError):
+        response = await client.recv(seconds)
+        raise AssertionError(f"unexpected response {response.type_url} {response.version_info}")
+    return True
+
+
+def node(node_id: str = NODE, resource: dict[str, Any] | None = None) -> base_pb2.Node:
+    result = base_pb2.Node(id=node_id, cluster="web")
+    if resource is not None:
+        result.metadata.update({"dataplane.resource": json.dumps(resource)})
+    return result
+
+
+def tcp_inbound(port: int, service: str) -> dict[str, Any]:
+    return {"port": port, "tags": {"kuma.io/service": service}}
+
+
+WEB = dataplane_doc(
+    "web-1", [tcp_inbound(20001, "web")], [{"port": 30001, "tags": {"kuma.io/service": "backend"}}]
+)
+
+
+BOOTSTRAP = """
+node:
+  id: {node_id}
+  cluster: web
+  metadata:
+    dataplane.resource: {resource}
+    dataplane.proxyType: dataplane
+    workdir: {workdir}
+    features: []
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{cluster_name: ads_cluster}}
+      initial_metadata: [{{key: authorization, value: token-of-web-1}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: ads_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: ads_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads_port}}}}}}}
+"""
+
+
+class Envoy:
+    """A real Envoy whose bootstrap points ADS at our server, as kuma-dp's bootstrap does."""
+
+    def __init__(self, binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]) -> None:
+        self.admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "bootstrap.yaml"
+        config.write_text(
+            BOOTSTRAP.format(
+                node_id=f"{resource.get('mesh', 'default')}.{resource['name']}",
+                # JSON inside YAML: json.dumps twice gives a quoted string holding the Dataplane's JSON.
+                resource=json.dumps(json.dumps(resource)),
+                workdir=workdir,
+                admin_port=self.admin_port,
+                ads_port=ads_port,
+            )
+        )
+        self.log = workdir / "envoy.log"
+        # The drain flags kuma-dp passes (kuma_dp/envoy/process.py): on a listener update the old
+        # filter chain's connections get `connection: close` at once, so a changed permission
+        # applies from the next request instead of after the drain time.
+        command = [
+            str(binary), "--config-path", str(config), "--disable-hot-restart", "--log-level", "warning",
+            "--drain-time-s", "30", "--drain-strategy", "immediate",
+        ]  # fmt: skip
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    async def get(self, path: str) -> str:
+        async with httpx.AsyncClient(base_url=self.admin, timeout=2, trust_env=False) as client:
+            return (await client.get(path)).text
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_envoy(
+    binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]
+) -> AsyncIterator[Envoy]:
+    envoy = Envoy(binary, workdir, ads_port, resource)
+    try:
+        yield envoy
+    except BaseException:
+        print(envoy.log.read_text(errors="replace")[-5000:])  # shown by pytest on failure
+        raise
+    finally:
+        envoy.stop()
+
+
+@contextlib.asynccontextmanager
+async def app_server(body: bytes) -> AsyncIterator[int]:
+    """A tiny HTTP/1.1 server standing in for the application behind an inbound."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def http_inbound(port: int, service_port: int, service: str = "web") -> dict[str, Any]:
+    return {
+        "port": port,
+        "servicePort": service_port,
+        "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"},
+    }
