@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kuma_common import defaults
 
@@ -45,6 +45,18 @@ def validate_tags(tags: dict[str, str], *, require_service: bool) -> dict[str, s
     if require_service and not tags.get(SERVICE_TAG):
         raise ValueError(f"tag {SERVICE_TAG!r} is required")
     return tags
+
+
+def check_mesh_name(value: str) -> str:
+    """A resource name that can also be a mesh: Envoy node ids are `<mesh>.<name>`, split on the
+    first dot, so a mesh name cannot hold one."""
+    check_name(value)
+    if "." in value:
+        raise ValueError("a mesh name cannot contain '.'")
+    return value
+
+
+MeshName = Annotated[str, AfterValidator(check_mesh_name)]
 
 
 class NamedResource(StrictModel):
@@ -94,3 +106,9 @@ def _message(err: dict[str, Any]) -> str:
         return "field is required"
     msg = str(err.get("msg", "invalid value"))
     return msg.removeprefix("Value error, ")
+
+
+class MeshScopedResource(NamedResource):
+    """A resource that lives in a mesh (Dataplane, policies)."""
+
+    mesh: MeshName = DEFAULT_MESH

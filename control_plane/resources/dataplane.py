@@ -5,15 +5,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from control_plane.resources.common import (
-    DEFAULT_MESH,
     SERVICE_TAG,
-    NamedResource,
+    MeshScopedResource,
     Port,
     StrictModel,
-    check_name,
     validate_tags,
 )
 from kuma_common import defaults
@@ -98,18 +96,9 @@ class Networking(StrictModel):
         return self
 
 
-class Dataplane(NamedResource):
+class Dataplane(MeshScopedResource):
     type: Literal["Dataplane"] = "Dataplane"
-    mesh: str = DEFAULT_MESH
     networking: Networking
-
-    @field_validator("mesh")
-    @classmethod
-    def _mesh(cls, value: str) -> str:
-        check_name(value)
-        if "." in value:
-            raise ValueError("a mesh name cannot contain '.'")
-        return value
 
     def inbound_address(self, inbound: Inbound) -> str:
         return inbound.address or self.networking.address

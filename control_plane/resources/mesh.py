@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from control_plane.resources.common import NamedResource, StrictModel
+from control_plane.resources.common import NamedResource, StrictModel, check_mesh_name
 from kuma_common.durations import DurationError, parse_duration
 
 DEFAULT_CERT_LIFETIME_S = 24 * 3600.0
@@ -72,10 +72,7 @@ class Mesh(NamedResource):
     @field_validator("name")
     @classmethod
     def _no_dot(cls, value: str) -> str:
-        # Envoy node ids are `<mesh>.<name>` and are split on the first dot.
-        if "." in value:
-            raise ValueError("a mesh name cannot contain '.'")
-        return value
+        return check_mesh_name(value)
 
     mtls: Mtls | None = None
     networking: Networking | None = None

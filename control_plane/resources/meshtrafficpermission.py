@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from control_plane.resources.common import DEFAULT_MESH, NamedResource, StrictModel, check_name
+from control_plane.resources.common import MeshScopedResource, StrictModel
 
 MESH_KIND = "Mesh"
 MESH_SERVICE_KIND = "MeshService"
@@ -91,12 +91,6 @@ class Spec(StrictModel):
         return value
 
 
-class MeshTrafficPermission(NamedResource):
+class MeshTrafficPermission(MeshScopedResource):
     type: Literal["MeshTrafficPermission"] = "MeshTrafficPermission"
-    mesh: str = DEFAULT_MESH
     spec: Spec
-
-    @field_validator("mesh")
-    @classmethod
-    def _mesh(cls, value: str) -> str:
-        return check_name(value)
