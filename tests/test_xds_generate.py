@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
 from control_plane.resources.dataplane import Dataplane
@@ -29,6 +26,7 @@ from control_plane.xds.names import (
     short_type,
     stat_prefix,
 )
+from tests.envoy_validate import assert_envoy_accepts
 
 GOLDEN = Path(__file__).parent / "golden" / "xds"
 
@@ -178,24 +176,4 @@ def test_real_envoy_accepts_the_generated_config(envoy_binary: Path, tmp_path: P
     for dataplane in CASES.values():
         for type_url, named in generate_snapshot(dataplane, MESH, None).items():
             resources.setdefault(type_url, {}).update(named)
-    bootstrap = bootstrap_pb2.Bootstrap()
-    bootstrap.node.id, bootstrap.node.cluster = "default.validate", "validate"
-    bootstrap.static_resources.listeners.extend(resources[LISTENER_TYPE].values())
-    for name, cluster in resources[CLUSTER_TYPE].items():
-        static = cluster_pb2.Cluster()
-        static.CopyFrom(cluster)
-        if static.type == cluster_pb2.Cluster.EDS:  # no ADS here: inline the load assignment
-            static.ClearField("eds_cluster_config")
-            static.type = cluster_pb2.Cluster.STATIC
-            static.load_assignment.CopyFrom(resources[ENDPOINT_TYPE][name])
-        bootstrap.static_resources.clusters.append(static)
-    config = tmp_path / "bootstrap.json"
-    config.write_text(json_format.MessageToJson(bootstrap))
-    result = subprocess.run(
-        [str(envoy_binary), "--mode", "validate", "--config-path", str(config), "--disable-hot-restart"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK" in result.stdout + result.stderr
+    assert_envoy_accepts(envoy_binary, resources, tmp_path / "bootstrap.json")

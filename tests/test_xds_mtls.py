@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from google.protobuf import json_format
 
 from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource
@@ -35,7 +31,8 @@ from control_plane.xds.generate import (
     Resources,
     generate_snapshot,
 )
-from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE
+from tests.envoy_validate import assert_envoy_accepts
 from tests.test_xds_generate import CASES, MESH, to_json
 
 GOLDEN = Path(__file__).parent / "golden" / "xds"
@@ -232,22 +229,6 @@ def write_sds_files(workdir: Path, ca: tuple[ec.EllipticCurvePrivateKey, x509.Ce
         path.write_text(yaml.safe_dump({"resources": [resource]}))
 
 
-def static_bootstrap(resources: Resources) -> bootstrap_pb2.Bootstrap:
-    """Generated resources as static config (no ADS in `--mode validate`)."""
-    bootstrap = bootstrap_pb2.Bootstrap()
-    bootstrap.node.id, bootstrap.node.cluster = "default.validate", "validate"
-    bootstrap.static_resources.listeners.extend(resources[LISTENER_TYPE].values())
-    for name, cluster in resources[CLUSTER_TYPE].items():
-        static = cluster_pb2.Cluster()
-        static.CopyFrom(cluster)
-        if static.type == cluster_pb2.Cluster.EDS:
-            static.ClearField("eds_cluster_config")
-            static.type = cluster_pb2.Cluster.STATIC
-            static.load_assignment.CopyFrom(resources[ENDPOINT_TYPE][name])
-        bootstrap.static_resources.clusters.append(static)
-    return bootstrap
-
-
 @pytest.mark.parametrize("case", sorted(MTLS_CASES))
 def test_real_envoy_accepts_the_mtls_config(case: str, envoy_binary: Path, tmp_path: Path) -> None:
     write_sds_files(tmp_path, make_ca(), "spiffe://default/web")
@@ -255,13 +236,4 @@ def test_real_envoy_accepts_the_mtls_config(case: str, envoy_binary: Path, tmp_p
     resources = generate_snapshot(
         dataplane, [*MESH, dataplane], mesh(mode), context=ProxyContext(str(tmp_path)), policies=policies
     )
-    config = tmp_path / "bootstrap.json"
-    config.write_text(json_format.MessageToJson(static_bootstrap(resources)))
-    result = subprocess.run(
-        [str(envoy_binary), "--mode", "validate", "--config-path", str(config), "--disable-hot-restart"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK" in result.stdout + result.stderr
+    assert_envoy_accepts(envoy_binary, resources, tmp_path / "bootstrap.json")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
@@ -34,6 +32,7 @@ from control_plane.store.memory import MemoryStore
 from control_plane.xds.generate import EndpointIndex, Resources, generate_snapshot
 from control_plane.xds.generate.snapshot import ProxyContext
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, short_type
+from tests.envoy_validate import assert_envoy_accepts
 
 GOLDEN = Path(__file__).parent / "golden" / "xds"
 TP = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
@@ -205,31 +204,7 @@ def test_real_envoy_accepts_the_generated_config(envoy_binary: Path, tmp_path: P
         workdir = tmp_path / case
         ca.write_sds_files(workdir, dataplane.services[0])
         resources = generate(dataplane, the_mesh, workdir=str(workdir))
-        config = tmp_path / f"{case}.json"
-        config.write_text(json_format.MessageToJson(static_bootstrap(resources)))
-        result = subprocess.run(
-            [str(envoy_binary), "--mode", "validate", "--config-path", str(config), "--disable-hot-restart"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 0, f"{case}: {result.stdout}{result.stderr}"
-
-
-def static_bootstrap(resources: Resources) -> bootstrap_pb2.Bootstrap:
-    """The snapshot as static resources (no ADS here): EDS clusters get their assignment inline."""
-    bootstrap = bootstrap_pb2.Bootstrap()
-    bootstrap.node.id, bootstrap.node.cluster = "default.validate", "validate"
-    bootstrap.static_resources.listeners.extend(resources[LISTENER_TYPE].values())
-    for name, cluster in resources[CLUSTER_TYPE].items():
-        static = cluster_pb2.Cluster()
-        static.CopyFrom(cluster)
-        if static.type == cluster_pb2.Cluster.EDS:
-            static.ClearField("eds_cluster_config")
-            static.type = cluster_pb2.Cluster.STATIC
-            static.load_assignment.CopyFrom(resources[ENDPOINT_TYPE][name])
-        bootstrap.static_resources.clusters.append(static)
-    return bootstrap
+        assert_envoy_accepts(envoy_binary, resources, tmp_path / f"{case}.json")
 
 
 class MeshCa:
