@@ -215,14 +215,17 @@ async def running_envoy(
 
 
 @contextlib.asynccontextmanager
-async def app_server(body: bytes) -> AsyncIterator[int]:
-    """A tiny HTTP/1.1 server standing in for the application behind an inbound."""
+async def app_server(body: bytes | Callable[[str], bytes]) -> AsyncIterator[int]:
+    """A tiny HTTP/1.1 server standing in for the application behind an inbound; it answers every
+    request with `body`, or with `body(request head)` when given a function."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await reader.readuntil(b"\r\n\r\n")
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            answer = body(head) if callable(body) else body
             writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(answer), answer)
             )
             await writer.drain()
         writer.close()

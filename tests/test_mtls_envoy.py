@@ -24,7 +24,7 @@ import yaml
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import ResourceKey, mesh_key
 from control_plane.xds.names import stat_prefix
-from tests.ads_harness import Envoy, control_plane, eventually
+from tests.ads_harness import Envoy, app_server, control_plane, eventually
 from tests.conftest import free_port
 from tests.test_xds_mtls import make_ca, pem, write_sds_files
 
@@ -71,34 +71,12 @@ async def envoys(
             envoy.stop()
 
 
-@contextlib.asynccontextmanager
-async def identity_echo_app() -> AsyncIterator[int]:
+def xfcc_echo(head: str) -> bytes:
     """The app behind backend's inbound: answers with the x-forwarded-client-cert it received."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            xfcc = next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in head.split("\r\n")
-                    if line.lower().startswith("x-forwarded-client-cert:")
-                ),
-                "none",
-            )
-            body = f"xfcc={xfcc}".encode()
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-            )
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
+    lines = head.split("\r\n")
+    prefix = "x-forwarded-client-cert:"
+    xfcc = next((line[len(prefix) :].strip() for line in lines if line.lower().startswith(prefix)), "none")
+    return f"xfcc={xfcc}".encode()
 
 
 async def get(port: int) -> httpx.Response:
@@ -146,7 +124,7 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
         workdir.mkdir()
         write_sds_files(workdir, ca, uri)
     outbound, backend_inbound = free_port(), free_port()
-    async with identity_echo_app() as app_port, control_plane() as cp:
+    async with app_server(xfcc_echo) as app_port, control_plane() as cp:
         cp.store.upsert(mesh_key("default"), mtls_mesh("STRICT"))
         web = dataplane(
             "web-1",
