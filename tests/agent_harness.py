@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -192,11 +192,15 @@ class FakeControlPlane:
     port: int = 0
     bootstrap_override: Callable[[dict[str, Any]], str] | None = None
 
-    def start(self) -> FakeControlPlane:
+    def routes(self) -> list[Route]:
+        return [Route("/bootstrap", self._bootstrap, methods=["POST"])]
+
+    def start(self) -> Self:
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))  # 0 the first time; the same port after a stop
         self.port = sock.getsockname()[1]
-        app = Starlette(routes=[Route("/bootstrap", self._bootstrap, methods=["POST"])])
+        app = Starlette(routes=self.routes())
         config = uvicorn.Config(
             app,
             ssl_certfile=str(self.cert),

@@ -17,7 +17,6 @@ import datetime
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -25,13 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import uvicorn
-from agent_harness import FakeControlPlane, static_bootstrap, wait_for
+from agent_harness import FakeControlPlane, static_bootstrap
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -105,30 +102,8 @@ class IdentityControlPlane(FakeControlPlane):
     cert_answers: list[tuple[int, bytes]] = field(default_factory=list)
     cert_requests: list[CertificateRequest] = field(default_factory=list)
 
-    def start(self) -> IdentityControlPlane:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))  # 0 the first time; the same port after a stop
-        self.port = sock.getsockname()[1]
-        app = Starlette(
-            routes=[
-                Route("/bootstrap", self._bootstrap, methods=["POST"]),
-                Route("/certificate", self._certificate, methods=["POST"]),
-            ]
-        )
-        config = uvicorn.Config(
-            app,
-            ssl_certfile=str(self.cert),
-            ssl_keyfile=str(self.key),
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=1,  # agents keep a connection open for renewals
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        wait_for("harness CP started", lambda: self._server.started, 10)
-        return self
+    def routes(self) -> list[Route]:
+        return [*super().routes(), Route("/certificate", self._certificate, methods=["POST"])]
 
     async def _certificate(self, request: Request) -> Response:
         import time  # noqa: PLC0415
