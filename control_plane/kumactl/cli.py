@@ -19,6 +19,7 @@ from control_plane.kumactl.documents import (
     substitute,
 )
 from control_plane.kumactl.output import FORMATS, render_document, render_table
+from control_plane.kumactl.tls_cmd import tls_certificate
 from control_plane.kumactl.tproxy_cmd import install, uninstall
 from control_plane.resources.common import DEFAULT_MESH
 from control_plane.resources.registry import TYPES, ResourceType
@@ -43,6 +44,7 @@ main.add_command(uninstall)
 main.add_command(tokens_cmd.generate)
 main.add_command(tokens_cmd.revoke)
 main.add_command(tokens_cmd.rotate)
+tokens_cmd.generate.add_command(tls_certificate)
 
 
 # --- apply ----------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ NO_VALID_FOR_WARNING = (
 
 @click.group()
 def generate() -> None:
-    """Generate tokens."""
+    """Generate tokens and certificates."""
 
 
 @click.group()
