@@ -8,7 +8,7 @@ link-local IPv6, so both families are installed), then kuma-cni CHECK and DEL ti
 Every time includes the same fork + setns + exec as a runtime's.
 
 Target (issue 5): kuma-cni ADD ≤ 200 ms. Needs root.
-Run: `.venv/bin/python -m bench.cni_add [--rounds 10]`. Prints figures, asserts nothing.
+Run alone: `.venv/bin/python -m bench.cni_add [--profile quick]`; all sections: `bench/run`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import PROFILES, Measure, Profile, Target  # noqa: E402
+from bench.report import print_table  # noqa: E402
 from tests.netns_harness import NetnsLab  # noqa: E402
 from tests.test_cni_chain import Runtime, bare_namespace  # noqa: E402
 
@@ -63,24 +65,25 @@ def _round() -> dict[str, float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _line(name: str, values: list[float], target: float | None = None) -> str:
-    median, worst = statistics.median(values), max(values)
-    verdict = "" if target is None else ("  ok" if median <= target else f"  OVER target {target:.0f} ms")
-    return f"  {name:<16} median {median:7.1f} ms   max {worst:7.1f} ms{verdict}"
+SECTION = "CNI"
+
+
+def measure(profile: Profile) -> list[Measure]:
+    rounds = [_round() for _ in range(max(profile.repetitions, 3) if not profile.smoke else 1)]
+    bridge = [r["bridge ADD"] for r in rounds]
+    return [
+        Measure(SECTION, "kuma-cni ADD (process start → exit, IPv4 + IPv6 rules)", "ms",
+                [r["kuma-cni ADD"] for r in rounds], "bridge plugin ADD", bridge, Target(TARGET_MS),
+                note=f"CHECK {statistics.median(r['kuma-cni CHECK'] for r in rounds):.0f} ms, "
+                f"DEL {statistics.median(r['kuma-cni DEL'] for r in rounds):.0f} ms"),
+    ]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     args = parser.parse_args()
-    rounds = [_round() for _ in range(args.rounds)]
-    print(f"CNI plugins, process start → exit, {args.rounds} fresh node + pod namespaces:")
-    for key in rounds[0]:
-        print(_line(key, [r[key] for r in rounds], TARGET_MS if key == "kuma-cni ADD" else None))
-    ratio = statistics.median(r["kuma-cni ADD"] for r in rounds) / statistics.median(
-        r["bridge ADD"] for r in rounds
-    )
-    print(f"  kuma-cni ADD / bridge ADD (medians): {ratio:.1f}x")
+    print_table(measure(PROFILES[args.profile]))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@
    machine the clients compete with the control plane for the same cores.
 
 Target (issue 3): ≥ 500/s end to end, so 1,000 proxies restarting at once hold identities within 2 s.
-Run: `.venv/bin/python -m bench.csr_signing [--count 2000] [--clients 16]`. Prints figures,
-asserts nothing. Not run in CI.
+Run alone: `.venv/bin/python -m bench.csr_signing [--profile quick]`; all sections: `bench/run`.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import argparse
 import asyncio
 import json
 import ssl
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench.common import PROFILES, Measure, Profile, Target
+from bench.report import print_table
 from control_plane.ca import issue_certificate
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
@@ -135,18 +137,14 @@ def _prepare(lab: Lab, api_url: str, dataplanes: int) -> None:
             TOKENS[name] = response.text
 
 
-def _measure(cp: ControlPlaneProc, csrs: list[str], clients: int, fresh: bool) -> None:
-    cp_process, me = psutil.Process(cp.proc.popen.pid), psutil.Process()
-    cp_before, me_before = _cpu(cp_process), _cpu(me)
+def _measure(cp: ControlPlaneProc, csrs: list[str], clients: int, fresh: bool) -> tuple[float, float]:
+    """Certificates per second end to end, and kuma-cp's CPU milliseconds per certificate."""
+    cp_process = psutil.Process(cp.proc.popen.pid)
+    cp_before = _cpu(cp_process)
     rate, failed = asyncio.run(end_to_end(cp.dp_port, cp.ca_cert, csrs, clients, fresh))
-    cp_ms = (_cpu(cp_process) - cp_before) * 1000 / len(csrs)
-    client_ms = (_cpu(me) - me_before) * 1000 / len(csrs)
-    how = "a new TLS connection per certificate" if fresh else "keep-alive connections"
-    print(
-        f"end to end over HTTPS, {clients} concurrent clients, {how}: "
-        f"{rate:6.0f} certificates/s ({failed} failed; target >= 500/s)\n"
-        f"  CPU per certificate: kuma-cp {cp_ms:.2f} ms, the benchmark's clients {client_ms:.2f} ms"
-    )
+    if failed:
+        raise RuntimeError(f"{failed} of {len(csrs)} certificate requests failed")
+    return rate, (_cpu(cp_process) - cp_before) * 1000 / len(csrs)
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -154,16 +152,17 @@ def _cpu(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--count", type=int, default=2000, help="certificates per measurement")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent HTTPS clients")
-    parser.add_argument("--dataplanes", type=int, default=50, help="distinct dataplanes (and tokens)")
-    args = parser.parse_args()
-    csrs = make_csrs(args.count)
-    print(f"signing alone (one core): {signing_alone(csrs):7.0f} certificates/s")
+SECTION = "identity"
+COUNTS = {"smoke": 100, "quick": 1000, "full": 2000}
+CLIENTS = 16
+DATAPLANES = 50
+
+
+def measure(profile: Profile) -> list[Measure]:
+    csrs = make_csrs(COUNTS[profile.name])
+    alone = [signing_alone(csrs) for _ in range(profile.repetitions)]
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cp_ms: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="bench-csr-") as tmp:
         lab = Lab(Path(tmp))
         try:
@@ -173,11 +172,32 @@ def main() -> None:
                 work_dir=work_dir, KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE="dpToken", KUMA_STORE_TYPE="memory"
             )
             lab.wait_control_plane(cp)
-            _prepare(lab, cp.api_url, args.dataplanes)
-            for fresh in (False, True):
-                _measure(cp, csrs, args.clients, fresh)
+            _prepare(lab, cp.api_url, DATAPLANES)
+            for _ in range(profile.repetitions):
+                for fresh in (False, True):
+                    rate, ms = _measure(cp, csrs, CLIENTS, fresh)
+                    rates[fresh].append(rate)
+                    cp_ms[fresh].append(ms)
         finally:
             lab.close()
+    alone_name = "signing alone, in process"
+    return [
+        Measure(SECTION, f"CSRs signed end to end, {CLIENTS} keep-alive HTTPS clients", "/s", rates[False],
+                alone_name, alone, Target(500, at_most=False),
+                note=f"kuma-cp CPU {statistics.median(cp_ms[False]):.2f} ms per certificate"),
+        Measure(SECTION, "CSRs signed end to end, a new TLS connection each", "/s", rates[True],
+                alone_name, alone, Target(500, at_most=False),
+                note=f"kuma-cp CPU {statistics.median(cp_ms[True]):.2f} ms per certificate"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    args = parser.parse_args()
+    print_table(measure(PROFILES[args.profile]))
 
 
 if __name__ == "__main__":

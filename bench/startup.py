@@ -1,14 +1,12 @@
 """Benchmark: time from `kuma-dp run` to READY, against bare Envoy with a minimal static config to
-its own `/ready`, measured in the same run; and the agent's idle RSS.
-
-Targets (issue 2): agent start ≤ 1.5 × bare Envoy; agent RSS at idle ≤ 40 MB (Envoy not counted).
-Run: `.venv/bin/python -m bench.startup [--rounds 5]`. Prints ratios, asserts nothing.
+its own `/ready`, measured in the same run (alternating). Target: ≤ 1.5 × bare Envoy.
+Run alone: `.venv/bin/python -m bench.startup [--profile quick]`; all sections: `bench/run`.
+The agent's RSS is measured by the data-path section (idle and under load).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import tempfile
 import time
@@ -18,6 +16,8 @@ import httpx
 import psutil
 import yaml
 
+from bench.common import PROFILES, Measure, Profile, Target
+from bench.report import print_table
 from demo.lab import Lab, dataplane, free_port, wait_for
 
 MINIMAL_ENVOY = """
@@ -112,31 +112,38 @@ def envoy_with_bootstrap_seconds(root: Path, bootstrap: str) -> float:
         proc.wait(10)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+SECTION = "time to ready"
+
+
+def measure(profile: Profile) -> list[Measure]:
+    """kuma-dp run → READY against bare Envoy → /ready, alternating, `profile.repetitions` times."""
+    bare, rendered, agent = [], [], []
     with tempfile.TemporaryDirectory(prefix="kuma-bench-") as tmp:
         lab = Lab(Path(tmp))
         try:
             cp = lab.start_control_plane(KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1s")
             lab.wait_control_plane(cp)
-            bare, rendered, agent, rss = [], [], [], []
-            for i in range(args.rounds):
-                bare.append(bare_envoy_seconds(Path(tmp)))
-                seconds, mib, bootstrap = agent_seconds(lab, cp, i)
-                agent.append(seconds)
-                rss.append(mib)
-                rendered.append(envoy_with_bootstrap_seconds(Path(tmp), bootstrap))
+            for i in range(profile.repetitions):
+                bare.append(bare_envoy_seconds(Path(tmp)) * 1000)
+                seconds, _, bootstrap = agent_seconds(lab, cp, i)
+                agent.append(seconds * 1000)
+                rendered.append(envoy_with_bootstrap_seconds(Path(tmp), bootstrap) * 1000)
         finally:
             lab.close()
-    b, a, r = statistics.median(bare), statistics.median(agent), statistics.median(rendered)
-    print(f"bare envoy -c minimal → /ready LIVE : median {b * 1000:.0f} ms over {args.rounds} rounds")
-    print(f"envoy -c <CP's bootstrap> → LDS+LIVE: median {r * 1000:.0f} ms (Envoy + xDS, no agent)")
-    print(f"kuma-dp run → READY (bootstrap+xDS): median {a * 1000:.0f} ms over {args.rounds} rounds")
-    print(f"ratio agent/bare                    : {a / b:.2f}x (target ≤ 1.5x)")
-    print(f"ratio agent/envoy-with-our-bootstrap: {a / r:.2f}x")
-    print(f"agent RSS at idle (agent only)      : median {statistics.median(rss):.1f} MiB (target ≤ 40 MB)")
+    bare_name = "bare Envoy, minimal static config → /ready"
+    return [
+        Measure(SECTION, "kuma-dp run → READY (bootstrap, CSR, xDS, Envoy)", "ms", agent, bare_name, bare,
+                Target(1.5, on_ratio=True)),
+        Measure(SECTION, "Envoy alone on the bootstrap our CP renders → LDS + LIVE", "ms", rendered,
+                bare_name, bare, note="what Envoy + xDS cost without the agent"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    args = parser.parse_args()
+    print_table(measure(PROFILES[args.profile]))
 
 
 if __name__ == "__main__":

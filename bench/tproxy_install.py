@@ -7,7 +7,7 @@ Per round, a new namespace (veth to a peer, IPv4 + IPv6 addresses) for each meas
 - `kuma-init` end to end as a process (interpreter start, install, both validation probes).
 
 Targets (issue 4): install ≤ 100 ms, kuma-init ≤ 500 ms. Needs root.
-Run: `.venv/bin/python -m bench.tproxy_install [--rounds 10]`. Prints figures, asserts nothing.
+Run alone: `.venv/bin/python -m bench.tproxy_install [--profile quick]`; all sections: `bench/run`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from netns_harness import NetnsLab  # noqa: E402
 
+from bench.common import PROFILES, Measure, Profile, Target  # noqa: E402
+from bench.report import print_table  # noqa: E402
 from kuma_dp.transparent_proxy import apply  # noqa: E402
 from kuma_dp.transparent_proxy.backend import Backend  # noqa: E402
 from kuma_dp.transparent_proxy.sources import build_config, flag_layer  # noqa: E402
@@ -69,24 +71,33 @@ def _kuma_init_round() -> float:
         return elapsed
 
 
-def _line(name: str, values: list[float], target: float | None = None) -> str:
-    median, worst = statistics.median(values), max(values)
-    verdict = "" if target is None else ("  ok" if median <= target else f"  OVER target {target:.0f} ms")
-    return f"  {name:<22} median {median:7.1f} ms   max {worst:7.1f} ms{verdict}"
+SECTION = "transparent proxy"
+
+
+def measure(profile: Profile) -> list[Measure]:
+    reps = max(profile.repetitions, 3) if not profile.smoke else 1
+    measures = []
+    for name in ("legacy", "nft"):
+        rounds = [_engine_round(Backend(name)) for _ in range(reps)]
+        measures.append(
+            Measure(SECTION, f"rules install + verify, iptables-{name}, IPv4 + IPv6, fresh namespace", "ms",
+                    [r["install"] for r in rounds], target=Target(100),
+                    note=f"reinstall {statistics.median(r['reinstall'] for r in rounds):.1f} ms, "
+                    f"uninstall {statistics.median(r['uninstall'] for r in rounds):.1f} ms")
+        )  # fmt: skip
+    init_times = [_kuma_init_round() for _ in range(reps)]
+    measures.append(
+        Measure(SECTION, "kuma-init end to end (process start → installed + validated)", "ms", init_times,
+                target=Target(500))
+    )  # fmt: skip
+    return measures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     args = parser.parse_args()
-    for name in ("legacy", "nft"):
-        rounds = [_engine_round(Backend(name)) for _ in range(args.rounds)]
-        print(f"engine, iptables-{name}, IPv4 + IPv6, {args.rounds} fresh namespaces:")
-        for key in rounds[0]:
-            print(_line(key, [r[key] for r in rounds], 100.0 if key.startswith("install") else None))
-    init_times = [_kuma_init_round() for _ in range(args.rounds)]
-    print(f"kuma-init end to end (process start → installed + validated, exit 0), {args.rounds} rounds:")
-    print(_line("kuma-init", init_times, 500.0))
+    print_table(measure(PROFILES[args.profile]))
 
 
 if __name__ == "__main__":

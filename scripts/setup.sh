@@ -13,9 +13,9 @@ PYTHON="${PYTHON:-python3}"
 # curl/iproute2/iptables/nftables: the network tests and the demo's checks; python3-venv: the venv;
 # containernetworking-plugins: the reference CNI plugins (/usr/lib/cni) the kuma-cni chain tests run;
 # shellcheck/vagrant: the lab's provisioning scripts and Vagrantfile are checked by the tests;
-# wrk: the benchmarks' fixed-rate and saturation load.
+# hey/wrk: the benchmarks' fixed-rate and saturation load.
 SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates containernetworking-plugins
-  shellcheck vagrant wrk)
+  shellcheck vagrant hey wrk)
 
 install_system_packages() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0
