@@ -1,0 +1,268 @@
+"""Control-plane scale: N simulated proxies on real ADS streams against the real `kuma-cp run`.
+
+The mesh `default` (no mTLS, as Kuma creates it) has 100 services; N Dataplanes, one inbound each,
+spread round-robin over them, all transparent-proxied (Kuma's default on universal with the
+transparent proxy): every proxy gets a cluster per service and an outbound listener per endpoint,
+so one new endpoint of any service touches every proxy. Dataplanes are applied through the REST
+API and tokens issued by it before any timing; the proxies also send their Dataplane as
+`dataplane.resource`, as `kuma-dp run -d` does. The load runs in a separate process
+(bench/xds_load.py, one TLS connection per proxy).
+
+Per repetition: connect all N at once → time until every proxy has ACKed CDS, EDS and LDS; then
+apply one new Dataplane of service `svc-0` → time until every proxy has ACKed the EDS and the
+LDS response holding its address, the control plane's CPU-seconds over that change, and its RSS.
+
+Run: `.venv/bin/python -m bench.cp_scale [--n 100 1000] [--reps 3]` (prints JSON lines of Measures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psutil
+
+from bench.common import PROFILES, Measure, Profile, Target
+from demo.lab import ControlPlaneProc, Lab
+from kuma_common.api_paths import TOKENS_PATH
+
+SECTION = "cp_scale"
+MESH = "default"
+SERVICES = 100
+SHARED_SERVICE = "svc-0"
+INBOUND_PORT = 8080
+TARGET_N = 1000
+CONVERGENCE_TARGET = Target(2.0)  # seconds, at N = 1,000
+RSS_TARGET = Target(300.0)  # MB, at N = 1,000
+KUMA_MB_PER_PROXY = 1.0
+SETUP_WORKERS = 8
+EVENT_TIMEOUT_S = 180.0
+
+
+class BenchError(Exception):
+    """The benchmark could not run (the CP or the load process failed); the message says why."""
+
+
+def service_of(i: int) -> str:
+    return f"svc-{i % SERVICES}"
+
+
+def proxy_address(i: int) -> str:
+    return f"10.1.{i // 250}.{i % 250 + 1}"
+
+
+def dataplane_doc(name: str, service: str, address: str) -> dict[str, Any]:
+    return {
+        "type": "Dataplane",
+        "mesh": MESH,
+        "name": name,
+        "networking": {
+            "address": address,
+            "inbound": [
+                {"port": INBOUND_PORT, "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}
+            ],
+            "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001},
+        },
+    }
+
+
+@dataclass
+class RepResult:
+    first_config_s: float
+    change_s: float
+    change_eds_s: float
+    cpu_s: float
+    rss_mb: float
+
+
+class Scenario:
+    """One control plane with N Dataplanes and tokens, and the load process driving N streams."""
+
+    def __init__(self, lab: Lab, cp: ControlPlaneProc, n: int) -> None:
+        self.lab, self.cp, self.n = lab, cp, n
+        self.api = httpx.Client(base_url=cp.api_url, timeout=30)
+        self.cp_process = psutil.Process(cp.proc.popen.pid)
+        self.changes = 0
+        self.load: subprocess.Popen[str] | None = None
+
+    def prepare(self) -> None:
+        names = [f"dp-{i}" for i in range(self.n)]
+        docs = [dataplane_doc(name, service_of(i), proxy_address(i)) for i, name in enumerate(names)]
+        with ThreadPoolExecutor(SETUP_WORKERS) as pool:
+            list(pool.map(self._apply, docs))
+            tokens = list(pool.map(self._token, names))
+        proxies = [{"name": d["name"], "token": t, "dataplane": d} for d, t in zip(docs, tokens, strict=True)]
+        path = self.lab.root / "proxies.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds tokens
+        with os.fdopen(fd, "w") as out:
+            json.dump({"mesh": MESH, "proxies": proxies}, out)
+        self.load = self._start_load(path)
+
+    def _apply(self, doc: dict[str, Any]) -> None:
+        response = self.api.put(f"/meshes/{MESH}/dataplanes/{doc['name']}", json=doc)
+        if response.status_code not in (200, 201):
+            raise BenchError(f"applying Dataplane {doc['name']}: {response.status_code} {response.text}")
+
+    def _token(self, name: str) -> str:
+        response = self.api.post(TOKENS_PATH, json={"name": name, "mesh": MESH, "validFor": "24h"})
+        if response.status_code != 200:
+            raise BenchError(f"token for {name}: {response.status_code} {response.text}")
+        return response.text.strip()
+
+    def _start_load(self, proxies: Path) -> subprocess.Popen[str]:
+        argv = [
+            sys.executable, "-m", "bench.xds_load",
+            "--target", f"localhost:{self.cp.dp_port}",
+            "--ca-cert", str(self.cp.ca_cert),
+            "--proxies", str(proxies),
+            "--timeout", str(EVENT_TIMEOUT_S),
+        ]  # fmt: skip
+        log = (self.lab.root / "xds-load.log").open("ab")
+        return subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
+        )
+
+    def command(self, **command: Any) -> dict[str, Any]:
+        assert self.load is not None and self.load.stdin is not None and self.load.stdout is not None
+        self.load.stdin.write(json.dumps(command) + "\n")
+        self.load.stdin.flush()
+        return self._event(self.load.stdout)
+
+    def _event(self, stdout: IO[str]) -> dict[str, Any]:
+        line = stdout.readline()
+        if not line:
+            log = (self.lab.root / "xds-load.log").read_text(errors="replace")[-2000:]
+            raise BenchError(f"the load process ended unexpectedly:\n{log}")
+        return json.loads(line)
+
+    def repetition(self) -> RepResult:
+        connected = self.command(cmd="connect")
+        _require_all(connected, "first config")
+        first = max(connected["first_config"].values()) - connected["started"]
+        self.changes += 1
+        address = f"10.250.0.{self.changes}"
+        assert self.command(cmd="watch", address=address)["event"] == "watching"
+        cpu_before = _cpu_seconds(self.cp_process)
+        started = time.monotonic()
+        self._apply(dataplane_doc(f"new-{self.changes}", SHARED_SERVICE, address))
+        assert self.load is not None and self.load.stdout is not None
+        changed = self._event(self.load.stdout)
+        _require_all(changed, "the change")
+        eds = max(changed["eds"].values()) - started
+        change = max(eds, max(changed["lds"].values()) - started)
+        cpu = _cpu_seconds(self.cp_process) - cpu_before
+        rss = self.cp_process.memory_info().rss / 1e6
+        self.command(cmd="close")
+        return RepResult(first, change, eds, cpu, rss)
+
+    def close(self) -> None:
+        self.api.close()
+        if self.load is not None:
+            if self.load.stdin is not None:
+                self.load.stdin.close()
+            try:
+                self.load.wait(10)
+            except subprocess.TimeoutExpired:
+                self.load.kill()
+                self.load.wait(5)
+
+
+def _require_all(event: dict[str, Any], what: str) -> None:
+    if event.get("missing"):
+        missing = event["missing"]
+        raise BenchError(
+            f"{len(missing)} proxies never got {what} (e.g. {missing[:3]}); errors: {event.get('errors')}"
+        )
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@contextmanager
+def scenario(n: int) -> Iterator[Scenario]:
+    with tempfile.TemporaryDirectory(prefix="kuma-bench-cp-scale-") as tmp:
+        lab = Lab(Path(tmp))
+        scen: Scenario | None = None
+        try:
+            # Proxies stay registered between repetitions: each one starts from the same store.
+            cp = lab.start_control_plane(KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1h")
+            lab.wait_control_plane(cp)
+            scen = Scenario(lab, cp, n)
+            scen.prepare()
+            yield scen
+        finally:
+            if scen is not None:
+                scen.close()
+            lab.close()
+
+
+def run_n(n: int, repetitions: int) -> list[RepResult]:
+    with scenario(n) as scen:
+        return [scen.repetition() for _ in range(repetitions)]
+
+
+def measures_for(n: int, results: Sequence[RepResult]) -> list[Measure]:
+    at_target = n == TARGET_N
+    rss = statistics.median(r.rss_mb for r in results)
+    eds = statistics.median(r.change_eds_s for r in results)
+    return [
+        Measure(SECTION, f"first config, all {n} proxies", "s", [r.first_config_s for r in results]),
+        Measure(
+            SECTION,
+            f"change convergence (new endpoint, EDS+LDS ACKed), N={n}",
+            "s",
+            [r.change_s for r in results],
+            target=CONVERGENCE_TARGET if at_target else None,
+            note=f"EDS alone: median {eds:.3f} s",
+        ),
+        Measure(SECTION, f"CP CPU per change, N={n}", "s", [r.cpu_s for r in results]),
+        Measure(
+            SECTION,
+            f"CP RSS after convergence, N={n}",
+            "MB",
+            [r.rss_mb for r in results],
+            target=RSS_TARGET if at_target else None,
+            note=f"{rss / n:.2f} MB per proxy (Kuma budgets ~{KUMA_MB_PER_PROXY:g} MB)",
+        ),
+    ]
+
+
+def measure(profile: Profile) -> list[Measure]:
+    result: list[Measure] = []
+    for n in profile.proxy_counts:
+        result.extend(measures_for(n, run_n(n, profile.repetitions)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=list(PROFILES["quick"].proxy_counts))
+    parser.add_argument("--reps", type=int, default=PROFILES["quick"].repetitions)
+    args = parser.parse_args(argv)
+    if any(n < 1 for n in args.n) or args.reps < 1:
+        sys.exit("cp_scale: --n and --reps must be positive")
+    try:
+        for n in args.n:
+            for m in measures_for(n, run_n(n, args.reps)):
+                print(json.dumps(m.to_json()), flush=True)
+    except BenchError as exc:
+        sys.exit(f"cp_scale: {exc}")
+
+
+if __name__ == "__main__":
+    main()
