@@ -59,9 +59,16 @@ def parse_hey(text: str) -> LoadResult:
     return LoadResult(
         requests_per_s=float(_match(r"Requests/sec:\s+([\d.]+)", text)),
         p50_ms=float(_match(r"50% in ([\d.]+) secs", text)) * 1000,
-        p99_ms=float(_match(r"99% in ([\d.]+) secs", text)) * 1000,
+        p99_ms=_hey_p99_seconds(text) * 1000,
         requests=sum(statuses.values()),
     )
+
+
+def _hey_p99_seconds(text: str) -> float:
+    """hey leaves out the percentiles its few samples cannot give (under ~100 requests): the
+    slowest request is then the 99th percentile."""
+    found = re.search(r"99% in ([\d.]+) secs", text)
+    return float(found.group(1) if found else _match(r"Slowest:\s+([\d.]+) secs", text))
 
 
 def parse_wrk(text: str) -> LoadResult:
