@@ -33,7 +33,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", repetitions=1, proxy_counts=(10,), load_seconds=1.0, fixed_rate=200),
-    "quick": Profile("quick", repetitions=3, proxy_counts=(100, 1000), load_seconds=3.0, fixed_rate=1000),
+    "quick": Profile("quick", repetitions=3, proxy_counts=(100, 1000), load_seconds=2.0, fixed_rate=1000),
     "full": Profile("full", repetitions=5, proxy_counts=(100, 500, 1000), load_seconds=10.0, fixed_rate=1000),
 }
 

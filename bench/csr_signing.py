@@ -153,7 +153,7 @@ def _cpu(process: psutil.Process) -> float:
 
 
 SECTION = "identity"
-COUNTS = {"smoke": 100, "quick": 1000, "full": 2000}
+COUNTS = {"smoke": 100, "quick": 500, "full": 2000}
 CLIENTS = 16
 DATAPLANES = 50
 
