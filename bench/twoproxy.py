@@ -23,19 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from demo.lab import AgentProc, ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
+from demo.lab import MTLS_MESH, AgentProc, ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
 
 ENVOY_WORKERS = 1
 BODY_BYTES = 1024
-MTLS_MESH = """
-type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends:
-  - name: ca-1
-    type: builtin
-"""
 
 _ROUTER = {
     "name": "envoy.filters.http.router",

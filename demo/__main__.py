@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from demo.lab import AgentProc, Lab, LabError, dataplane, free_port
+from demo.lab import MTLS_MESH, AgentProc, Lab, LabError, dataplane, free_port
 
 DEFAULT_API_PORT = 5681
 DEFAULT_DP_PORT = 5678
@@ -108,17 +108,6 @@ def run_demo(lab: Lab, requests: int) -> None:
     except httpx.HTTPError as exc:
         inbound = ports["backend_in"]
         print(f"      plaintext GET to backend's Envoy inbound :{inbound} → refused ({type(exc).__name__})")
-
-
-MTLS_MESH = """
-type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends:
-  - name: ca-1
-    type: builtin
-"""
 
 
 def _wait_for_caller(web_app: str, timeout: float = 15) -> None:

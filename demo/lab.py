@@ -24,6 +24,16 @@ import httpx
 import yaml
 
 BIN = Path(sys.executable).parent
+# The default mesh with mutual TLS from its builtin CA (what the demo and the benchmarks turn on).
+MTLS_MESH = """
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+"""
 
 
 class LabError(Exception):
