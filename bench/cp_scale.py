@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -211,9 +212,29 @@ def scenario(n: int) -> Iterator[Scenario]:
             lab.close()
 
 
-def run_n(n: int, repetitions: int) -> list[RepResult]:
-    with scenario(n) as scen:
+def run_n(n: int, repetitions: int, profile_to: Path | None = None) -> list[RepResult]:
+    with scenario(n) as scen, _sampled(scen.cp_process.pid, profile_to):
         return [scen.repetition() for _ in range(repetitions)]
+
+
+@contextmanager
+def _sampled(pid: int, output: Path | None) -> Iterator[None]:
+    """Sample the control plane's stacks (every thread) with py-spy into `output` (collapsed
+    stacks) while the block runs. py-spy is a bench-only tool: `pip install py-spy` to use it."""
+    if output is None:
+        yield
+        return
+    argv = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", str(output)]
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).parent / argv[0]), *argv[1:], "--rate", "200", "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
 
 
 def measures_for(n: int, results: Sequence[RepResult]) -> list[Measure]:
@@ -253,12 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=list(PROFILES["quick"].proxy_counts))
     parser.add_argument("--reps", type=int, default=PROFILES["quick"].repetitions)
+    parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the CP, to <PATH>.<n>.txt")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.n) or args.reps < 1:
         sys.exit("cp_scale: --n and --reps must be positive")
     try:
         for n in args.n:
-            for m in measures_for(n, run_n(n, args.reps)):
+            out = args.profile.with_suffix(f".{n}.txt") if args.profile else None
+            for m in measures_for(n, run_n(n, args.reps, out)):
                 print(json.dumps(m.to_json()), flush=True)
     except BenchError as exc:
         sys.exit(f"cp_scale: {exc}")

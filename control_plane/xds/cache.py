@@ -18,18 +18,24 @@ from control_plane.xds.generate import Resources
 from control_plane.xds.names import SERVED_TYPES
 
 Watcher = Callable[[], None]
+_RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
 
 
 @dataclass(frozen=True)
 class TypeSnapshot:
     version: str
-    resources: Mapping[str, any_pb2.Any]  # name → packed message, ordered by name
+    entries: Mapping[str, Packed]  # name → packed resource, ordered by name
 
-    def select(self, names: Collection[str] | None) -> list[any_pb2.Any]:
+    @property
+    def resources(self) -> dict[str, any_pb2.Any]:
+        """name → packed message, ordered by name."""
+        return {name: entry.packed for name, entry in self.entries.items()}
+
+    def select(self, names: Collection[str] | None) -> list[Packed]:
         """The resources asked for by name, or all of them for `None` (a wildcard request)."""
         if names is None:
-            return list(self.resources.values())
-        return [packed for name, packed in self.resources.items() if name in names]
+            return list(self.entries.values())
+        return [entry for name, entry in self.entries.items() if name in names]
 
 
 @dataclass(frozen=True)
@@ -45,38 +51,79 @@ class Snapshot:
 
 class Packer:
     """Serializes each message object once, however many snapshots share it (e.g. one service's
-    load assignment in every proxy of a mesh). Keep one per rebuild pass: it holds the messages."""
+    load assignment in every proxy of a mesh), and gives them all the same Packed object. It
+    holds every message it packed: keep one as long as the messages it shares live (a rebuild
+    pass, or a mesh's unchanged state), and watch `size`."""
 
     def __init__(self) -> None:
-        self._packed: dict[int, tuple[Message, any_pb2.Any]] = {}
+        self._packed: dict[int, tuple[Message, Packed]] = {}
 
-    def pack(self, type_url: str, message: Message) -> any_pb2.Any:
+    @property
+    def size(self) -> int:
+        return len(self._packed)
+
+    def pack_named(self, type_url: str, named: Mapping[str, Message]) -> TypeSnapshot:
+        """Every message of `named` packed, ordered by name, and versioned. Written as whole-list
+        operations: a proxy's type holds as many resources as its mesh has endpoints."""
+        names = sorted(named)
+        messages = [named[name] for name in names]
+        entries = [hit[1] if hit else None for hit in map(self._packed.get, map(id, messages))]
+        if None in entries or [e.name for e in entries] != names:  # type: ignore[union-attr]
+            entries = [
+                e if e is not None and e.name == n else self._entry(type_url, n, m)
+                for e, n, m in zip(entries, names, messages, strict=True)
+            ]
+        digest = hashlib.sha256(b"".join([e.digest for e in entries]))  # type: ignore[union-attr]
+        return TypeSnapshot(digest.hexdigest()[:16], dict(zip(names, entries, strict=True)))  # type: ignore[arg-type]
+
+    def _entry(self, type_url: str, name: str, message: Message) -> Packed:
         hit = self._packed.get(id(message))
-        if hit is not None:
+        if hit is not None and hit[1].name == name:
             return hit[1]
-        packed = any_pb2.Any(type_url=type_url, value=message.SerializeToString(deterministic=True))
-        self._packed[id(message)] = (message, packed)
-        return packed
+        value = message.SerializeToString(deterministic=True)
+        entry = Packed(name, any_pb2.Any(type_url=type_url, value=value))
+        self._packed[id(message)] = (message, entry)  # the message is held: its id stays unique
+        return entry
+
+
+class Packed:
+    """A packed resource, made once and shared by every snapshot that holds it, with
+    - `digest` (of its length-prefixed name and value): a version hashes its resources' digests,
+      so a proxy's version costs 32 bytes per resource, not its whole config (every proxy of a
+      big transparent mesh carries hundreds of kilobytes of listeners);
+    - `field`: its bytes as one entry of `DiscoveryResponse.resources`, so a response is a join
+      of bytes, not a message of copies serialized again for every proxy."""
+
+    __slots__ = ("digest", "field", "name", "packed")
+
+    def __init__(self, name: str, packed: any_pb2.Any) -> None:
+        self.name, self.packed = name, packed
+        self.digest = hashlib.sha256(
+            _length_prefixed(name.encode()) + _length_prefixed(packed.value)
+        ).digest()
+        body = packed.SerializeToString(deterministic=True)
+        self.field = _RESOURCES_FIELD_TAG + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_prefixed(part: bytes) -> bytes:
+    return len(part).to_bytes(8, "big") + part
 
 
 def build_snapshot(resources: Resources, packer: Packer | None = None) -> Snapshot:
-    """Pack and version every served type; a type the generator left out is served empty."""
+    """Pack and version every served type; a type the generator left out is served empty.
+    A type's version is a hash of its resources' names and serialized values, in name order:
+    equal content, equal version, whoever built it."""
     packer = packer or Packer()
-    types = {}
-    for type_url in SERVED_TYPES:
-        named = resources.get(type_url, {})
-        packed = {name: packer.pack(type_url, named[name]) for name in sorted(named)}
-        types[type_url] = TypeSnapshot(_version(packed), packed)
-    return Snapshot(types)
-
-
-def _version(packed: Mapping[str, any_pb2.Any]) -> str:
-    digest = hashlib.sha256()
-    for name, item in packed.items():
-        for part in (name.encode(), item.value):
-            digest.update(len(part).to_bytes(8, "big"))
-            digest.update(part)
-    return digest.hexdigest()[:16]
+    return Snapshot({t: packer.pack_named(t, resources.get(t, {})) for t in SERVED_TYPES})
 
 
 @dataclass

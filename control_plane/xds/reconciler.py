@@ -13,12 +13,19 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
 from control_plane.resources.meshtrafficpermission import MeshTrafficPermission
-from control_plane.resources.registry import MESH_TRAFFIC_PERMISSION, InvalidResource, parse_resource
+from control_plane.resources.registry import (
+    DATAPLANE,
+    MESH,
+    MESH_TRAFFIC_PERMISSION,
+    InvalidResource,
+    parse_resource,
+)
 from control_plane.store.base import ChangeEvent, ResourceStore, mesh_key
 from control_plane.xds.cache import Packer, Snapshot, SnapshotCache, build_snapshot
 from control_plane.xds.generate import (
@@ -35,6 +42,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEBOUNCE_S = 0.05
 RETRY_S = 1.0
+# What the generator reads (see `_view`); changes to anything else (tokens, signing keys, the
+# lifecycle's registration records) leave every proxy's config as it is.
+XDS_INPUTS = frozenset({MESH.name, DATAPLANE.name, MESH_TRAFFIC_PERMISSION.name})
+# A view's packer also keeps each proxy's own messages of every pass (~6 per proxy): start afresh
+# when it holds this many per Dataplane (proxies reconnecting many times, the mesh unchanged).
+PACKED_PER_DATAPLANE_LIMIT = 25
+
+
+@dataclass
+class MeshView:
+    """One mesh as read from the store, with what its proxies share (endpoint index, the outbound
+    part of transparent proxies, packed resources). Kept until the mesh changes, so a proxy that
+    connects costs its own part only, not a re-read and rebuild of the whole mesh."""
+
+    dataplanes: list[Dataplane]
+    by_name: dict[str, Dataplane]
+    mesh: Mesh | None
+    policies: MeshPolicies
+    index: EndpointIndex
+    packer: Packer = field(default_factory=Packer)
+
+    def outgrown(self) -> bool:
+        return self.packer.size > PACKED_PER_DATAPLANE_LIMIT * (len(self.dataplanes) + 1)
 
 
 class Reconciler:
@@ -55,6 +85,8 @@ class Reconciler:
         self._dirty_meshes: set[str] = set()
         self._dirty_nodes: set[str] = set()
         self._wake = asyncio.Event()
+        self._views: dict[str, MeshView] = {}  # mesh → its view, while unchanged
+        self._generations: Counter[str] = Counter()  # mesh → changes seen (a view is of one)
 
     # --- called from the event loop by the stream hooks -------------------------------------
     def track(self, node_id: str, metadata: Mapping[str, Any] | None = None) -> None:
@@ -98,8 +130,12 @@ class Reconciler:
             unsubscribe()
 
     def _mark(self, event: ChangeEvent) -> None:
-        mesh = event.key.name if event.key.type == "Mesh" else event.key.mesh
+        if event.key.type not in XDS_INPUTS:
+            return
+        mesh = event.key.name if event.key.type == MESH.name else event.key.mesh
         if mesh:
+            self._generations[mesh] += 1
+            self._views.pop(mesh, None)
             self._dirty_meshes.add(mesh)
             self._wake.set()
 
@@ -110,14 +146,23 @@ class Reconciler:
         self._dirty_nodes = set()
         if not targets:
             return
+        views = {mesh: self._views.get(mesh) for mesh in targets}
+        generations = {mesh: self._generations[mesh] for mesh in targets}
         try:
-            built = await asyncio.to_thread(self._build, targets)
+            built, fresh_views = await asyncio.to_thread(self._build, targets, views)
         except Exception:  # e.g. the store is unreachable: keep the proxies' config and retry
             log.exception("could not rebuild the configuration of meshes %s; retrying", sorted(targets))
             await asyncio.sleep(RETRY_S)
             self._dirty_meshes.update(targets)
             self._wake.set()
             return
+        for mesh, view in fresh_views.items():
+            if self._generations[mesh] == generations[mesh]:  # else the mesh changed meanwhile
+                self._views[mesh] = view
+        for mesh in targets:
+            view = self._views.get(mesh)
+            if view is not None and view.outgrown():
+                del self._views[mesh]
         for node_id, snapshot in built.items():
             if node_id not in self._streams:
                 continue  # disconnected while we were building
@@ -137,34 +182,51 @@ class Reconciler:
         return {mesh: sorted(nodes) for mesh, nodes in targets.items()}
 
     # --- worker thread: reads the store and generates, touches nothing shared -----------------
-    def _build(self, targets: dict[str, list[str]]) -> dict[str, Snapshot | None]:
-        packer = Packer()
+    def _build(
+        self, targets: dict[str, list[str]], views: Mapping[str, MeshView | None]
+    ) -> tuple[dict[str, Snapshot | None], dict[str, MeshView]]:
+        """Snapshots of the target nodes, and the views read from the store for this (the caller
+        keeps them if their mesh did not change meanwhile)."""
         contexts = dict(self._contexts)  # a copy: the loop may change the dict meanwhile
         built: dict[str, Snapshot | None] = {}
+        fresh: dict[str, MeshView] = {}
         for mesh_name, node_ids in targets.items():
-            built.update(self._build_mesh(mesh_name, node_ids, packer, contexts))
-        return built
+            view = views.get(mesh_name)
+            if view is None:
+                view = fresh[mesh_name] = self._view(mesh_name)
+            built.update(self._build_mesh(view, node_ids, contexts))
+        return built, fresh
+
+    def _view(self, mesh_name: str) -> MeshView:
+        dataplanes = self._dataplanes(mesh_name)
+        return MeshView(
+            dataplanes=dataplanes,
+            by_name={dp.name: dp for dp in dataplanes},
+            mesh=self._mesh(mesh_name),
+            policies=MeshPolicies(traffic_permissions=self._traffic_permissions(mesh_name)),
+            index=EndpointIndex(dataplanes),
+        )
 
     def _build_mesh(
-        self, mesh_name: str, node_ids: Iterable[str], packer: Packer, contexts: Mapping[str, ProxyContext]
+        self, view: MeshView, node_ids: Iterable[str], contexts: Mapping[str, ProxyContext]
     ) -> dict[str, Snapshot | None]:
-        dataplanes = self._dataplanes(mesh_name)
-        mesh = self._mesh(mesh_name)
-        policies = MeshPolicies(traffic_permissions=self._traffic_permissions(mesh_name))
-        by_name = {dp.name: dp for dp in dataplanes}
-        index = EndpointIndex(dataplanes)
         built: dict[str, Snapshot | None] = {}
         for node_id in node_ids:
-            dataplane = by_name.get(_split(node_id)[1])
+            dataplane = view.by_name.get(_split(node_id)[1])
             if dataplane is None:
                 built[node_id] = None
                 continue
             context = contexts.get(node_id, ProxyContext())
             try:
                 resources = self._generator(
-                    dataplane, dataplanes, mesh, endpoints=index, context=context, policies=policies
+                    dataplane,
+                    view.dataplanes,
+                    view.mesh,
+                    endpoints=view.index,
+                    context=context,
+                    policies=view.policies,
                 )
-                built[node_id] = build_snapshot(resources, packer)
+                built[node_id] = build_snapshot(resources, view.packer)
             except MissingWorkdir as exc:  # the proxy's set-up, not a bug: say what, no traceback
                 log.warning("%s", exc)
             except Exception:  # a generator bug must not stop the other proxies' updates

@@ -20,7 +20,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from control_plane.xds.cache import SnapshotCache, TypeSnapshot
+from control_plane.xds.cache import Packed, SnapshotCache, TypeSnapshot
 from control_plane.xds.names import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -33,6 +33,7 @@ from control_plane.xds.names import (
 
 log = logging.getLogger(__name__)
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _SNAPSHOT_CHANGED = object()
 _END = object()
 
@@ -60,6 +61,31 @@ class NoHooks:
         return None
 
 
+@dataclass(frozen=True)
+class EncodedResponse:
+    """A DiscoveryResponse whose resources are already encoded: `SerializeToString()` gives the
+    very bytes `DiscoveryResponse(...).SerializeToString()` would (fields in number order), but
+    joins the resources' shared encodings instead of copying each into a new message."""
+
+    version_info: str
+    type_url: str
+    nonce: str
+    entries: list[Packed]
+
+    @property
+    def resources(self) -> list[Any]:
+        return [entry.packed for entry in self.entries]
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name gRPC's serializer calls
+        head = discovery_pb2.DiscoveryResponse(version_info=self.version_info).SerializeToString()
+        tail = discovery_pb2.DiscoveryResponse(type_url=self.type_url, nonce=self.nonce).SerializeToString()
+        return b"".join([head, *[entry.field for entry in self.entries], tail])
+
+
+def _serialize(response: discovery_pb2.DiscoveryResponse | EncodedResponse) -> bytes:
+    return response.SerializeToString()
+
+
 @dataclass
 class _TypeState:
     subscribed: bool = False
@@ -83,7 +109,7 @@ class _Stream:
     nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     nacks_logged: set[tuple[str, str | None]] = field(default_factory=set)
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[EncodedResponse]:
         state = self.types.get(request.type_url)
         if state is None:
             log.debug("%s asked for unserved type %s", self.node_id, request.type_url)
@@ -104,7 +130,7 @@ class _Stream:
             return []
         return [self._respond(request.type_url, state, current)]
 
-    def on_snapshot_change(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_snapshot_change(self) -> list[EncodedResponse]:
         responses = []
         for type_url in (*PUSH_ORDER, ROUTE_TYPE):
             state = self.types[type_url]
@@ -117,9 +143,7 @@ class _Stream:
         snapshot = self.cache.get(self.node_id)
         return snapshot.get(type_url) if snapshot is not None else None
 
-    def _respond(
-        self, type_url: str, state: _TypeState, current: TypeSnapshot
-    ) -> discovery_pb2.DiscoveryResponse:
+    def _respond(self, type_url: str, state: _TypeState, current: TypeSnapshot) -> EncodedResponse:
         state.sent_version, state.sent_nonce = current.version, str(next(self.nonces))
         state.resend = False
         if type_url == CLUSTER_TYPE:
@@ -127,13 +151,11 @@ class _Stream:
         self.counter[type_url] += 1
         # Listeners and clusters are always sent whole; endpoints and routes only as named
         # (an empty list there means "none", not "all").
-        resources = current.select(state.names if type_url in NAMED_TYPES else None)
+        entries = current.select(state.names if type_url in NAMED_TYPES else None)
         log.debug(
-            "%s ← %s version %s (%d)", self.node_id, short_type(type_url), current.version, len(resources)
+            "%s ← %s version %s (%d)", self.node_id, short_type(type_url), current.version, len(entries)
         )
-        return discovery_pb2.DiscoveryResponse(
-            version_info=current.version, resources=resources, type_url=type_url, nonce=state.sent_nonce
-        )
+        return EncodedResponse(current.version, type_url, state.sent_nonce, entries)
 
     def _log_nack(self, request: discovery_pb2.DiscoveryRequest, state: _TypeState) -> None:
         key = (request.type_url, state.sent_version)
@@ -169,11 +191,26 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             events.put_nowait(_END)
 
     def register(self, server: grpc.aio.Server) -> None:
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        """As the generated `add_AggregatedDiscoveryServiceServicer_to_server`, but responses are
+        serialized by `_serialize` (they may be EncodedResponses)."""
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_serialize,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        server.add_registered_method_handlers(ADS_SERVICE, handlers)
 
     async def StreamAggregatedResources(  # noqa: N802 - gRPC's method name
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[EncodedResponse]:
         if self._closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane is shutting down")
         requests = aiter(request_iterator)
@@ -198,7 +235,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         node_id: str,
         first: discovery_pb2.DiscoveryRequest,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[EncodedResponse]:
         stream = _Stream(node_id, self._cache, self.responses_sent)
         events: asyncio.Queue[object] = asyncio.Queue()
         events.put_nowait(first)

@@ -42,12 +42,19 @@ class EndpointIndex:
             endpoints.sort(key=lambda e: (e.address, e.port, e.dataplane))
         self._by_service = by_service
         self._assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+        self._protocols: dict[str, str] = {}
 
     def endpoints(self, service: str) -> list[Endpoint]:
         return self._by_service.get(service, [])
 
     def protocol(self, service: str) -> str:
-        return common_protocol(tags_protocol(e.tags) for e in self.endpoints(service))
+        # Asked once per outbound of every proxy: computed once per service.
+        found = self._protocols.get(service)
+        if found is None:
+            found = self._protocols[service] = common_protocol(
+                tags_protocol(e.tags) for e in self.endpoints(service)
+            )
+        return found
 
     def load_assignment(self, service: str) -> endpoint_pb2.ClusterLoadAssignment:
         """The same message object for every caller, so the cache serializes it only once."""

@@ -18,7 +18,12 @@ from control_plane.xds.generate.listeners import inbound_listener, outbound_list
 from control_plane.xds.generate.permissions import MeshPolicies, caller_actions
 from control_plane.xds.generate.protocol import tags_protocol
 from control_plane.xds.generate.tls import InboundMtls, upstream_tls
-from control_plane.xds.generate.transparent import ImpliedOutbounds, add_transparent_proxying, is_transparent
+from control_plane.xds.generate.transparent import (
+    ImpliedOutbounds,
+    MeshOutbounds,
+    add_transparent_proxying,
+    is_transparent,
+)
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 # type URL → resource name → message
@@ -69,12 +74,18 @@ def generate_snapshot(
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
     mtls = _mesh_mtls(dataplane, mesh, context or ProxyContext())
     _add_inbounds(dataplane, resources, mtls, policies or MeshPolicies())
-    outbounds, make_listener = dataplane.networking.outbound, outbound_listener
-    if is_transparent(dataplane):
-        implied = ImpliedOutbounds.of(mesh_dataplanes, index)
-        outbounds, make_listener = implied.for_proxy(dataplane), implied.listener
-    _add_outbounds(dataplane, outbounds, index, resources, mtls, make_listener)
+    if not is_transparent(dataplane):
+        _add_outbounds(dataplane, dataplane.networking.outbound, index, resources, mtls)
+        return resources
+    # The proxy's own resources first: a name taken here is never replaced by an outbound one.
     add_transparent_proxying(dataplane, mesh, resources)
+    implied = ImpliedOutbounds.of(mesh_dataplanes, index)
+    tp = dataplane.networking.transparentProxying
+    if tp is not None and tp.reachableServices is None:
+        _add_mesh_outbounds(dataplane, implied.every(dataplane), resources, mtls)
+    else:
+        outbounds = implied.for_proxy(dataplane)
+        _add_outbounds(dataplane, outbounds, index, resources, mtls, implied.listener)
     return resources
 
 
@@ -125,9 +136,44 @@ def _add_outbounds(
         service = outbound.service
         protocol = index.protocol(service)
         listener = make_listener(dataplane, outbound, protocol)
-        resources[LISTENER_TYPE][listener.name] = listener
+        resources[LISTENER_TYPE].setdefault(listener.name, listener)
         if service not in resources[CLUSTER_TYPE]:
             tls = upstream_tls(mtls.mesh, service, mtls.workdir) if mtls is not None else None
             max_duration = mtls.max_connection_duration_s if mtls is not None else None
             resources[CLUSTER_TYPE][service] = outbound_cluster(service, protocol, tls, max_duration)
             resources[ENDPOINT_TYPE][service] = index.load_assignment(service)
+
+
+def _add_mesh_outbounds(
+    dataplane: Dataplane, shared: MeshOutbounds, resources: Resources, mtls: InboundMtls | None
+) -> None:
+    """What `_add_outbounds` gives a proxy reaching every implied outbound, from the mesh's shared
+    dicts: every endpoint but those at the proxy's own inbounds (and a service reached only there)."""
+    own = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
+    dropped_listeners, dropped_services = shared.services_without(own)
+    listeners = dict(shared.listeners)
+    for name in dropped_listeners:
+        del listeners[name]
+    if mtls is None:
+        clusters: dict[str, Message] = dict(shared.clusters)
+    else:
+        clusters = {
+            s: outbound_cluster(
+                s, p, upstream_tls(mtls.mesh, s, mtls.workdir), mtls.max_connection_duration_s
+            )
+            for s, p in shared.protocols.items()
+        }
+    assignments = dict(shared.load_assignments)
+    # A service whose name the proxy's own clusters already use gets neither (as _add_outbounds).
+    for service in {*dropped_services, *(resources[CLUSTER_TYPE].keys() & clusters.keys())}:
+        del clusters[service], assignments[service]
+    _merge_missing(resources[LISTENER_TYPE], listeners)
+    _merge_missing(resources[CLUSTER_TYPE], clusters)
+    _merge_missing(resources[ENDPOINT_TYPE], assignments)
+
+
+def _merge_missing(into: dict[str, Message], extra: dict[str, Message]) -> None:
+    """Add `extra`'s entries whose names `into` does not have yet (`into` keeps its own)."""
+    own = dict(into)
+    into.update(extra)
+    into.update(own)

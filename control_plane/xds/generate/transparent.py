@@ -41,7 +41,7 @@ from google.protobuf.message import Message
 from control_plane.resources.common import SERVICE_TAG
 from control_plane.resources.dataplane import Dataplane, Outbound, TransparentProxying
 from control_plane.resources.mesh import Mesh
-from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S
+from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S, outbound_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
 from control_plane.xds.generate.listeners import TCP_PROXY_FILTER, outbound_listener
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
@@ -107,6 +107,8 @@ class ImpliedOutbounds:
                 by_address.setdefault((endpoint.address, endpoint.port), outbound)
         self._outbounds = list(by_address.values())
         self._listeners: dict[tuple[str, int], listener_pb2.Listener] = {}
+        self._index = index
+        self._every: MeshOutbounds | None = None
 
     @classmethod
     def of(cls, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex) -> ImpliedOutbounds:
@@ -130,6 +132,16 @@ class ImpliedOutbounds:
             if (o.address, o.port) not in own and (reachable is None or o.service in reachable)
         ]
 
+    def every(self, dataplane: Dataplane) -> MeshOutbounds:
+        """Every implied outbound's listener, cluster and load assignment, built once per mesh."""
+        with self._lock:
+            every = self._every
+        if every is None:
+            every = MeshOutbounds.build(dataplane, self, self._index)
+            with self._lock:
+                self._every = self._every or every
+        return self._every
+
     def listener(self, dataplane: Dataplane, outbound: Outbound, protocol: str) -> listener_pb2.Listener:
         """`outbound_listener`'s result for `outbound`, binding nothing, built once per mesh."""
         key = (outbound.address or "", outbound.port)
@@ -139,6 +151,45 @@ class ImpliedOutbounds:
                 listener = self._listeners[key] = outbound_listener(dataplane, outbound, protocol)
                 listener.bind_to_port.value = False
             return listener
+
+
+@dataclass(frozen=True)
+class MeshOutbounds:
+    """The outbound part every transparent proxy of a mesh shares, as ready resource dicts: a proxy
+    takes a copy (one C-level dict copy, not a loop over every endpoint of the mesh) and drops
+    only what its own inbounds shadow. Clusters are shared only without mTLS (with it they name
+    the proxy's own certificate files)."""
+
+    listeners: dict[str, listener_pb2.Listener]  # name → listener
+    clusters: dict[str, cluster_pb2.Cluster]  # service → plain-text EDS cluster
+    load_assignments: dict[str, Message]  # service → its ClusterLoadAssignment
+    protocols: dict[str, str]  # service → protocol
+    by_key: dict[tuple[str, int], tuple[str, str]]  # (address, port) → (listener name, service)
+    outbounds_of: dict[str, int]  # service → how many outbound listeners lead to it
+
+    @classmethod
+    def build(cls, dataplane: Dataplane, implied: ImpliedOutbounds, index: EndpointIndex) -> MeshOutbounds:
+        listeners, by_key, outbounds_of, protocols = {}, {}, {}, {}
+        for outbound in implied._outbounds:
+            service = outbound.service
+            protocol = protocols.setdefault(service, index.protocol(service))
+            listener = implied.listener(dataplane, outbound, protocol)
+            listeners[listener.name] = listener
+            by_key[(outbound.address or "", outbound.port)] = (listener.name, service)
+            outbounds_of[service] = outbounds_of.get(service, 0) + 1
+        clusters = {s: outbound_cluster(s, p) for s, p in protocols.items()}
+        assignments: dict[str, Message] = {s: index.load_assignment(s) for s in protocols}
+        return cls(listeners, clusters, assignments, protocols, by_key, outbounds_of)
+
+    def services_without(self, keys: Iterable[tuple[str, int]]) -> tuple[list[str], list[str]]:
+        """(listener names, services) a proxy loses when `keys` (its own inbounds) are left out."""
+        names, lost = [], dict[str, int]()
+        for key in keys:
+            hit = self.by_key.get(key)
+            if hit is not None:
+                names.append(hit[0])
+                lost[hit[1]] = lost.get(hit[1], 0) + 1
+        return names, [s for s, n in lost.items() if n == self.outbounds_of[s]]
 
 
 def add_transparent_proxying(
