@@ -69,7 +69,8 @@ def up(backends: int, detach: bool, rate: float, duration: float) -> int:
         )
         return 1
     plan = network.address_plan(backends)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell may start us ignoring it
+        signal.signal(sig, _interrupt)
     started = time.monotonic()
     procs: list[HostProc] = []
     try:
