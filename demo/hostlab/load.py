@@ -24,7 +24,7 @@ class Target:
         host, _, port = hostport.rpartition(":")
         self.host, self.port, self.caller = host, int(port), caller
         self.conn: http.client.HTTPConnection | None = None
-        self.traffic = Traffic(latencies_ms=[])
+        self.traffic = Traffic()
 
     def request(self, path: str) -> None:
         self.traffic.sent += 1
@@ -38,7 +38,6 @@ class Target:
         except (OSError, http.client.HTTPException):
             self._reset()
             return
-        assert self.traffic.latencies_ms is not None
         self.traffic.latencies_ms.append((time.perf_counter() - started) * 1000)
         if resp.status == 200:
             self.traffic.ok += 1

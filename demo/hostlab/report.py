@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -33,10 +33,10 @@ class Traffic:
     sent: int = 0
     ok: int = 0
     mtls: int = 0  # answers whose backend saw the caller's SPIFFE identity
-    latencies_ms: list[float] | None = None
+    latencies_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
-        lat = self.latencies_ms or []
+        lat = self.latencies_ms
         return {
             "sent": self.sent,
             "ok": self.ok,

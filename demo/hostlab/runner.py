@@ -18,8 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from demo.hostlab import network
 from demo.hostlab.network import HostPlan, NetworkError
@@ -246,7 +249,7 @@ def rows(plan: list[HostPlan], traffic: dict[str, Traffic] | None = None) -> lis
         sock = STATE_DIR / "hosts" / host.name / "dp" / "work" / "envoy-admin.sock"
         try:
             row.identity, row.expires = envoy_certificate(sock)
-        except (OSError, ValueError, Exception):  # noqa: BLE001 - a table cell, never a traceback
+        except (httpx.HTTPError, OSError, ValueError):  # a table cell, never a traceback
             row.identity = "(admin unreachable)"
         if traffic is not None:
             row.traffic = merged(traffic.values()) if host.service == "web" else traffic.get(host.address)
@@ -254,13 +257,13 @@ def rows(plan: list[HostPlan], traffic: dict[str, Traffic] | None = None) -> lis
     return result
 
 
-def merged(parts: object) -> Traffic:
-    total = Traffic(latencies_ms=[])
-    for part in parts:  # type: ignore[attr-defined]
+def merged(parts: Iterable[Traffic]) -> Traffic:
+    total = Traffic()
+    for part in parts:
         total.sent += part.sent
         total.ok += part.ok
         total.mtls += part.mtls
-        total.latencies_ms.extend(part.latencies_ms or [])  # type: ignore[union-attr]
+        total.latencies_ms.extend(part.latencies_ms)
     return total
 
 

@@ -64,7 +64,7 @@ kumactl() { # the admin API only answers on this host's loopback; no user kumact
 make_certificate() {
   install -d -m 0700 "$STATE_DIR/cp"
   local cert="$STATE_DIR/cp/tls.crt"
-  if [ -f "$cert" ] && openssl_has_san "$cert"; then
+  if [ -f "$cert" ] && cert_names_address "$cert"; then
     step "TLS certificate for $ADDRESS: keeping $cert"
     return 0
   fi
@@ -73,7 +73,7 @@ make_certificate() {
     --hostname=127.0.0.1 --cert-file "$cert" --key-file "$STATE_DIR/cp/tls.key"
 }
 
-openssl_has_san() { # is this host's address among the certificate's SANs?
+cert_names_address() { # is this host's address among the certificate's SANs?
   "$PREFIX/bin/python" - "$1" "$ADDRESS" <<'PY'
 import ipaddress, sys
 from cryptography import x509
