@@ -7,7 +7,6 @@ give the median, the spread and the ratio to the baseline, and the JSON keeps ev
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -101,12 +100,3 @@ class Measure:
 def spread(samples: Sequence[float]) -> tuple[float, float]:
     """(min, max) of the samples: with 3–5 repetitions a percentile band would be the same."""
     return (min(samples), max(samples))
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (fraction in 0..1) of unsorted values."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered) - 1e-9))
-    return ordered[min(rank, len(ordered)) - 1]

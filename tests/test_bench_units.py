@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import Measure, Target, percentile
+from bench.common import Measure, Target
 from bench.load import LoadError, parse_hey, parse_wrk
 from bench.report import README_BEGIN, README_END, markdown_table, replace_readme_block, text_table
 
@@ -43,11 +43,6 @@ def test_wrk_output_in_milliseconds() -> None:
 def test_wrk_socket_errors_are_not_figures() -> None:
     with pytest.raises(LoadError):
         parse_wrk((GOLDEN / "wrk.txt").read_text() + "  Socket errors: connect 3, read 0\n")
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = list(range(100, 0, -1))
-    assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99 and percentile([7], 0.99) == 7
 
 
 def test_ratio_and_targets() -> None:
