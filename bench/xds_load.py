@@ -27,6 +27,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, short_type
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 DEFAULT_TIMEOUT_S = 120.0
@@ -68,6 +69,8 @@ class SimProxy:
     eds_nonce: str = ""
     lds_started: bool = False
     acked: set[str] = field(default_factory=set)
+    received: Counter[str] = field(default_factory=Counter)  # type URL → responses
+    received_bytes: int = 0
     first_config: float | None = None
     watch: Watch | None = None
     error: str = ""
@@ -109,6 +112,8 @@ class SimProxy:
             client.ack(response)
         now = time.monotonic()
         self.acked.add(type_url)
+        self.received[short_type(type_url)] += 1
+        self.received_bytes += len(raw)
         wanted = {CLUSTER_TYPE, LISTENER_TYPE, *((ENDPOINT_TYPE,) if self.eds_names else ())}
         if self.first_config is None and wanted <= self.acked:
             self.first_config = now
@@ -196,6 +201,7 @@ class Fleet:
         await self.close()
         for proxy in self.proxies:
             proxy.first_config, proxy.acked, proxy.lds_started, proxy.error = None, set(), False, ""
+            proxy.received, proxy.received_bytes = Counter(), 0
             proxy.eds_names, proxy.eds_version, proxy.eds_nonce = (), "", ""
         started = time.monotonic()
         for proxy in self.proxies:
@@ -209,7 +215,15 @@ class Fleet:
             "first_config": {p.name: p.first_config for p in self.proxies if p.first_config is not None},
             "missing": [p.name for p in self.proxies if p.first_config is None],
             "errors": sorted({p.error for p in self.proxies if p.error})[:5],
+            **self._traffic(),
         }
+
+    def _traffic(self) -> dict[str, Any]:
+        """Responses and bytes received by all proxies so far (since connecting)."""
+        total: Counter[str] = Counter()
+        for proxy in self.proxies:
+            total.update(proxy.received)
+        return {"responses": dict(total), "bytes": sum(p.received_bytes for p in self.proxies)}
 
     def arm(self, address: str) -> None:
         for proxy in self.proxies:
@@ -223,6 +237,7 @@ class Fleet:
             "eds": {name: w.eds for name, w in watches if w.eds is not None},
             "lds": {name: w.lds for name, w in watches if w.lds is not None},
             "missing": [p.name for p in self.proxies if not _changed(p)],
+            **self._traffic(),
         }
 
     async def close(self) -> None:

@@ -8,16 +8,20 @@ version and is never pushed again. Watchers are called when a node's snapshot ch
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Mapping
+import operator
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from control_plane.xds.generate import Resources
+from control_plane.xds.generate.overlay import Overlay
 from control_plane.xds.names import SERVED_TYPES
 
 Watcher = Callable[[], None]
+_NAME = operator.attrgetter("name")
+_DIGEST = operator.attrgetter("digest")
 _RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
 
 
@@ -56,34 +60,73 @@ class Packer:
     pass, or a mesh's unchanged state), and watch `size`."""
 
     def __init__(self) -> None:
-        self._packed: dict[int, tuple[Message, Packed]] = {}
+        self._packed: dict[int, Packed] = {}  # id(message) → its Packed
+        self._held: list[Message] = []  # every packed message, held so that its id stays unique
+        # id(overlay base) → (the base, held), its entries and digest
+        self._bases: dict[int, tuple[Mapping[str, Message], dict[str, Packed], bytes]] = {}
 
     @property
     def size(self) -> int:
         return len(self._packed)
 
     def pack_named(self, type_url: str, named: Mapping[str, Message]) -> TypeSnapshot:
-        """Every message of `named` packed, ordered by name, and versioned. Written as whole-list
-        operations: a proxy's type holds as many resources as its mesh has endpoints."""
+        """Every message of `named` packed, ordered by name, and versioned."""
+        if isinstance(named, Overlay):
+            return self._pack_overlay(type_url, named)
+        entries = self._entries(type_url, named)
+        return TypeSnapshot(_version(_digest(entries.values())), entries)
+
+    def _entries(self, type_url: str, named: Mapping[str, Message]) -> dict[str, Packed]:
+        """name → Packed in name order. Whole-list operations: a big mesh's proxy has thousands."""
         names = sorted(named)
-        messages = [named[name] for name in names]
-        entries = [hit[1] if hit else None for hit in map(self._packed.get, map(id, messages))]
-        if None in entries or [e.name for e in entries] != names:  # type: ignore[union-attr]
+        messages = list(map(named.__getitem__, names))
+        if not self._packed.keys() >= set(map(id, messages)):  # the few new ones (a proxy's own)
+            for name, message in named.items():
+                if id(message) not in self._packed:
+                    self._add(type_url, name, message)
+        entries: list[Packed] = list(map(self._packed.__getitem__, map(id, messages)))
+        if list(map(_NAME, entries)) != names:  # one message under two names: pack it per name
             entries = [
-                e if e is not None and e.name == n else self._entry(type_url, n, m)
+                e if e.name == n else _pack(type_url, n, m)
                 for e, n, m in zip(entries, names, messages, strict=True)
             ]
-        digest = hashlib.sha256(b"".join([e.digest for e in entries]))  # type: ignore[union-attr]
-        return TypeSnapshot(digest.hexdigest()[:16], dict(zip(names, entries, strict=True)))  # type: ignore[arg-type]
+        return dict(zip(names, entries, strict=True))
 
-    def _entry(self, type_url: str, name: str, message: Message) -> Packed:
-        hit = self._packed.get(id(message))
-        if hit is not None and hit[1].name == name:
-            return hit[1]
-        value = message.SerializeToString(deterministic=True)
-        entry = Packed(name, any_pb2.Any(type_url=type_url, value=value))
-        self._packed[id(message)] = (message, entry)  # the message is held: its id stays unique
-        return entry
+    def _pack_overlay(self, type_url: str, named: Overlay) -> TypeSnapshot:
+        """The shared base is packed and hashed once; each proxy adds only its own part. The
+        version hashes (base, removed names, own resources): equal content, equal version."""
+        base_entries, base_digest = self._base(type_url, named.base)
+        own = self._entries(type_url, named.own)
+        lookup = {**base_entries, **own}
+        names = sorted(named)
+        entries = dict(zip(names, map(lookup.__getitem__, names), strict=True))
+        removed = "\0".join(sorted(named.removed)).encode()
+        return TypeSnapshot(
+            _version(b"overlay", base_digest, _length_prefixed(removed), _digest(own.values())), entries
+        )
+
+    def _base(self, type_url: str, base: Mapping[str, Message]) -> tuple[dict[str, Packed], bytes]:
+        hit = self._bases.get(id(base))
+        if hit is None:
+            entries = self._entries(type_url, base)
+            hit = self._bases[id(base)] = (base, entries, _digest(entries.values()))
+        return hit[1], hit[2]
+
+    def _add(self, type_url: str, name: str, message: Message) -> None:
+        self._packed[id(message)] = _pack(type_url, name, message)
+        self._held.append(message)
+
+
+def _digest(entries: Iterable[Packed]) -> bytes:
+    return hashlib.sha256(b"".join(map(_DIGEST, entries))).digest()
+
+
+def _version(*parts: bytes) -> str:
+    return hashlib.sha256(b"".join(parts)).hexdigest()[:16]
+
+
+def _pack(type_url: str, name: str, message: Message) -> Packed:
+    return Packed(name, any_pb2.Any(type_url=type_url, value=message.SerializeToString(deterministic=True)))
 
 
 class Packed:

@@ -15,6 +15,7 @@ from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import local_cluster, outbound_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, outbound_listener
+from control_plane.xds.generate.overlay import Overlay
 from control_plane.xds.generate.permissions import MeshPolicies, caller_actions
 from control_plane.xds.generate.protocol import tags_protocol
 from control_plane.xds.generate.tls import InboundMtls, upstream_tls
@@ -151,29 +152,15 @@ def _add_mesh_outbounds(
     dicts: every endpoint but those at the proxy's own inbounds (and a service reached only there)."""
     own = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
     dropped_listeners, dropped_services = shared.services_without(own)
-    listeners = dict(shared.listeners)
-    for name in dropped_listeners:
-        del listeners[name]
-    if mtls is None:
-        clusters: dict[str, Message] = dict(shared.clusters)
-    else:
-        clusters = {
-            s: outbound_cluster(
-                s, p, upstream_tls(mtls.mesh, s, mtls.workdir), mtls.max_connection_duration_s
-            )
-            for s, p in shared.protocols.items()
-        }
-    assignments = dict(shared.load_assignments)
+    clusters = resources[CLUSTER_TYPE]
     # A service whose name the proxy's own clusters already use gets neither (as _add_outbounds).
-    for service in {*dropped_services, *(resources[CLUSTER_TYPE].keys() & clusters.keys())}:
-        del clusters[service], assignments[service]
-    _merge_missing(resources[LISTENER_TYPE], listeners)
-    _merge_missing(resources[CLUSTER_TYPE], clusters)
-    _merge_missing(resources[ENDPOINT_TYPE], assignments)
-
-
-def _merge_missing(into: dict[str, Message], extra: dict[str, Message]) -> None:
-    """Add `extra`'s entries whose names `into` does not have yet (`into` keeps its own)."""
-    own = dict(into)
-    into.update(extra)
-    into.update(own)
+    dropped = {*dropped_services, *(clusters.keys() & shared.protocols.keys())}
+    resources[LISTENER_TYPE] = Overlay(shared.listeners, resources[LISTENER_TYPE], dropped_listeners)
+    resources[ENDPOINT_TYPE] = Overlay(shared.load_assignments, resources[ENDPOINT_TYPE], dropped)
+    if mtls is None:
+        resources[CLUSTER_TYPE] = Overlay(shared.clusters, clusters, dropped)
+        return
+    for service, protocol in shared.protocols.items():  # with mTLS, clusters name the proxy's files
+        if service not in dropped:
+            tls = upstream_tls(mtls.mesh, service, mtls.workdir)
+            clusters[service] = outbound_cluster(service, protocol, tls, mtls.max_connection_duration_s)

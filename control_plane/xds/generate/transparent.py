@@ -177,8 +177,10 @@ class MeshOutbounds:
             listeners[listener.name] = listener
             by_key[(outbound.address or "", outbound.port)] = (listener.name, service)
             outbounds_of[service] = outbounds_of.get(service, 0) + 1
-        clusters = {s: outbound_cluster(s, p) for s, p in protocols.items()}
-        assignments: dict[str, Message] = {s: index.load_assignment(s) for s in protocols}
+        clusters = {s: outbound_cluster(s, p) for s, p in sorted(protocols.items())}
+        assignments: dict[str, Message] = {s: index.load_assignment(s) for s in sorted(protocols)}
+        # In name order: the cache sorts every proxy's copy, and sorted input sorts fastest.
+        listeners = dict(sorted(listeners.items()))
         return cls(listeners, clusters, assignments, protocols, by_key, outbounds_of)
 
     def services_without(self, keys: Iterable[tuple[str, int]]) -> tuple[list[str], list[str]]:
