@@ -87,6 +87,7 @@ class RepResult:
     change_eds_s: float
     cpu_s: float
     rss_mb: float
+    idle_rss_mb: float  # the CP with the Dataplanes stored, before any proxy connected
 
 
 class Scenario:
@@ -98,6 +99,7 @@ class Scenario:
         self.cp_process = psutil.Process(cp.proc.popen.pid)
         self.changes = 0
         self.load: subprocess.Popen[str] | None = None
+        self.idle_rss_mb = 0.0
 
     def prepare(self) -> None:
         names = [f"dp-{i}" for i in range(self.n)]
@@ -111,6 +113,7 @@ class Scenario:
         with os.fdopen(fd, "w") as out:
             json.dump({"mesh": MESH, "proxies": proxies}, out)
         self.load = self._start_load(path)
+        self.idle_rss_mb = self.cp_process.memory_info().rss / 1e6
 
     def _apply(self, doc: dict[str, Any]) -> None:
         response = self.api.put(f"/meshes/{MESH}/dataplanes/{doc['name']}", json=doc)
@@ -167,7 +170,7 @@ class Scenario:
         cpu = _cpu_seconds(self.cp_process) - cpu_before
         rss = self.cp_process.memory_info().rss / 1e6
         self.command(cmd="close")
-        return RepResult(first, change, eds, cpu, rss)
+        return RepResult(first, change, eds, cpu, rss, self.idle_rss_mb)
 
     def close(self) -> None:
         self.api.close()
@@ -240,6 +243,7 @@ def _sampled(pid: int, output: Path | None) -> Iterator[None]:
 def measures_for(n: int, results: Sequence[RepResult]) -> list[Measure]:
     at_target = n == TARGET_N
     rss = statistics.median(r.rss_mb for r in results)
+    idle = statistics.median(r.idle_rss_mb for r in results)
     eds = statistics.median(r.change_eds_s for r in results)
     return [
         Measure(SECTION, f"first config, all {n} proxies", "s", [r.first_config_s for r in results]),
@@ -258,7 +262,10 @@ def measures_for(n: int, results: Sequence[RepResult]) -> list[Measure]:
             "MB",
             [r.rss_mb for r in results],
             target=RSS_TARGET if at_target else None,
-            note=f"{rss / n:.2f} MB per proxy (Kuma budgets ~{KUMA_MB_PER_PROXY:g} MB)",
+            note=(
+                f"{rss / n:.2f} MB per proxy (Kuma budgets ~{KUMA_MB_PER_PROXY:g} MB); {idle:.0f} MB before "
+                f"any proxy connected, so {(rss - idle) / n:.2f} MB per connected proxy"
+            ),
         ),
     ]
 

@@ -1,0 +1,48 @@
+"""The control-plane scale benchmark as CI runs it (`--smoke`: N = 10, one repetition): the real
+kuma-cp, a separate load process with ten real ADS streams over TLS, and sane figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cp_scale_smoke_converges_with_sane_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.cp_scale", "--n", "10", "--reps", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    measures = {m["name"]: m for m in map(json.loads, result.stdout.splitlines())}
+    assert set(measures) == {
+        "first config, all 10 proxies",
+        "change convergence (new endpoint, EDS+LDS ACKed), N=10",
+        "CP CPU per change, N=10",
+        "CP RSS after convergence, N=10",
+    }
+    for measure in measures.values():
+        assert len(measure["samples"]) == 1 and measure["section"] == "cp_scale"
+    assert 0 < measures["first config, all 10 proxies"]["median"] < 10
+    assert 0 < measures["change convergence (new endpoint, EDS+LDS ACKed), N=10"]["median"] < 10
+    assert measures["CP CPU per change, N=10"]["median"] >= 0
+    assert 20 < measures["CP RSS after convergence, N=10"]["median"] < 1000
+    assert "MB per proxy" in measures["CP RSS after convergence, N=10"]["note"]
+
+
+def test_cp_scale_rejects_a_bad_count() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.cp_scale", "--n", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "--n and --reps must be positive" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,212 @@
+"""What the control plane shares between the proxies of a mesh, and that sharing changes nothing
+a proxy receives: the mesh-wide outbound part of transparent proxies (an Overlay packed once),
+the mesh view kept between passes, store changes the generator does not read, and responses
+encoded from shared bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
+from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.mesh import Mesh
+from control_plane.resources.registry import parse_resource, to_document
+from control_plane.store.base import ResourceKey, dataplane_key, mesh_key
+from control_plane.store.memory import MemoryStore
+from control_plane.xds.cache import Packed, Packer, Snapshot, SnapshotCache, build_snapshot
+from control_plane.xds.generate import EndpointIndex, ProxyContext, generate_snapshot
+from control_plane.xds.generate.overlay import Overlay
+from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from control_plane.xds.reconciler import Reconciler
+from control_plane.xds.server import EncodedResponse
+from tests.ads_harness import eventually
+
+TP = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
+MTLS = {"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}
+PROTOCOLS = ("http", "tcp", "grpc", "http2")
+
+
+def doc(name: str, address: str, service: str, protocol: str = "http", **net: Any) -> dict[str, Any]:
+    inbound = [{"port": 8080, "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol}}]
+    return {
+        "type": "Dataplane",
+        "mesh": "default",
+        "name": name,
+        "networking": {"address": address, "inbound": inbound, **net},
+    }
+
+
+def mesh_docs(count: int = 12) -> list[dict[str, Any]]:
+    """Four services of mixed protocols, transparent proxies, one on the address of another
+    (two services on one address) and one service with a single endpoint."""
+    docs = [
+        doc(f"dp-{i}", f"10.0.0.{i + 1}", f"svc-{i % 4}", PROTOCOLS[i % 4], transparentProxying=TP)
+        for i in range(count)
+    ]
+    docs.append(doc("twin", "10.0.0.2", "svc-9", "tcp", transparentProxying=TP))
+    docs.append(doc("alone", "10.0.9.9", "lonely", "http", transparentProxying=TP))
+    return docs
+
+
+def models(docs: list[dict[str, Any]]) -> list[Dataplane]:
+    return [Dataplane.model_validate(d) for d in docs]
+
+
+def wire(snapshot: Snapshot, type_url: str) -> list[tuple[str, bytes]]:
+    """What a proxy receives for a type: names and serialized resources, in order."""
+    return [(name, packed.value) for name, packed in snapshot.get(type_url).resources.items()]
+
+
+def unshared(dataplane: Dataplane, mesh_dataplanes: list[Dataplane], mesh: Mesh | None) -> Snapshot:
+    """The same proxy through the per-outbound path (no mesh-wide Overlay): `reachableServices`
+    naming every service reaches what the default reaches, built one outbound at a time."""
+    everything = sorted({i.service for d in mesh_dataplanes for i in d.networking.inbound})
+    doc_ = dataplane.model_dump(mode="json", exclude_none=True)
+    doc_["networking"]["transparentProxying"]["reachableServices"] = everything
+    narrowed = Dataplane.model_validate({"type": "Dataplane", **doc_})
+    context = ProxyContext(workdir="/w")
+    return build_snapshot(generate_snapshot(narrowed, mesh_dataplanes, mesh, context=context))
+
+
+@pytest.mark.parametrize("mesh_spec", [{}, MTLS], ids=["plain", "mtls"])
+def test_shared_outbounds_give_every_proxy_what_it_would_get_alone(mesh_spec: dict[str, Any]) -> None:
+    dataplanes = models(mesh_docs())
+    mesh = Mesh.model_validate({"type": "Mesh", "name": "default", **mesh_spec})
+    index, packer = EndpointIndex(dataplanes), Packer()
+    for dataplane in dataplanes:
+        resources = generate_snapshot(
+            dataplane, dataplanes, mesh, endpoints=index, context=ProxyContext(workdir="/w")
+        )
+        assert isinstance(resources[LISTENER_TYPE], Overlay)
+        shared, alone = build_snapshot(resources, packer), unshared(dataplane, dataplanes, mesh)
+        for type_url in (LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE):
+            assert wire(shared, type_url) == wire(alone, type_url), (dataplane.name, type_url)
+
+
+def test_two_proxies_share_outbound_bytes_and_a_proxy_loses_only_its_own_address() -> None:
+    dataplanes = models(mesh_docs())
+    index, packer = EndpointIndex(dataplanes), Packer()
+    a, b = (
+        build_snapshot(generate_snapshot(d, dataplanes, None, endpoints=index), packer)
+        for d in dataplanes[:2]
+    )
+    la, lb = a.get(LISTENER_TYPE).entries, b.get(LISTENER_TYPE).entries
+    common = la.keys() & lb.keys()
+    assert {n for n in common if n.startswith("outbound:10.")} == {
+        n for n in la if n.startswith("outbound:10.") and n != "outbound:10.0.0.2:8080"
+    } - {"outbound:10.0.0.1:8080"}
+    for name in common:
+        if name.startswith("outbound:10."):
+            assert la[name] is lb[name]  # one Packed object: serialized once for the mesh
+    assert "outbound:10.0.0.1:8080" not in la and "outbound:10.0.0.1:8080" in lb
+    # `lonely` has one endpoint: its own proxy neither listens for it nor has its cluster.
+    alone = build_snapshot(generate_snapshot(dataplanes[-1], dataplanes, None, endpoints=index), packer)
+    assert "lonely" not in alone.get(CLUSTER_TYPE).entries and "lonely" in a.get(CLUSTER_TYPE).entries
+    assert a.get(CLUSTER_TYPE).entries["lonely"] is b.get(CLUSTER_TYPE).entries["lonely"]
+
+
+def test_encoded_response_is_byte_for_byte_the_discovery_response() -> None:
+    entries = [
+        Packed(f"r{i}", any_pb2.Any(type_url="type.googleapis.com/x", value=bytes(range(i % 250)) * 3))
+        for i in range(300)  # sizes across the one- and two-byte length prefixes
+    ]
+    for chosen in ([], entries[:1], entries):
+        encoded = EncodedResponse("v1", "type.googleapis.com/x", "42", chosen)
+        plain = discovery_pb2.DiscoveryResponse(
+            version_info="v1",
+            type_url="type.googleapis.com/x",
+            nonce="42",
+            resources=[e.packed for e in chosen],
+        )
+        assert encoded.SerializeToString() == plain.SerializeToString()
+
+
+# --- the reconciler: what a change rebuilds and pushes ----------------------------------------
+
+
+def spec_of(document: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in to_document(parse_resource(document)).items() if k not in ("type", "mesh", "name")
+    }
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        self.lists += 1
+        return super().list(*args, **kwargs)
+
+
+@pytest.fixture
+def store() -> Iterator[CountingStore]:
+    store = CountingStore()
+    store.upsert(mesh_key("default"), {})
+    for document in mesh_docs(4):
+        store.upsert(dataplane_key(document["name"]), spec_of(document))
+    # Not transparent: it calls `svc-1` only, through an explicit outbound.
+    caller = doc(
+        "caller", "10.0.5.5", "caller", outbound=[{"port": 9001, "tags": {"kuma.io/service": "svc-1"}}]
+    )
+    store.upsert(dataplane_key("caller"), spec_of(caller))
+    yield store
+
+
+async def test_a_change_reaches_every_proxy_it_touches_and_no_other(store: CountingStore) -> None:
+    cache, generated = SnapshotCache(), []
+    pushes: dict[str, int] = {}
+
+    def generator(dataplane: Dataplane, *args: Any, **kwargs: Any) -> Any:
+        generated.append(dataplane.name)
+        return generate_snapshot(dataplane, *args, **kwargs)
+
+    reconciler = Reconciler(store, cache, generator=generator, debounce_s=0.01)
+    task = asyncio.create_task(reconciler.run())
+    try:
+        for node in ("default.dp-0", "default.dp-1", "default.caller"):
+            cache.watch(node, lambda node=node: pushes.__setitem__(node, pushes.get(node, 0) + 1))
+            reconciler.track(node, {})
+        await eventually(lambda: len(pushes) == 3)
+        before = {n: cache.get(n).versions() for n in pushes}
+        assert "svc-0" not in cache.get("default.dp-0").get(CLUSTER_TYPE).entries  # only itself
+        lists = store.lists
+
+        # A proxy connecting while the mesh is unchanged: only its own part is generated.
+        generated.clear()
+        reconciler.track("default.dp-2", {})
+        await eventually(lambda: cache.get("default.dp-2") is not None)
+        assert generated == ["dp-2"] and store.lists == lists
+
+        # Store changes the generator does not read rebuild nothing.
+        generated.clear()
+        store.upsert(ResourceKey("DataplaneRegistration", "default", "dp-0"), {})
+        await asyncio.sleep(0.2)
+        assert generated == []
+
+        # A new endpoint of svc-0: both transparent proxies get it, `caller` (svc-1 only) is not resent.
+        new = doc("new", "10.0.7.7", "svc-0", transparentProxying=TP)
+        store.upsert(dataplane_key("new"), spec_of(new))
+        for node in ("default.dp-0", "default.dp-1"):
+            await eventually(
+                lambda node=node: "outbound:10.0.7.7:8080" in cache.get(node).get(LISTENER_TYPE).entries
+            )
+            versions = cache.get(node).versions()
+            assert versions[LISTENER_TYPE] != before[node][LISTENER_TYPE]
+            assert versions[ENDPOINT_TYPE] != before[node][ENDPOINT_TYPE]
+            assert pushes[node] == 2
+        # dp-1 had the svc-0 cluster already; dp-0 was svc-0's only endpoint and gets it now.
+        assert cache.get("default.dp-1").versions()[CLUSTER_TYPE] == before["default.dp-1"][CLUSTER_TYPE]
+        assert "svc-0" in cache.get("default.dp-0").get(CLUSTER_TYPE).entries
+        assert "caller" in generated  # rebuilt, but its config did not change:
+        assert cache.get("default.caller").versions() == before["default.caller"]
+        assert pushes["default.caller"] == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
