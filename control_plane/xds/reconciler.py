@@ -48,6 +48,7 @@ XDS_INPUTS = frozenset({MESH.name, DATAPLANE.name, MESH_TRAFFIC_PERMISSION.name}
 # A view's packer also keeps each proxy's own messages of every pass (~6 per proxy): start afresh
 # when it holds this many per Dataplane (proxies reconnecting many times, the mesh unchanged).
 PACKED_PER_DATAPLANE_LIMIT = 25
+BUILD_CHUNK = 100  # proxies built per worker-thread call (see _reconcile_mesh)
 
 
 @dataclass
@@ -146,23 +147,32 @@ class Reconciler:
         self._dirty_nodes = set()
         if not targets:
             return
-        views = {mesh: self._views.get(mesh) for mesh in targets}
-        generations = {mesh: self._generations[mesh] for mesh in targets}
-        try:
-            built, fresh_views = await asyncio.to_thread(self._build, targets, views)
-        except Exception:  # e.g. the store is unreachable: keep the proxies' config and retry
-            log.exception("could not rebuild the configuration of meshes %s; retrying", sorted(targets))
-            await asyncio.sleep(RETRY_S)
-            self._dirty_meshes.update(targets)
-            self._wake.set()
-            return
-        for mesh, view in fresh_views.items():
-            if self._generations[mesh] == generations[mesh]:  # else the mesh changed meanwhile
+        for mesh, node_ids in targets.items():
+            if not await self._reconcile_mesh(mesh, node_ids):
+                await asyncio.sleep(RETRY_S)
+                self._dirty_meshes.add(mesh)
+                self._wake.set()
+
+    async def _reconcile_mesh(self, mesh: str, node_ids: list[str]) -> bool:
+        """Rebuild `node_ids` from one view of the mesh, in chunks: each chunk's snapshots are
+        set (and pushed) while the next is built, so the first proxies get a change after a
+        chunk's build, not after the whole mesh's. False if the store could not be read."""
+        generation, view = self._generations[mesh], self._views.get(mesh)
+        for start in range(0, len(node_ids), BUILD_CHUNK):
+            chunk = node_ids[start : start + BUILD_CHUNK]
+            try:
+                built, view = await asyncio.to_thread(self._build, mesh, chunk, view)
+            except Exception:  # e.g. the store is unreachable: keep the proxies' config and retry
+                log.exception("could not rebuild the configuration of mesh %s; retrying", mesh)
+                return False
+            if self._generations[mesh] == generation:  # else the mesh changed meanwhile
                 self._views[mesh] = view
-        for mesh in targets:
-            view = self._views.get(mesh)
-            if view is not None and view.outgrown():
-                del self._views[mesh]
+            self._apply(built)
+        if view is not None and view.outgrown() and self._views.get(mesh) is view:
+            del self._views[mesh]
+        return True
+
+    def _apply(self, built: Mapping[str, Snapshot | None]) -> None:
         for node_id, snapshot in built.items():
             if node_id not in self._streams:
                 continue  # disconnected while we were building
@@ -183,19 +193,12 @@ class Reconciler:
 
     # --- worker thread: reads the store and generates, touches nothing shared -----------------
     def _build(
-        self, targets: dict[str, list[str]], views: Mapping[str, MeshView | None]
-    ) -> tuple[dict[str, Snapshot | None], dict[str, MeshView]]:
-        """Snapshots of the target nodes, and the views read from the store for this (the caller
-        keeps them if their mesh did not change meanwhile)."""
+        self, mesh_name: str, node_ids: list[str], view: MeshView | None
+    ) -> tuple[dict[str, Snapshot | None], MeshView]:
+        """Snapshots of `node_ids` from `view`, read from the store first if None."""
         contexts = dict(self._contexts)  # a copy: the loop may change the dict meanwhile
-        built: dict[str, Snapshot | None] = {}
-        fresh: dict[str, MeshView] = {}
-        for mesh_name, node_ids in targets.items():
-            view = views.get(mesh_name)
-            if view is None:
-                view = fresh[mesh_name] = self._view(mesh_name)
-            built.update(self._build_mesh(view, node_ids, contexts))
-        return built, fresh
+        view = view or self._view(mesh_name)
+        return self._build_mesh(view, node_ids, contexts), view
 
     def _view(self, mesh_name: str) -> MeshView:
         dataplanes = self._dataplanes(mesh_name)
