@@ -7,6 +7,7 @@ version and is never pushed again. Watchers are called when a node's snapshot ch
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import operator
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -27,8 +28,20 @@ _RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-d
 
 @dataclass(frozen=True)
 class TypeSnapshot:
+    """One type's resources: `base` (name-ordered; for a transparent proxy, the mesh-wide part
+    every proxy of the mesh shares, the same object) without `removed`, with `own` on top. A
+    proxy keeps only its own part, not a copy of the mesh (one entry per endpoint)."""
+
     version: str
-    entries: Mapping[str, Packed]  # name → packed resource, ordered by name
+    base: Mapping[str, Packed]
+    own: Mapping[str, Packed] = field(default_factory=dict)
+    removed: frozenset[str] = frozenset()  # names of `base` the proxy does not get
+
+    @property
+    def entries(self) -> dict[str, Packed]:
+        """name → packed resource, ordered by name."""
+        names, entries = self._ordered()
+        return dict(zip(names, entries, strict=True))
 
     @property
     def resources(self) -> dict[str, any_pb2.Any]:
@@ -36,10 +49,29 @@ class TypeSnapshot:
         return {name: entry.packed for name, entry in self.entries.items()}
 
     def select(self, names: Collection[str] | None) -> list[Packed]:
-        """The resources asked for by name, or all of them for `None` (a wildcard request)."""
+        """The resources asked for by name, or all of them for `None` (a wildcard request), in
+        name order."""
+        ordered_names, entries = self._ordered()
         if names is None:
-            return list(self.entries.values())
-        return [entry for name, entry in self.entries.items() if name in names]
+            return entries
+        return [entry for name, entry in zip(ordered_names, entries, strict=True) if name in names]
+
+    def _ordered(self) -> tuple[list[str], list[Packed]]:
+        """(names, entries) in name order: copies of the base's lists, edited where the proxy's
+        few own and removed names fall (found by bisection)."""
+        names, entries = list(self.base), list(self.base.values())
+        for name in self.removed:
+            i = bisect.bisect_left(names, name)
+            if i < len(names) and names[i] == name:
+                del names[i], entries[i]
+        for name, entry in self.own.items():
+            i = bisect.bisect_left(names, name)
+            if i < len(names) and names[i] == name:
+                entries[i] = entry
+            else:
+                names.insert(i, name)
+                entries.insert(i, entry)
+        return names, entries
 
 
 @dataclass(frozen=True)
@@ -97,13 +129,14 @@ class Packer:
         version hashes (base, removed names, own resources): equal content, equal version."""
         base_entries, base_digest = self._base(type_url, named.base)
         own = self._entries(type_url, named.own)
-        lookup = {**base_entries, **own}
-        names = sorted(named)
-        entries = dict(zip(names, map(lookup.__getitem__, names), strict=True))
-        removed = "\0".join(sorted(named.removed)).encode()
-        return TypeSnapshot(
-            _version(b"overlay", base_digest, _length_prefixed(removed), _digest(own.values())), entries
+        removed = named.removed  # names the base has (Overlay keeps only those)
+        version = _version(
+            b"overlay",
+            base_digest,
+            _length_prefixed("\0".join(sorted(removed)).encode()),
+            _digest(own.values()),
         )
+        return TypeSnapshot(version, base_entries, own, removed)
 
     def _base(self, type_url: str, base: Mapping[str, Message]) -> tuple[dict[str, Packed], bytes]:
         hit = self._bases.get(id(base))
