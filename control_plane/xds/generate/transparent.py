@@ -105,7 +105,7 @@ class ImpliedOutbounds:
                     port=endpoint.port, address=endpoint.address, tags={SERVICE_TAG: service}
                 )
                 by_address.setdefault((endpoint.address, endpoint.port), outbound)
-        self._outbounds = list(by_address.values())
+        self.outbounds = list(by_address.values())
         self._listeners: dict[tuple[str, int], listener_pb2.Listener] = {}
         self._index = index
         self._every: MeshOutbounds | None = None
@@ -128,7 +128,7 @@ class ImpliedOutbounds:
         own = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
         return [
             o
-            for o in self._outbounds
+            for o in self.outbounds
             if (o.address, o.port) not in own and (reachable is None or o.service in reachable)
         ]
 
@@ -170,7 +170,7 @@ class MeshOutbounds:
     @classmethod
     def build(cls, dataplane: Dataplane, implied: ImpliedOutbounds, index: EndpointIndex) -> MeshOutbounds:
         listeners, by_key, outbounds_of, protocols = {}, {}, {}, {}
-        for outbound in implied._outbounds:
+        for outbound in implied.outbounds:
             service = outbound.service
             protocol = protocols.setdefault(service, index.protocol(service))
             listener = implied.listener(dataplane, outbound, protocol)
