@@ -184,8 +184,10 @@ class Reconciler:
     def _targets(self, new_nodes_only: bool = False) -> dict[str, list[str]]:
         """mesh → node ids to rebuild: every connected node of a changed mesh, plus new nodes."""
         meshes = set() if new_nodes_only else self._dirty_meshes
+        # Only new nodes: look at those alone (proxies connect a few at a time, a fleet of them).
+        candidates = [n for n in self._dirty_nodes if n in self._streams] if new_nodes_only else self._streams
         targets: dict[str, set[str]] = {}
-        for node_id in self._streams:
+        for node_id in candidates:
             mesh, _ = _split(node_id)
             if mesh and (mesh in meshes or node_id in self._dirty_nodes):
                 targets.setdefault(mesh, set()).add(node_id)
