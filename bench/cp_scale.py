@@ -12,7 +12,16 @@ Per repetition: connect all N at once → time until every proxy has ACKed CDS, 
 apply one new Dataplane of service `svc-0` → time until every proxy has ACKed the EDS and the
 LDS response holding its address, the control plane's CPU-seconds over that change, and its RSS.
 
-Run: `.venv/bin/python -m bench.cp_scale [--n 100 1000] [--reps 3]` (prints JSON lines of Measures).
+Run: `.venv/bin/python -m bench.cp_scale [--n 100 1000] [--reps 3] [--profile PATH]` (JSON lines of
+Measures; `--profile` samples the CP with py-spy, a bench-only tool: `pip install py-spy`).
+
+Figures on the 2-core dev VM (shared with other work, so noisy), median of 3 (before) and 5 (after)
+repetitions, before → after the issue-7 fixes in control_plane/xds:
+  N=100:  first config 0.93 → 0.50 s, change 0.57 → 0.16 s, 0.52 → 0.11 CPU-s, RSS 169 → 151 MB
+  N=500:  first config 9.4 → 3.9 s,   change 5.3 → 1.05 s,  4.8 → 1.1 CPU-s,   RSS 661 → 437 MB
+  N=1000: first config 19.1 → 8.8 s,  change 14.2 → 3.6 s,  14.1 → 3.6 CPU-s,  RSS 1463 → 809 MB
+Each change sends ~550 MB at N=1000 (every proxy's LDS holds one listener per endpoint of the
+mesh): what is left is mostly the TLS front's and gRPC's cost per byte and per connection.
 """
 
 from __future__ import annotations
