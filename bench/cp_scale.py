@@ -49,7 +49,7 @@ from bench.common import PROFILES, Measure, Profile, Target
 from demo.lab import ControlPlaneProc, Lab
 from kuma_common.api_paths import TOKENS_PATH
 
-SECTION = "cp_scale"
+SECTION = "control-plane scale"
 MESH = "default"
 SERVICES = 100
 SHARED_SERVICE = "svc-0"

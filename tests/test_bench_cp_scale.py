@@ -28,7 +28,7 @@ def test_cp_scale_smoke_converges_with_sane_figures() -> None:
         "CP RSS after convergence, N=10",
     }
     for measure in measures.values():
-        assert len(measure["samples"]) == 1 and measure["section"] == "cp_scale"
+        assert len(measure["samples"]) == 1 and measure["section"] == "control-plane scale"
     assert 0 < measures["first config, all 10 proxies"]["median"] < 10
     assert 0 < measures["change convergence (new endpoint, EDS+LDS ACKed), N=10"]["median"] < 10
     assert measures["CP CPU per change, N=10"]["median"] >= 0
