@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import grpc
 import httpx
 import pytest
 
-from control_plane.store.base import mesh_key
+from control_plane.store.base import dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.component import XdsComponent
 from tests.netns_harness import PEER_ECHO_APP, require_root
@@ -121,12 +121,17 @@ class Host:
         return {"type": "Dataplane", "mesh": "default", "name": self.name, "networking": networking}
 
 
+def host_subnet() -> str:
+    """The /24 (first three octets) of this test process's hosts."""
+    return f"10.251.{os.getpid() % 250 + 1}"
+
+
 @contextlib.contextmanager
 def two_hosts(root: Path) -> Iterator[tuple[Host, Host]]:
     """Namespaces `<tag>-a` and `<tag>-b`, a veth pair between them, the rules in each; all removed
     at the end, pass or fail."""
     tag = f"kuma-tp-{os.getpid()}"
-    subnet = f"10.251.{os.getpid() % 250 + 1}"
+    subnet = host_subnet()
     hosts = (
         Host(f"{tag}-a", f"{subnet}.1", "web-1", "web", root / "a"),
         Host(f"{tag}-b", f"{subnet}.2", "backend-1", "backend", root / "b"),
@@ -276,9 +281,12 @@ def listener_stat(address: str, port: int, stat: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def mesh_of_two(envoy_binary: Path, mesh_spec: dict[str, Any]) -> AsyncIterator[tuple[Host, Host]]:
+async def mesh_of_two(
+    envoy_binary: Path, mesh_spec: dict[str, Any], others: Sequence[dict[str, Any]] = ()
+) -> AsyncIterator[tuple[Host, Host]]:
     """Two hosts, each with its app and its Envoy configured by our ADS server for a mesh made of
-    `mesh_spec`; with mTLS on, each proxy's SDS files are written first, as kuma-dp does."""
+    `mesh_spec` and `others` (Dataplane documents with no Envoy of their own); with mTLS on, each
+    proxy's SDS files are written first, as kuma-dp does."""
     require_root()
     root = Path(tempfile.mkdtemp(prefix="kuma-tp-"))
     root.chmod(0o755)
@@ -287,6 +295,9 @@ async def mesh_of_two(envoy_binary: Path, mesh_spec: dict[str, Any]) -> AsyncIte
         with two_hosts(root) as (web, backend):
             async with ads_server(root / "ads.sock") as store:
                 store.upsert(mesh_key("default"), mesh_spec)
+                for other in others:
+                    spec = {k: v for k, v in other.items() if k not in ("type", "mesh", "name")}
+                    store.upsert(dataplane_key(other["name"]), spec)
                 if mesh_spec.get("mtls"):
                     write_identities(web, backend)
                 for host in (web, backend):
@@ -354,8 +365,7 @@ async def wait_configured(web: Host, backend: Host) -> None:
         web_listeners = await admin_get(web, "/listeners")
         backend_listeners = await admin_get(backend, "/listeners")
         return (
-            f"outbound:{backend.address}:{APP_PORT}" in web_listeners
-            and f"inbound:{backend.address}:{APP_PORT}" in backend_listeners
+            f"inbound:{backend.address}:{APP_PORT}" in backend_listeners
             and "outbound:passthrough:ipv4" in web_listeners
             and "inbound:passthrough:ipv4" in backend_listeners
         )
@@ -367,19 +377,27 @@ async def wait_configured(web: Host, backend: Host) -> None:
 
     await eventually(has_endpoint, what="web's Envoy knows backend's endpoint")
 
+    async def routes_backend() -> bool:
+        return f'"{backend.address}"' in await admin_get(web, "/config_dump?resource=dynamic_listeners")
+
+    await eventually(routes_backend, what="web's 15001 listener routes backend's address")
+
 
 async def check_mesh_call(web: Host, backend: Host) -> None:
-    """A plain call to backend's IP: web's outbound listener, backend's inbound listener, the app
-    seeing 127.0.0.6 as its peer (Envoy's source for the app, which iptables lets through)."""
+    """A plain call to backend's IP: the `outbound:backend` chain of web's 15001 listener,
+    backend's inbound listener, the app seeing 127.0.0.6 as its peer (Envoy's source for the app,
+    which iptables lets through)."""
     # Envoy counts a redirected connection on the listener it is handed to (the original
-    # destination's), not on 15001/15006: web's outbound and backend's inbound listener here.
+    # destination's): backend's inbound listener. Web's has no listener of that address: 15001
+    # keeps it and picks the service's chain by destination port and IP.
     listener = listener_stat(backend.address, APP_PORT, "downstream_cx_total")
-    requests = "http.{}_" + backend.address.replace(".", "_") + f"_{APP_PORT}.downstream_rq_total"
+    requests = "http.inbound_" + backend.address.replace(".", "_") + f"_{APP_PORT}.downstream_rq_total"
     stats = (
-        (web, listener),
+        (web, listener_stat("0.0.0.0", TP["redirectPortOutbound"], "downstream_cx_total")),
         (backend, listener),
-        (web, requests.format("outbound")),
-        (backend, requests.format("inbound")),
+        (web, "http.outbound_backend.downstream_rq_total"),
+        (web, "cluster.backend.upstream_rq_total"),
+        (backend, requests),
     )
     before = [await counter(host, name) for host, name in stats]
     result = await curl(web, f"http://{backend.address}:{APP_PORT}/")

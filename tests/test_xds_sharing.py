@@ -88,7 +88,7 @@ def test_shared_outbounds_give_every_proxy_what_it_would_get_alone(mesh_spec: di
             assert wire(shared, type_url) == wire(alone, type_url), (dataplane.name, type_url)
 
 
-def test_two_proxies_share_outbound_bytes_and_a_proxy_loses_only_its_own_address() -> None:
+def test_two_proxies_share_outbound_bytes_and_keep_only_their_inbounds_apart() -> None:
     dataplanes = models(mesh_docs())
     index, packer = EndpointIndex(dataplanes), Packer()
     a, b = (
@@ -96,17 +96,15 @@ def test_two_proxies_share_outbound_bytes_and_a_proxy_loses_only_its_own_address
         for d in dataplanes[:2]
     )
     la, lb = a.get(LISTENER_TYPE).entries, b.get(LISTENER_TYPE).entries
-    common = la.keys() & lb.keys()
-    assert {n for n in common if n.startswith("outbound:10.")} == {
-        n for n in la if n.startswith("outbound:10.") and n != "outbound:10.0.0.2:8080"
-    } - {"outbound:10.0.0.1:8080"}
-    for name in common:
-        if name.startswith("outbound:10."):
-            assert la[name] is lb[name]  # one Packed object: serialized once for the mesh
-    assert "outbound:10.0.0.1:8080" not in la and "outbound:10.0.0.1:8080" in lb
-    # `lonely` has one endpoint: its own proxy neither listens for it nor has its cluster.
+    # One Packed object: the redirect listener (every endpoint of the mesh) is serialized once.
+    assert la["outbound:passthrough:ipv4"] is lb["outbound:passthrough:ipv4"]
+    assert sorted(la) == ["inbound:10.0.0.1:8080", "inbound:passthrough:ipv4", "outbound:passthrough:ipv4"]
+    assert "inbound:10.0.0.2:8080" in lb and "inbound:10.0.0.1:8080" not in lb
+    # `lonely` has one endpoint: its own proxy has its cluster too (the shared chain names it), but
+    # a call to its address is handed to its `inbound:` listener, never to the chain.
     alone = build_snapshot(generate_snapshot(dataplanes[-1], dataplanes, None, endpoints=index), packer)
-    assert "lonely" not in alone.get(CLUSTER_TYPE).entries and "lonely" in a.get(CLUSTER_TYPE).entries
+    assert "inbound:10.0.9.9:8080" in alone.get(LISTENER_TYPE).entries
+    assert alone.get(CLUSTER_TYPE).entries["lonely"] is a.get(CLUSTER_TYPE).entries["lonely"]
     assert a.get(CLUSTER_TYPE).entries["lonely"] is b.get(CLUSTER_TYPE).entries["lonely"]
 
 
@@ -159,6 +157,10 @@ def store() -> Iterator[CountingStore]:
     yield store
 
 
+def redirect_listener_bytes(cache: SnapshotCache, node: str) -> bytes:
+    return bytes(cache.get(node).get(LISTENER_TYPE).entries["outbound:passthrough:ipv4"].packed.value)
+
+
 async def test_a_change_reaches_every_proxy_it_touches_and_no_other(store: CountingStore) -> None:
     cache, generated = SnapshotCache(), []
     pushes: dict[str, int] = {}
@@ -175,7 +177,9 @@ async def test_a_change_reaches_every_proxy_it_touches_and_no_other(store: Count
             reconciler.track(node, {})
         await eventually(lambda: len(pushes) == 3)
         before = {n: cache.get(n).versions() for n in pushes}
-        assert "svc-0" not in cache.get("default.dp-0").get(CLUSTER_TYPE).entries  # only itself
+        # svc-0's only endpoint is dp-0 itself: its cluster is there all the same (the shared chain
+        # names it), while a call to that address is handed to dp-0's inbound listener.
+        assert "svc-0" in cache.get("default.dp-0").get(CLUSTER_TYPE).entries
         lists = store.lists
 
         # A proxy connecting while the mesh is unchanged: only its own part is generated.
@@ -194,16 +198,13 @@ async def test_a_change_reaches_every_proxy_it_touches_and_no_other(store: Count
         new = doc("new", "10.0.7.7", "svc-0", transparentProxying=TP)
         store.upsert(dataplane_key("new"), spec_of(new))
         for node in ("default.dp-0", "default.dp-1"):
-            await eventually(
-                lambda node=node: "outbound:10.0.7.7:8080" in cache.get(node).get(LISTENER_TYPE).entries
-            )
+            await eventually(lambda node=node: b"10.0.7.7" in redirect_listener_bytes(cache, node))
             versions = cache.get(node).versions()
             assert versions[LISTENER_TYPE] != before[node][LISTENER_TYPE]
             assert versions[ENDPOINT_TYPE] != before[node][ENDPOINT_TYPE]
             assert pushes[node] == 2
-        # dp-1 had the svc-0 cluster already; dp-0 was svc-0's only endpoint and gets it now.
-        assert cache.get("default.dp-1").versions()[CLUSTER_TYPE] == before["default.dp-1"][CLUSTER_TYPE]
-        assert "svc-0" in cache.get("default.dp-0").get(CLUSTER_TYPE).entries
+        for node in ("default.dp-0", "default.dp-1"):  # both had the svc-0 cluster already
+            assert cache.get(node).versions()[CLUSTER_TYPE] == before[node][CLUSTER_TYPE]
         assert "caller" in generated  # rebuilt, but its config did not change:
         assert cache.get("default.caller").versions() == before["default.caller"]
         assert pushes["default.caller"] == 1

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.config.cluster.v3 import cluster_pb2
-from google.protobuf import json_format
+from google.protobuf import json_format, wrappers_pb2
+from xds.type.matcher.v3 import ip_pb2
 
 from control_plane.api.app import create_app
 from control_plane.dp_server.bootstrap_api import BootstrapSettings, create_bootstrap_app
@@ -113,9 +114,6 @@ def test_redirect_listeners_bind_and_nothing_else_does() -> None:
     assert sorted(listeners) == [
         "inbound:10.0.0.10:8080",
         "inbound:passthrough:ipv4",
-        "outbound:10.0.0.1:8080",
-        "outbound:10.0.0.2:8080",
-        "outbound:10.0.1.3:5432",
         "outbound:passthrough:ipv4",
     ]
     bound = {name for name, lst in listeners.items() if not lst.HasField("bind_to_port")}
@@ -138,11 +136,14 @@ def test_app_is_reached_from_127_0_0_6_and_unknown_traffic_goes_to_its_original_
         assert cluster.type == cluster_pb2.Cluster.ORIGINAL_DST
         assert cluster.lb_policy == cluster_pb2.Cluster.CLUSTER_PROVIDED
         assert cluster.upstream_bind_config.source_address.address == source
-    assert sorted(generate(WEB)[ENDPOINT_TYPE]) == ["backend", "db"]
+    # `web` too: the redirect listener's chain for it (shadowed by web's inbound) names its cluster.
+    assert sorted(generate(WEB)[ENDPOINT_TYPE]) == ["backend", "db", "web"]
 
 
 def _default_filter(resources: Resources, listener: str) -> str:
-    return resources[LISTENER_TYPE][listener].filter_chains[0].filters[0].name
+    found = resources[LISTENER_TYPE][listener]
+    chain = found.default_filter_chain if found.HasField("default_filter_chain") else found.filter_chains[0]
+    return chain.filters[0].name
 
 
 def test_unknown_inbound_ports_pass_in_permissive_and_are_closed_in_strict() -> None:
@@ -164,26 +165,65 @@ def test_ipv6_listeners_for_an_ipv6_address_or_dual_stack() -> None:
     assert not any(name.endswith(":ipv6") for name in generate(WEB)[LISTENER_TYPE])
 
 
-def test_own_endpoints_and_unreachable_services_get_no_outbound() -> None:
+def outbound_routes(resources: Resources, family: str = "ipv4") -> dict[tuple[str, int], str]:
+    """(destination IP, port) → the chain the outbound redirect listener picks for it."""
+    listener = resources[LISTENER_TYPE][f"outbound:passthrough:{family}"]
+    if not listener.HasField("filter_chain_matcher"):
+        return {}
+    routes = {}
+    for port, on_port in listener.filter_chain_matcher.matcher_tree.exact_match_map.map.items():
+        ip = ip_pb2.IPMatcher()
+        on_port.matcher.matcher_tree.custom_match.typed_config.Unpack(ip)
+        for matcher in ip.range_matchers:
+            chain = wrappers_pb2.StringValue()
+            matcher.on_match.action.typed_config.Unpack(chain)
+            for cidr in matcher.ranges:
+                routes[(cidr.address_prefix, int(port))] = chain.value
+    assert {c.name for c in listener.filter_chains} == set(routes.values())
+    return routes
+
+
+def test_every_endpoint_routes_to_its_service_chain_and_narrowing_leaves_only_reachable_ones() -> None:
+    """Own inbounds stay in the matcher: Envoy hands their address to the `inbound:` listener first."""
     backend = OTHERS[0]  # transparent itself, and a `backend` endpoint
-    names = sorted(n for n in generate(backend)[LISTENER_TYPE] if n.startswith("outbound:1"))
-    assert names == ["outbound:10.0.0.10:8080", "outbound:10.0.0.2:8080", "outbound:10.0.1.3:5432"]
+    assert outbound_routes(generate(backend)) == {
+        ("10.0.0.1", 8080): "outbound:backend",
+        ("10.0.0.2", 8080): "outbound:backend",
+        ("10.0.0.10", 8080): "outbound:web",
+        ("10.0.1.3", 5432): "outbound:db",
+    }
     narrowed = dp(
         "web-2",
         "10.0.0.11",
         [{"port": 8080, "tags": svc("web", "http")}],
         transparentProxying={**TP, "reachableServices": ["db"]},
     )
-    names = sorted(n for n in generate(narrowed)[LISTENER_TYPE] if n.startswith("outbound:1"))
-    assert names == ["outbound:10.0.1.3:5432"]
+    assert outbound_routes(generate(narrowed)) == {("10.0.1.3", 5432): "outbound:db"}
+    assert sorted(generate(narrowed)[CLUSTER_TYPE]) == [
+        "db",
+        "inbound:passthrough:ipv4",
+        "localhost:8080",
+        "outbound:passthrough:ipv4",
+    ]
 
 
-def test_outbound_listeners_are_built_once_per_mesh() -> None:
-    """Every transparent proxy of a mesh gets the same listener objects (serialized once)."""
+def test_ipv6_endpoints_route_through_the_ipv6_listener_only() -> None:
+    mesh_dataplanes = [WEB_V6, *OTHERS, dp("api-6", "fd00::20", [{"port": 9000, "tags": svc("api")}])]
+    resources = generate_snapshot(WEB_V6, mesh_dataplanes, None, context=ProxyContext(workdir="/w"))
+    assert outbound_routes(resources, "ipv6") == {
+        ("fd00::10", 8080): "outbound:web",
+        ("fd00::20", 9000): "outbound:api",
+    }
+    assert ("fd00::20", 9000) not in outbound_routes(resources, "ipv4")
+
+
+def test_outbound_redirect_listener_is_built_once_per_mesh() -> None:
+    """Every transparent proxy of a mesh set up alike gets the same listener object (serialized once)."""
     mesh_dataplanes = [WEB, *OTHERS]
     index = EndpointIndex(mesh_dataplanes)
     web, backend = (generate_snapshot(d, mesh_dataplanes, None, endpoints=index) for d in (WEB, OTHERS[0]))
-    assert web[LISTENER_TYPE]["outbound:10.0.0.2:8080"] is backend[LISTENER_TYPE]["outbound:10.0.0.2:8080"]
+    name = "outbound:passthrough:ipv4"
+    assert web[LISTENER_TYPE][name] is backend[LISTENER_TYPE][name]
     assert (
         web[LISTENER_TYPE]["inbound:passthrough:ipv4"]
         is not backend[LISTENER_TYPE]["inbound:passthrough:ipv4"]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.message import Message
 
 from control_plane.resources.dataplane import Dataplane, Outbound
@@ -24,6 +23,7 @@ from control_plane.xds.generate.transparent import (
     MeshOutbounds,
     add_transparent_proxying,
     is_transparent,
+    outbound_redirect_listeners,
 )
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
@@ -83,10 +83,13 @@ def generate_snapshot(
     implied = ImpliedOutbounds.of(mesh_dataplanes, index)
     tp = dataplane.networking.transparentProxying
     if tp is not None and tp.reachableServices is None:
-        _add_mesh_outbounds(dataplane, implied.every(dataplane), resources, mtls)
+        _add_mesh_outbounds(dataplane, mesh, implied.every(), resources, mtls)
     else:
         outbounds = implied.for_proxy(dataplane)
-        _add_outbounds(dataplane, outbounds, index, resources, mtls, implied.listener)
+        _add_outbound_clusters(outbounds, index, resources, mtls)
+        protocols = {o.service: index.protocol(o.service) for o in outbounds}
+        redirect = outbound_redirect_listeners(dataplane, mesh, outbounds, protocols)
+        resources[LISTENER_TYPE].update(redirect)
     return resources
 
 
@@ -131,14 +134,21 @@ def _add_outbounds(
     index: EndpointIndex,
     resources: Resources,
     mtls: InboundMtls | None = None,
-    make_listener: Callable[[Dataplane, Outbound, str], Listener] = outbound_listener,
 ) -> None:
     for outbound in outbounds:
-        service = outbound.service
-        protocol = index.protocol(service)
-        listener = make_listener(dataplane, outbound, protocol)
+        listener = outbound_listener(dataplane, outbound, index.protocol(outbound.service))
         resources[LISTENER_TYPE].setdefault(listener.name, listener)
+    _add_outbound_clusters(outbounds, index, resources, mtls)
+
+
+def _add_outbound_clusters(
+    outbounds: Sequence[Outbound], index: EndpointIndex, resources: Resources, mtls: InboundMtls | None
+) -> None:
+    """Each service's cluster and load assignment, unless the proxy's own clusters took the name."""
+    for outbound in outbounds:
+        service = outbound.service
         if service not in resources[CLUSTER_TYPE]:
+            protocol = index.protocol(service)
             tls = upstream_tls(mtls.mesh, service, mtls.workdir) if mtls is not None else None
             max_duration = mtls.max_connection_duration_s if mtls is not None else None
             resources[CLUSTER_TYPE][service] = outbound_cluster(service, protocol, tls, max_duration)
@@ -146,16 +156,19 @@ def _add_outbounds(
 
 
 def _add_mesh_outbounds(
-    dataplane: Dataplane, shared: MeshOutbounds, resources: Resources, mtls: InboundMtls | None
+    dataplane: Dataplane,
+    mesh: Mesh | None,
+    shared: MeshOutbounds,
+    resources: Resources,
+    mtls: InboundMtls | None,
 ) -> None:
-    """What `_add_outbounds` gives a proxy reaching every implied outbound, from the mesh's shared
-    dicts: every endpoint but those at the proxy's own inbounds (and a service reached only there)."""
-    own = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
-    dropped_listeners, dropped_services = shared.services_without(own)
+    """What the per-outbound path gives a proxy reaching every implied outbound, from the mesh's
+    shared dicts (its own inbounds need no removal: their listeners shadow the outbound)."""
     clusters = resources[CLUSTER_TYPE]
     # A service whose name the proxy's own clusters already use gets neither (as _add_outbounds).
-    dropped = {*dropped_services, *(clusters.keys() & shared.protocols.keys())}
-    resources[LISTENER_TYPE] = Overlay(shared.listeners, resources[LISTENER_TYPE], dropped_listeners)
+    dropped = clusters.keys() & shared.protocols.keys()
+    redirect = shared.listeners_for(dataplane, mesh)
+    resources[LISTENER_TYPE] = Overlay(redirect, resources[LISTENER_TYPE], ())
     resources[ENDPOINT_TYPE] = Overlay(shared.load_assignments, resources[ENDPOINT_TYPE], dropped)
     if mtls is None:
         resources[CLUSTER_TYPE] = Overlay(shared.clusters, clusters, dropped)

@@ -12,14 +12,25 @@ Kuma's shape, names included:
   mTLS is STRICT, where it is closed: in STRICT nothing reaches the workload around the mesh.
 - Every other listener of the proxy binds nothing (`bind_to_port: false`); the app owns its port.
 
-Known services are reached through one `outbound:<ip>:<port>` listener per endpoint of the mesh
-(`bind_to_port: false`), not through filter chains of the 15001 listener matched on destination
-IP/port. Why: it is Kuma's way and names; the implied outbounds go through exactly the code
-explicit outbounds use (protocol, routes, and the mTLS of the service's cluster), so the two modes
-cannot drift; and an endpoint coming or going adds or removes one small listener instead of
-rewriting (and draining chains of) the one listener every outbound connection of the proxy
-crosses. As with Kuma's VIPs, a call to one endpoint's address reaches its *service*: the
-service's cluster balances it over all endpoints, over mTLS when the mesh has it on.
+Known services are reached through filter chains of the 15001 listener, one `outbound:<service>`
+chain per service, picked by a `filter_chain_matcher`: destination port, then destination IP in a
+trie of the endpoints' /32 (/128) ranges. Why:
+- Size: a proxy's LDS is O(services) chains + a few bytes per endpoint. One `outbound:<ip>:<port>`
+  listener per endpoint (Kuma's way, our former design) made it ~388 KB per proxy in a mesh of 1,000
+  endpoints, all resent to every proxy on every endpoint change.
+- Same behaviour: a chain is built by the code explicit outbounds use (`filter_chain`: protocol,
+  routes, the service's cluster, mTLS by that cluster), so the two modes cannot drift; a call to
+  any endpoint's address reaches its *service*, balanced over all endpoints, as with Kuma's VIPs.
+- No draining: endpoints coming or going change the matcher only. Envoy (checked with 1.40)
+  updates a listener in place when only its chains or matcher change and drains only chains that
+  changed: here none. Filter chains with `filter_chain_match.prefix_ranges` would drain the whole
+  service's chain on each of its endpoint changes; one listener per service with the endpoints in
+  `additional_addresses` (it does receive `use_original_dst` hand-offs) would drain the listener.
+- Shadowing for free: Envoy hands a redirected connection to the listener whose address is its
+  original destination before looking at 15001's chains, so the proxy's own inbounds keep their
+  addresses and the chains can list every endpoint of the mesh: one listener shared by every proxy
+  of the mesh set up alike (IP families, redirect port, passthrough), serialized once.
+The IP matcher's protos are marked work-in-progress upstream (Envoy logs a warning on load).
 """
 
 from __future__ import annotations
@@ -27,23 +38,26 @@ from __future__ import annotations
 import ipaddress
 import threading
 import weakref
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2, duration_pb2
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
+from xds.core.v3 import cidr_pb2, extension_pb2
+from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
 from control_plane.resources.common import SERVICE_TAG
 from control_plane.resources.dataplane import Dataplane, Outbound, TransparentProxying
 from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S, outbound_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
-from control_plane.xds.generate.listeners import TCP_PROXY_FILTER, outbound_listener
+from control_plane.xds.generate.listeners import TCP_PROXY_FILTER, filter_chain
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
 
 DIRECT_RESPONSE_FILTER = "envoy.filters.network.direct_response"
@@ -84,12 +98,12 @@ def ip_families(dataplane: Dataplane) -> tuple[IpFamily, ...]:
 
 class ImpliedOutbounds:
     """The outbounds transparent proxying implies in one mesh: one per endpoint (address, port) of
-    every service, in service order (two services on one address: the first wins).
+    every service, in service order (two services on one address and port: the first wins).
 
-    Their listeners depend on the mesh only, so each is built once and the same message is given to
-    every proxy of the mesh: the Packer then serializes it once, not once per proxy (without this,
-    a mesh of N transparent proxies costs N x N listener builds). Should per-caller policies ever
-    shape outbound listeners, they must become part of the key.
+    What depends on the mesh only (the redirect listeners' chains and matcher, plain-text clusters,
+    load assignments) is built once and the same message given to every proxy of the mesh: the
+    Packer then serializes it once, not once per proxy. Should per-caller policies ever shape
+    outbound listeners, they must become part of the key.
     """
 
     _by_index: weakref.WeakKeyDictionary[EndpointIndex, ImpliedOutbounds] = weakref.WeakKeyDictionary()
@@ -106,7 +120,6 @@ class ImpliedOutbounds:
                 )
                 by_address.setdefault((endpoint.address, endpoint.port), outbound)
         self.outbounds = list(by_address.values())
-        self._listeners: dict[tuple[str, int], listener_pb2.Listener] = {}
         self._index = index
         self._every: MeshOutbounds | None = None
 
@@ -120,78 +133,127 @@ class ImpliedOutbounds:
             return implied
 
     def for_proxy(self, dataplane: Dataplane) -> list[Outbound]:
-        """What `dataplane` may reach: `reachableServices` narrows the set, as in Kuma; its own
-        inbounds are left out (their `inbound:` listener owns that address already, and a call to
-        it lands there through 15001)."""
+        """What `dataplane` may reach: `reachableServices` narrows the set, as in Kuma. Its own
+        inbounds stay in: Envoy hands a connection to their address to their `inbound:` listener
+        before the 15001 listener's chains are looked at, so they shadow the outbound."""
         tp = dataplane.networking.transparentProxying or TransparentProxying()
-        reachable = set(tp.reachableServices) if tp.reachableServices is not None else None
-        own = {(dataplane.inbound_address(i), i.port) for i in dataplane.networking.inbound}
-        return [
-            o
-            for o in self.outbounds
-            if (o.address, o.port) not in own and (reachable is None or o.service in reachable)
-        ]
+        if tp.reachableServices is None:
+            return self.outbounds
+        reachable = set(tp.reachableServices)
+        return [o for o in self.outbounds if o.service in reachable]
 
-    def every(self, dataplane: Dataplane) -> MeshOutbounds:
-        """Every implied outbound's listener, cluster and load assignment, built once per mesh."""
+    def every(self) -> MeshOutbounds:
+        """Every implied outbound's chain, cluster and load assignment, built once per mesh."""
         with self._lock:
             every = self._every
         if every is None:
-            every = MeshOutbounds.build(dataplane, self, self._index)
+            every = MeshOutbounds.build(self.outbounds, self._index)
             with self._lock:
                 self._every = self._every or every
         return self._every
-
-    def listener(self, dataplane: Dataplane, outbound: Outbound, protocol: str) -> listener_pb2.Listener:
-        """`outbound_listener`'s result for `outbound`, binding nothing, built once per mesh."""
-        key = (outbound.address or "", outbound.port)
-        with self._lock:
-            listener = self._listeners.get(key)
-            if listener is None:
-                listener = self._listeners[key] = outbound_listener(dataplane, outbound, protocol)
-                listener.bind_to_port.value = False
-            return listener
 
 
 @dataclass(frozen=True)
 class MeshOutbounds:
     """The outbound part every transparent proxy of a mesh shares, as ready resource dicts: a proxy
-    takes a copy (one C-level dict copy, not a loop over every endpoint of the mesh) and drops
-    only what its own inbounds shadow. Clusters are shared only without mTLS (with it they name
-    the proxy's own certificate files)."""
+    takes them as the base of its Overlays. Clusters are shared only without mTLS (with it they
+    name the proxy's own certificate files)."""
 
-    listeners: dict[str, listener_pb2.Listener]  # name → listener
+    outbounds: list[Outbound]
     clusters: dict[str, cluster_pb2.Cluster]  # service → plain-text EDS cluster
     load_assignments: dict[str, Message]  # service → its ClusterLoadAssignment
     protocols: dict[str, str]  # service → protocol
-    by_key: dict[tuple[str, int], tuple[str, str]]  # (address, port) → (listener name, service)
-    outbounds_of: dict[str, int]  # service → how many outbound listeners lead to it
+    # (families, redirect port, passthrough) → the redirect listeners of proxies set up so
+    _listeners: dict[tuple[tuple[str, ...], int, bool], dict[str, listener_pb2.Listener]] = field(
+        default_factory=dict
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def build(cls, dataplane: Dataplane, implied: ImpliedOutbounds, index: EndpointIndex) -> MeshOutbounds:
-        listeners, by_key, outbounds_of, protocols = {}, {}, {}, {}
-        for outbound in implied.outbounds:
-            service = outbound.service
-            protocol = protocols.setdefault(service, index.protocol(service))
-            listener = implied.listener(dataplane, outbound, protocol)
-            listeners[listener.name] = listener
-            by_key[(outbound.address or "", outbound.port)] = (listener.name, service)
-            outbounds_of[service] = outbounds_of.get(service, 0) + 1
-        clusters = {s: outbound_cluster(s, p) for s, p in sorted(protocols.items())}
-        assignments: dict[str, Message] = {s: index.load_assignment(s) for s in sorted(protocols)}
-        # In name order: the cache sorts every proxy's copy, and sorted input sorts fastest.
-        listeners = dict(sorted(listeners.items()))
-        return cls(listeners, clusters, assignments, protocols, by_key, outbounds_of)
+    def build(cls, outbounds: list[Outbound], index: EndpointIndex) -> MeshOutbounds:
+        protocols = {s: index.protocol(s) for s in sorted({o.service for o in outbounds})}
+        clusters = {s: outbound_cluster(s, p) for s, p in protocols.items()}
+        assignments: dict[str, Message] = {s: index.load_assignment(s) for s in protocols}
+        return cls(outbounds, clusters, assignments, protocols)
 
-    def services_without(self, keys: Iterable[tuple[str, int]]) -> tuple[list[str], list[str]]:
-        """(listener names, services) a proxy loses when `keys` (its own inbounds) are left out."""
-        names, lost = [], dict[str, int]()
-        for key in keys:
-            hit = self.by_key.get(key)
-            if hit is not None:
-                names.append(hit[0])
-                lost[hit[1]] = lost.get(hit[1], 0) + 1
-        return names, [s for s, n in lost.items() if n == self.outbounds_of[s]]
+    def listeners_for(self, dataplane: Dataplane, mesh: Mesh | None) -> dict[str, listener_pb2.Listener]:
+        """The proxy's outbound redirect listeners: one dict object for every proxy set up alike."""
+        tp = dataplane.networking.transparentProxying or TransparentProxying()
+        families = ip_families(dataplane)
+        key = (tuple(f.name for f in families), tp.redirectPortOutbound, mesh_passthrough(mesh))
+        with self._lock:
+            hit = self._listeners.get(key)
+        if hit is None:
+            hit = outbound_redirect_listeners(dataplane, mesh, self.outbounds, self.protocols)
+            with self._lock:
+                hit = self._listeners.setdefault(key, hit)
+        return hit
+
+
+def outbound_redirect_listeners(
+    dataplane: Dataplane, mesh: Mesh | None, outbounds: list[Outbound], protocols: Mapping[str, str]
+) -> dict[str, listener_pb2.Listener]:
+    """`outbound:passthrough:<family>` on the outbound redirect port, one per IP family: a chain per
+    service reached (the code explicit outbounds use), picked by the connection's original
+    destination port then IP; any other destination takes the default (passthrough or closed)."""
+    tp = dataplane.networking.transparentProxying or TransparentProxying()
+    listeners = {}
+    for family in ip_families(dataplane):
+        name = outbound_passthrough_name(family)
+        listener = _passthrough_listener(name, family, tp.redirectPortOutbound, base_pb2.OUTBOUND)
+        listener.default_filter_chain.CopyFrom(_default_chain(name, name, mesh_passthrough(mesh)))
+        mine = [o for o in outbounds if _is_ipv6(o.address or "") == (family is IPV6)]
+        services = sorted({o.service for o in mine})
+        for service in services:
+            chain = filter_chain(
+                outbound_chain_name(service), service, protocols[service], f"outbound:{service}"
+            )
+            chain.name = outbound_chain_name(service)
+            listener.filter_chains.append(chain)
+        if mine:
+            listener.filter_chain_matcher.CopyFrom(outbound_matcher(mine, family))
+        listeners[name] = listener
+    return listeners
+
+
+def outbound_chain_name(service: str) -> str:
+    return f"outbound:{service}"
+
+
+def outbound_matcher(outbounds: Iterable[Outbound], family: IpFamily) -> matcher_pb2.Matcher:
+    """Destination port → destination IP (a trie of /32 or /128 ranges, grouped by service) →
+    the service's chain name: a few bytes per endpoint. Only this matcher changes when endpoints
+    come and go, so Envoy updates the listener in place and drains no chain."""
+    by_port: dict[int, dict[str, list[str]]] = {}
+    for outbound in outbounds:
+        by_port.setdefault(outbound.port, {}).setdefault(outbound.service, []).append(outbound.address or "")
+    prefix_len = wrappers_pb2.UInt32Value(value=128 if family is IPV6 else 32)
+    ports = matcher_pb2.Matcher.MatcherTree.MatchMap()
+    for port, services in sorted(by_port.items()):
+        ip = ip_pb2.IPMatcher()
+        for service, addresses in services.items():
+            chain = wrappers_pb2.StringValue(value=outbound_chain_name(service))
+            ip.range_matchers.add(
+                ranges=[cidr_pb2.CidrRange(address_prefix=a, prefix_len=prefix_len) for a in addresses],
+                on_match=matcher_pb2.Matcher.OnMatch(action=_extension("chain", chain)),
+            )
+        tree = matcher_pb2.Matcher.MatcherTree(
+            input=_extension("destination-ip", network_inputs_pb2.DestinationIPInput()),
+            custom_match=_extension("ip", ip),
+        )
+        ports.map[str(port)].matcher.matcher_tree.CopyFrom(tree)
+    return matcher_pb2.Matcher(
+        matcher_tree=matcher_pb2.Matcher.MatcherTree(
+            input=_extension("destination-port", network_inputs_pb2.DestinationPortInput()),
+            exact_match_map=ports,
+        )
+    )
+
+
+def _extension(name: str, config: Message) -> extension_pb2.TypedExtensionConfig:
+    packed = any_pb2.Any()
+    packed.Pack(config)
+    return extension_pb2.TypedExtensionConfig(name=name, typed_config=packed)
 
 
 def add_transparent_proxying(
@@ -210,16 +272,12 @@ def add_transparent_proxying(
         if isinstance(local, cluster_pb2.Cluster):
             _bind_upstream_source(local, inbound.serviceAddress or "127.0.0.1")
     for family in ip_families(dataplane):
-        outbound = _passthrough_listener(
-            outbound_passthrough_name(family), family, tp.redirectPortOutbound, base_pb2.OUTBOUND
-        )
-        _set_default_chain(outbound, outbound_passthrough_name(family), mesh_passthrough(mesh))
         inbound = _passthrough_listener(
             inbound_passthrough_name(family), family, tp.redirectPortInbound, base_pb2.INBOUND
         )
-        _set_default_chain(inbound, inbound_passthrough_name(family), not strict_mtls(mesh))
-        for listener in (outbound, inbound):
-            listeners[listener.name] = listener
+        chain = _default_chain(inbound.name, inbound_passthrough_name(family), not strict_mtls(mesh))
+        inbound.filter_chains.append(chain)
+        listeners[inbound.name] = inbound
         clusters[outbound_passthrough_name(family)] = original_destination_cluster(
             outbound_passthrough_name(family)
         )
@@ -261,21 +319,22 @@ def _passthrough_listener(
     return listener
 
 
-def _set_default_chain(listener: listener_pb2.Listener, cluster: str, passthrough: bool) -> None:
-    stats = stat_prefix(listener.name)
+def _default_chain(
+    listener_name: str, cluster: str, passthrough: bool
+) -> listener_components_pb2.FilterChain:
+    stats = stat_prefix(listener_name)
     if passthrough:
         config: Message = tcp_proxy_pb2.TcpProxy(stat_prefix=stats, cluster=cluster)
         name = TCP_PROXY_FILTER
     else:
-        # Envoy refuses a listener without filter chains; an empty direct response closes at once.
+        # An empty direct response closes the connection at once.
         config, name = direct_response_pb2.Config(), DIRECT_RESPONSE_FILTER
     packed = any_pb2.Any()
     packed.Pack(config)
-    chain = listener_components_pb2.FilterChain(
-        name=cluster if passthrough else f"{listener.name}:closed",
+    return listener_components_pb2.FilterChain(
+        name=cluster if passthrough else f"{listener_name}:closed",
         filters=[listener_components_pb2.Filter(name=name, typed_config=packed)],
     )
-    listener.filter_chains.append(chain)
 
 
 def _bind_upstream_source(cluster: cluster_pb2.Cluster, destination: str) -> None:
