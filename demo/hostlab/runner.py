@@ -27,6 +27,7 @@ import httpx
 from demo.hostlab import network
 from demo.hostlab.network import HostPlan, NetworkError
 from demo.hostlab.report import Row, Traffic, envoy_certificate, render
+from demo.lab import LabError, Proc
 
 STATE_DIR = Path("/run/kuma-lab")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -40,19 +41,14 @@ STOP_GRACE_S = 8.0
 DRAIN_TIME = "1s"
 
 
-class LabError(Exception):
-    """The lab did not come up; the message says which host and includes the end of its log."""
-
-
 @dataclass
-class HostProc:
-    plan: HostPlan
-    popen: subprocess.Popen[bytes]
-    log: Path
+class HostProc(Proc):
+    """A host's provisioning script (and, in foreground mode, everything it started)."""
 
-    def tail(self, lines: int = 15) -> str:
-        text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        return "\n".join(f"  {self.plan.name}| {line}" for line in text)
+    plan: HostPlan
+
+    def tail(self) -> str:
+        return self.log_tail(15)
 
 
 def say(host: str, text: str) -> None:
@@ -151,7 +147,7 @@ def start_host(host: HostPlan, plan: list[HostPlan]) -> HostProc:
             start_new_session=True,  # survives `up --detach`; Ctrl-C goes to `up` alone
         )
     say(host.name, f"provisioning: {Path(argv[0]).name} --foreground (log {log})")
-    return HostProc(host, popen, log)
+    return HostProc(host.name, popen, log, host)
 
 
 def wait_ready(procs: list[HostProc]) -> None:
