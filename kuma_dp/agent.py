@@ -23,6 +23,7 @@ from kuma_dp.envoy.binary import EnvoyVersion, VersionProbe
 from kuma_dp.envoy.process import EnvoyLaunch, EnvoyProcess
 from kuma_dp.errors import AgentError, BootstrapError
 from kuma_dp.identity.client import CertificateClient, NoCertificateEndpoint
+from kuma_dp.identity.keygen import EarlyKeygen
 from kuma_dp.identity.renewal import WorkloadIdentity
 from kuma_dp.identity.sds import IdentityPaths
 from kuma_dp.identity.services import spiffe_ids
@@ -37,10 +38,13 @@ log = logging.getLogger("agent")
 T = TypeVar("T")
 
 
-async def run_agent(config: RunConfig, binary: Path, version_probe: VersionProbe) -> None:
+async def run_agent(
+    config: RunConfig, binary: Path, version_probe: VersionProbe, first_key: EarlyKeygen | None = None
+) -> None:
     """Run until a stop signal (returns) or a fatal error (raises AgentError).
 
-    `binary` is the resolved Envoy; `version_probe` its `--version` run, started by the caller early.
+    `binary` is the resolved Envoy; `version_probe` its `--version` run and `first_key` the child
+    making the first key and CSR (for the Dataplane's SPIFFE IDs), both started by the caller early.
     """
     readiness = ReadinessState()
     shutdown = Shutdown(on_first=lambda: setattr(readiness, "terminating", True))
@@ -68,7 +72,7 @@ async def run_agent(config: RunConfig, binary: Path, version_probe: VersionProbe
                     serving = tasks.create_task(server.serve_forever())
                     try:
                         await _bootstrap_and_run(
-                            config, binary, envoy_version, ca, tokens, workdir, readiness, shutdown
+                            config, binary, envoy_version, ca, tokens, workdir, readiness, shutdown, first_key
                         )
                     finally:
                         inbound_drains = None
@@ -86,6 +90,7 @@ async def _bootstrap_and_run(
     workdir: Path,
     readiness: ReadinessState,
     shutdown: Shutdown,
+    first_key: EarlyKeygen | None,
 ) -> None:
     bootstrap_path = workdir / BOOTSTRAP_FILE_NAME
 
@@ -96,7 +101,7 @@ async def _bootstrap_and_run(
         return response.bootstrap_yaml
 
     certificates = CertificateClient(config.cp_address, ca, config.mesh, config.name, tokens)
-    identity = _workload_identity(config, certificates, workdir)
+    identity = _workload_identity(config, certificates, workdir, first_key)
     try:
         log.info("fetching bootstrap from %s for %s.%s", config.cp_address, config.mesh, config.name)
         bootstrap = await _unless_shutdown(fetch_and_write_bootstrap(), shutdown.requested)
@@ -154,7 +159,7 @@ async def _run_with_identity(
 
 
 def _workload_identity(
-    config: RunConfig, certificates: CertificateClient, workdir: Path
+    config: RunConfig, certificates: CertificateClient, workdir: Path, first_key: EarlyKeygen | None
 ) -> WorkloadIdentity | None:
     """The identity to obtain, its first key already being made; None for zone proxies, which are
     not Dataplanes (the CP has no certificate for them)."""
@@ -162,7 +167,7 @@ def _workload_identity(
         return None
     uris = spiffe_ids(config.mesh, config.dataplane_json)
     identity = WorkloadIdentity(certificates, IdentityPaths.in_workdir(workdir), uris)
-    identity.pregenerate()
+    identity.pregenerate(first_key)
     return identity
 
 

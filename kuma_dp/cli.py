@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -10,10 +11,12 @@ import click
 
 from kuma_common.durations import DurationError, format_duration, parse_duration
 from kuma_dp import constants as c
-from kuma_dp.config import RunFlags, build_run_config
+from kuma_dp.config import RunConfig, RunFlags, build_run_config
 from kuma_dp.dataplane_file import load_dataplane, parse_var_assignments
 from kuma_dp.envoy.binary import VersionProbe, resolve_binary
 from kuma_dp.errors import AgentError
+from kuma_dp.identity.keygen import EarlyKeygen
+from kuma_dp.identity.services import spiffe_ids
 
 
 class Duration(click.ParamType):
@@ -108,15 +111,23 @@ def run(
         run_flags = RunFlags(drain_time_s=drain_time, envoy_restart_window_s=envoy_restart_window, **flags)
         config = build_run_config(run_flags, os.environ, resource)
         binary = resolve_binary(config.binary_path)
-        with VersionProbe(binary) as probe:
-            # Imported only now: asyncio/httpx take longer to import than `envoy --version` to run.
+        with VersionProbe(binary) as probe, _first_key(config) as first_key:
+            # Imported only now: asyncio/httpx take longer to import than `envoy --version` to run
+            # and the first key to be made.
             import asyncio  # noqa: PLC0415
 
             from kuma_dp.agent import run_agent  # noqa: PLC0415
 
-            asyncio.run(run_agent(config, binary, probe))
+            asyncio.run(run_agent(config, binary, probe, first_key))
     except AgentError as exc:
         _fail(str(exc))
+
+
+def _first_key(config: RunConfig) -> contextlib.AbstractContextManager[EarlyKeygen | None]:
+    """The child making the first key and CSR, for a Dataplane (zone proxies get no certificate)."""
+    if config.proxy_type != c.DEFAULT_PROXY_TYPE:
+        return contextlib.nullcontext()
+    return EarlyKeygen(spiffe_ids(config.mesh, config.dataplane_json))
 
 
 @main.command()

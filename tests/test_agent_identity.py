@@ -4,6 +4,7 @@ rotation without an Envoy restart, a CP away during renewal, start-up refusals. 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import random
@@ -238,6 +239,28 @@ async def test_keygen_child_makes_p256_key_and_uri_only_csr() -> None:
     assert [e.oid._name for e in csr.extensions] == ["subjectAltName"]
     sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [type(n) for n in sans] == [x509.UniformResourceIdentifier] * 2
+
+
+async def test_early_keygen_started_before_the_loop_gives_the_same_material() -> None:
+    with keygen.EarlyKeygen(SERVICES) as early:
+        made = await early.result()
+    csr = x509.load_pem_x509_csr(made.csr_pem)
+    sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(n.value for n in sans) == sorted(SERVICES)
+    assert serialization.load_pem_private_key(made.key_pem, None).public_key() == csr.public_key()
+
+
+async def test_early_keygen_nobody_collects_or_cancelled_is_killed_and_reaped() -> None:
+    with keygen.EarlyKeygen(SERVICES) as unused:
+        child = unused._proc
+    assert child.returncode is not None and child.stdout is not None and child.stdout.closed
+    with keygen.EarlyKeygen(SERVICES) as early:
+        task = asyncio.ensure_future(early.result())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert early._proc.returncode is not None
 
 
 def test_certificate_response_parsing() -> None:

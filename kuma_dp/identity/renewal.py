@@ -49,9 +49,10 @@ class WorkloadIdentity:
         self._key_pem: bytes | None = None  # the key in memory, for the life of its certificate
         self._next: asyncio.Future[keygen.KeyAndCsr] | None = None
 
-    def pregenerate(self) -> None:
-        """Start making the first key and CSR now (overlaps the bootstrap request)."""
-        self._next = asyncio.ensure_future(keygen.generate(self.uris))
+    def pregenerate(self, early: keygen.EarlyKeygen | None = None) -> None:
+        """Start making the first key and CSR now (overlaps the bootstrap request), or collect the
+        child `kuma-dp run` started before the agent was even imported."""
+        self._next = asyncio.ensure_future(early.result() if early else keygen.generate(self.uris))
 
     async def cancel_pregenerated(self) -> None:
         """Stop an unused key child and wait until it is reaped (before the event loop closes)."""
