@@ -41,6 +41,14 @@ def parse_duration(text: str) -> float:
     return -total if raw.startswith("-") else total
 
 
+def parse_positive_duration(text: str) -> float:
+    """`parse_duration` for what cannot be zero or negative (a validity, a drain time)."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise DurationError(f"must be a positive duration, got {text!r}")
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     """Render seconds the short way Go prints them (1m0s, 1.5s, 200ms) for messages."""
     if seconds < 1 and seconds != 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kuma_common.durations import DurationError, parse_duration
+from kuma_common.durations import DurationError, parse_duration, parse_positive_duration
 from kuma_dp import constants as c
 from kuma_dp.dataplane_file import dataplane_json
 from kuma_dp.errors import ConfigError
@@ -185,12 +185,9 @@ def _flag_duration(value: float | None, default: str) -> float:
 def _env_duration(env: Mapping[str, str], var: str, default: str) -> float:
     text = env.get(var) or default
     try:
-        seconds = parse_duration(text)
+        return parse_positive_duration(text)
     except DurationError as exc:
         raise ConfigError(f"{var}: {exc}") from None
-    if seconds <= 0:
-        raise ConfigError(f'{var}: must be a positive duration, got "{text}"')
-    return seconds
 
 
 def _env_port(env: Mapping[str, str], var: str, default: int) -> int:

@@ -20,7 +20,7 @@ from control_plane.store.base import ResourceStore, mesh_key
 from control_plane.tokens import DEFAULT_VALIDITY_S, TokenRequest, issue_token, revoke
 from control_plane.tokens.keys import remove_signing_key, rotate_signing_key, serials
 from kuma_common.api_paths import REVOCATIONS_PATH, SIGNING_KEYS_PATH, TOKENS_PATH
-from kuma_common.durations import DurationError, parse_duration
+from kuma_common.durations import DurationError, parse_positive_duration
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -101,13 +101,9 @@ def _valid_for(text: str | None) -> float:
     if text is None:
         return DEFAULT_VALIDITY_S
     try:
-        seconds = parse_duration(text)
+        return parse_positive_duration(text)
     except DurationError as exc:
         raise invalid([{"field": "validFor", "message": str(exc)}], "Request is not valid") from None
-    if seconds <= 0:
-        message = "must be a positive duration"
-        raise invalid([{"field": "validFor", "message": message}], "Request is not valid")
-    return seconds
 
 
 def _require_mesh(store: ResourceStore, mesh: str) -> None:

@@ -20,7 +20,7 @@ from control_plane.tokens import (
     sign_token,
 )
 from kuma_common.api_paths import REVOCATIONS_PATH, SIGNING_KEYS_PATH, TOKENS_PATH
-from kuma_common.durations import DurationError, format_duration, parse_duration
+from kuma_common.durations import DurationError, format_duration, parse_positive_duration
 
 NO_VALID_FOR_WARNING = (
     "Warning: no --valid-for given: the token is valid for {default} (Kuma's default). "
@@ -155,12 +155,9 @@ def _valid_for(text: str | None) -> float:
     if text is None:
         return DEFAULT_VALIDITY_S
     try:
-        seconds = parse_duration(text)
+        return parse_positive_duration(text)
     except DurationError as exc:
         raise KumactlError(f"--valid-for: {exc}") from None
-    if seconds <= 0:
-        raise KumactlError(f"--valid-for {text!r}: must be a positive duration")
-    return seconds
 
 
 def _read_key(path: Path) -> Any:
