@@ -13,7 +13,6 @@ Run alone: `.venv/bin/python -m bench.cni_add [--profile quick]`; all sections: 
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import shutil
 import statistics
@@ -24,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PROFILES, Measure, Profile, Target  # noqa: E402
-from bench.report import print_table  # noqa: E402
+from bench.common import Measure, Profile, Target  # noqa: E402
+from bench.report import run_alone  # noqa: E402
 from tests.netns_harness import NetnsLab  # noqa: E402
 from tests.test_cni_chain import Runtime, bare_namespace  # noqa: E402
 
@@ -79,12 +78,5 @@ def measure(profile: Profile) -> list[Measure]:
     ]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    args = parser.parse_args()
-    print_table(measure(PROFILES[args.profile]))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

@@ -14,7 +14,6 @@ Run alone: `.venv/bin/python -m bench.csr_signing [--profile quick]`; all sectio
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import ssl
@@ -29,8 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench.common import PROFILES, Measure, Profile, Target
-from bench.report import print_table
+from bench.common import Measure, Profile, Target
+from bench.report import run_alone
 from control_plane.ca import issue_certificate
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
@@ -191,14 +190,5 @@ def measure(profile: Profile) -> list[Measure]:
     ]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    args = parser.parse_args()
-    print_table(measure(PROFILES[args.profile]))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

@@ -10,7 +10,6 @@ Run alone: `.venv/bin/python -m bench.datapath [--profile quick]`.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections import defaultdict
@@ -19,8 +18,9 @@ from pathlib import Path
 import psutil
 
 from bench import twoproxy
-from bench.common import PROFILES, Measure, Profile, Target
+from bench.common import Measure, Profile, Target
 from bench.load import LoadResult, run_fixed_rate, run_saturation
+from bench.report import run_alone
 from demo.lab import AgentProc, Lab
 
 DATA = "data path"
@@ -147,14 +147,5 @@ def _footprint_measures(profile: Profile, usage: dict[str, list[float]]) -> list
     ]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    args = parser.parse_args()
-    from bench.report import print_table
-
-    print_table(measure(PROFILES[args.profile]))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__, "quick")

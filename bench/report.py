@@ -5,13 +5,14 @@ Pure formatting (plus `machine()`, which reads the host once); writing files is 
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.common import Measure, spread
+from bench.common import PROFILES, Measure, Profile, spread
 
 README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
@@ -99,5 +100,8 @@ def to_json(measures: Sequence[Measure], host: dict[str, Any], profile: str, err
     }
 
 
-def print_table(measures: Sequence[Measure]) -> None:
-    print(text_table(measures))
+def run_alone(measure: Callable[[Profile], list[Measure]], doc: str, default: str = "full") -> None:
+    """`python -m bench.<section> [--profile quick]`: one section, printed as the table."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=default)
+    print(text_table(measure(PROFILES[parser.parse_args().profile])))

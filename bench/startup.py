@@ -6,7 +6,6 @@ The agent's RSS is measured by the data-path section (idle and under load).
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import tempfile
 import time
@@ -16,8 +15,8 @@ import httpx
 import psutil
 import yaml
 
-from bench.common import PROFILES, Measure, Profile, Target
-from bench.report import print_table
+from bench.common import Measure, Profile, Target
+from bench.report import run_alone
 from demo.lab import Lab, dataplane, free_port, wait_for
 
 MINIMAL_ENVOY = """
@@ -139,12 +138,5 @@ def measure(profile: Profile) -> list[Measure]:
     ]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    args = parser.parse_args()
-    print_table(measure(PROFILES[args.profile]))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

@@ -12,7 +12,6 @@ Run alone: `.venv/bin/python -m bench.tproxy_install [--profile quick]`; all sec
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from netns_harness import NetnsLab  # noqa: E402
 
-from bench.common import PROFILES, Measure, Profile, Target  # noqa: E402
-from bench.report import print_table  # noqa: E402
+from bench.common import Measure, Profile, Target  # noqa: E402
+from bench.report import run_alone  # noqa: E402
 from kuma_dp.transparent_proxy import apply  # noqa: E402
 from kuma_dp.transparent_proxy.backend import Backend  # noqa: E402
 from kuma_dp.transparent_proxy.sources import build_config, flag_layer  # noqa: E402
@@ -93,12 +92,5 @@ def measure(profile: Profile) -> list[Measure]:
     return measures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    args = parser.parse_args()
-    print_table(measure(PROFILES[args.profile]))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)
