@@ -118,41 +118,64 @@ WEB = dataplane_doc(
 )
 
 
-BOOTSTRAP = """
-node:
-  id: {node_id}
-  cluster: web
-  metadata:
-    dataplane.resource: {resource}
-    dataplane.proxyType: dataplane
-    workdir: {workdir}
-    features: []
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{cluster_name: ads_cluster}}
-      initial_metadata: [{{key: authorization, value: token-of-web-1}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: ads_cluster
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: ads_cluster
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads_port}}}}}}}
-"""
+def bootstrap_json(
+    resource: dict[str, Any],
+    workdir: Path,
+    admin_address: dict[str, Any],
+    ads_address: dict[str, Any],
+    token: str | None = None,
+) -> str:
+    """An Envoy bootstrap shaped like kuma-dp's, minus TLS: ADS to our server at `ads_address`
+    (a socket_address or pipe), admin at `admin_address`. JSON, which is YAML."""
+    ads_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "ads_cluster"}}
+    if token is not None:
+        ads_service["initial_metadata"] = [{"key": "authorization", "value": token}]
+    services = [i["tags"]["kuma.io/service"] for i in resource["networking"].get("inbound", [])]
+    ads_cluster = {
+        "name": "ads_cluster",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "ads_cluster",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": ads_address}}]}],
+        },
+    }
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    config = {
+        "node": {
+            "id": f"{resource.get('mesh', 'default')}.{resource['name']}",
+            "cluster": services[0] if services else resource["name"],
+            "metadata": {
+                "dataplane.resource": json.dumps(resource),
+                "dataplane.proxyType": "dataplane",
+                "workdir": str(workdir),
+                "features": [],
+            },
+        },
+        "admin": {"address": admin_address},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [ads_service],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {"clusters": [ads_cluster]},
+    }
+    return json.dumps(config, indent=1)
+
+
+def socket_address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
 class Envoy:
@@ -163,16 +186,8 @@ class Envoy:
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "bootstrap.yaml"
-        config.write_text(
-            BOOTSTRAP.format(
-                node_id=f"{resource.get('mesh', 'default')}.{resource['name']}",
-                # JSON inside YAML: json.dumps twice gives a quoted string holding the Dataplane's JSON.
-                resource=json.dumps(json.dumps(resource)),
-                workdir=workdir,
-                admin_port=self.admin_port,
-                ads_port=ads_port,
-            )
-        )
+        admin, ads = socket_address(self.admin_port), socket_address(ads_port)
+        config.write_text(bootstrap_json(resource, workdir, admin, ads, token="token-of-web-1"))
         self.log = workdir / "envoy.log"
         # The drain flags kuma-dp passes (kuma_dp/envoy/process.py): on a listener update the old
         # filter chain's connections get `connection: close` at once, so a changed permission

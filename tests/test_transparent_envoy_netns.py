@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -30,6 +29,7 @@ import pytest
 from control_plane.store.base import dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.component import XdsComponent
+from tests.ads_harness import bootstrap_json
 from tests.netns_harness import PEER_ECHO_APP, require_root
 from tests.test_xds_transparent import MeshCa
 
@@ -59,35 +59,6 @@ COMMIT
 """
 
 # The app: answers every request with the peer address it sees.
-
-# Envoy's bootstrap as kuma-dp's, minus TLS: ADS and admin over Unix sockets (JSON is YAML).
-BOOTSTRAP = """
-node:
-  id: default.{name}
-  cluster: {service}
-  metadata: {{dataplane.resource: {resource}, workdir: {workdir}}}
-admin: {{address: {{pipe: {{path: {admin}}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{envoy_grpc: {{cluster_name: ads_cluster}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: ads_cluster
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: ads_cluster
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: {ads}}}}}}}}}]}}]
-"""
 
 
 def run(*command: str) -> str:
@@ -227,14 +198,8 @@ async def ads_server(socket_path: Path) -> AsyncIterator[MemoryStore]:
 
 
 def write_bootstrap(host: Host, ads_socket: Path) -> Path:
-    text = BOOTSTRAP.format(
-        name=host.name,
-        service=host.service,
-        resource=json.dumps(json.dumps(host.dataplane())),  # a string holding the Dataplane's JSON
-        workdir=json.dumps(str(host.workdir)),
-        admin=json.dumps(str(host.admin_socket)),
-        ads=json.dumps(str(ads_socket)),
-    )
+    pipe = {"pipe": {"path": str(host.admin_socket)}}
+    text = bootstrap_json(host.dataplane(), host.workdir, pipe, {"pipe": {"path": str(ads_socket)}})
     path = host.workdir / "bootstrap.yaml"
     path.write_text(text)
     path.chmod(0o644)
