@@ -27,19 +27,10 @@ from control_plane.xds.names import stat_prefix
 from tests.ads_harness import Envoy, app_server, control_plane, eventually
 from tests.conftest import free_port
 from tests.test_xds_mtls import make_ca, pem, write_sds_files
+from tests.test_xds_permissions import POLICY_YAML
 
 pytestmark = pytest.mark.timeout(90)
 
-DENY_WEB = """\
-type: MeshTrafficPermission
-mesh: default
-name: deny-web-to-backend
-spec:
-  targetRef: {kind: MeshService, name: backend}
-  from:
-  - targetRef: {kind: MeshService, name: web}
-    default: {action: Deny}
-"""
 DENY_KEY = ResourceKey("MeshTrafficPermission", "default", "deny-web-to-backend")
 
 
@@ -158,7 +149,7 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
             # A Deny permission stops web's requests; deleting it restores them within 2 s.
             cp.store.upsert(mesh_key("default"), mtls_mesh("STRICT"))
             await eventually(lambda: _status_is(backend_inbound, str), timeout=10)
-            cp.store.upsert(DENY_KEY, spec_of(yaml.safe_load(DENY_WEB)))
+            cp.store.upsert(DENY_KEY, spec_of(yaml.safe_load(POLICY_YAML)))
             denied = await eventually(lambda: _denied(get(outbound)), timeout=5)
             assert denied.status_code == 403 and "RBAC: access denied" in denied.text
             cp.store.delete(DENY_KEY)
@@ -170,7 +161,7 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
 
             # AllowWithShadowDeny: the request passes, and the backend's RBAC stats count a shadow deny.
             cp.store.upsert(
-                DENY_KEY, spec_of(yaml.safe_load(DENY_WEB.replace("Deny}", "AllowWithShadowDeny}")))
+                DENY_KEY, spec_of(yaml.safe_load(POLICY_YAML.replace("Deny}", "AllowWithShadowDeny}")))
             )
             stat = f"http.{stat_prefix(f'inbound:127.0.0.1:{backend_inbound}')}.rbac.shadow_denied"
             await eventually(lambda: _counted(backend_envoy, stat, get(outbound)), timeout=5)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.config.cluster.v3 import cluster_pb2
-from google.protobuf import json_format, wrappers_pb2
+from google.protobuf import wrappers_pb2
 from xds.type.matcher.v3 import ip_pb2
 
 from control_plane.api.app import create_app
@@ -32,8 +32,9 @@ from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.generate import EndpointIndex, Resources, generate_snapshot
 from control_plane.xds.generate.snapshot import ProxyContext
-from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, short_type
+from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from tests.envoy_validate import assert_envoy_accepts
+from tests.test_xds_generate import to_json
 
 GOLDEN = Path(__file__).parent / "golden" / "xds"
 TP = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
@@ -87,16 +88,6 @@ def generate(dataplane: Dataplane, the_mesh: Mesh | None = None, workdir: str | 
     others = [d for d in (WEB, *OTHERS) if d.name != dataplane.name]
     context = ProxyContext(workdir=workdir or f"/run/kuma/{dataplane.name}")  # where its SDS files are
     return generate_snapshot(dataplane, [dataplane, *others], the_mesh, context=context)
-
-
-def to_json(resources: Resources) -> dict[str, dict[str, Any]]:
-    return {
-        short_type(type_url): {
-            name: json_format.MessageToDict(message, preserving_proto_field_name=True)
-            for name, message in sorted(named.items())
-        }
-        for type_url, named in sorted(resources.items())
-    }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
