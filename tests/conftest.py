@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-import socket
+import os
+
+# gRPC's fork handlers run in every child forked from this process (subprocesses started with a
+# preexec_fn, e.g. to enter a network namespace, are forked, not spawned). With gRPC threads alive
+# from earlier tests they can abort the child (SIGABRT, "epoll_wait error: Bad file descriptor")
+# before it execs. The tests never use gRPC across fork, so switch the handlers off; this must be
+# set before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import socket  # noqa: E402
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
