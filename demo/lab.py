@@ -24,8 +24,22 @@ import httpx
 import yaml
 
 BIN = Path(sys.executable).parent
+# Every service of mesh `default` may call every other. With mTLS on, a call no
+# MeshTrafficPermission allows is denied (Kuma's zero trust), so meshes with mTLS apply it, as
+# Kuma's docs do.
+ALLOW_ALL_PERMISSION = """
+type: MeshTrafficPermission
+mesh: default
+name: allow-all
+spec:
+  targetRef: {kind: Mesh}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Allow}
+"""
 # The default mesh with mutual TLS from its builtin CA (what the demo and the benchmarks turn on).
-MTLS_MESH = """
+MTLS_MESH = (
+    """
 type: Mesh
 name: default
 mtls:
@@ -33,7 +47,9 @@ mtls:
   backends:
   - name: ca-1
     type: builtin
-"""
+---"""
+    + ALLOW_ALL_PERMISSION
+)
 
 
 class LabError(Exception):

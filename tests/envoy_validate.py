@@ -9,7 +9,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
-from control_plane.xds.generate import Resources
+from control_plane.xds.generate.snapshot import Resources
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from demo.lab import ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
+from demo.lab import ALLOW_ALL_PERMISSION, ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -145,7 +145,8 @@ def test_kumactl_warns_without_valid_for_and_needs_admin(lab: Lab) -> None:
     assert "Traceback" not in unknown.stderr
 
 
-MTLS_MESH = """type: Mesh
+MTLS_MESH = (
+    """type: Mesh
 name: default
 mtls:
   enabledBackend: ca-1
@@ -153,7 +154,9 @@ mtls:
   - name: ca-1
     type: builtin
     dpCert: {rotation: {expiration: 1h}}
-"""
+---"""
+    + ALLOW_ALL_PERMISSION
+)
 
 
 def test_agents_with_tokens_get_their_identity_and_talk_over_mtls(lab: Lab) -> None:

@@ -14,12 +14,13 @@ from collections import Counter
 import httpx
 import pytest
 
-from demo.lab import AgentProc, ControlPlaneProc, Lab, dataplane, free_port
+from demo.lab import ALLOW_ALL_PERMISSION, AgentProc, ControlPlaneProc, Lab, dataplane, free_port
 from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-ROTATING_MESH = """
+ROTATING_MESH = (
+    """
 type: Mesh
 name: default
 mtls:
@@ -30,7 +31,9 @@ mtls:
     dpCert:
       rotation:
         expiration: 30s
-"""
+---"""
+    + ALLOW_ALL_PERMISSION
+)
 
 
 class MtlsPair:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from control_plane.dp_server.tls import self_signed_pem
+from demo.lab import ALLOW_ALL_PERMISSION
 from tests.conftest import wait_until
 from tests.netns_harness import PEER_ECHO_APP, NetnsLab, require_root
 
@@ -236,7 +237,7 @@ def test_plain_curl_crosses_both_envoys_then_over_mtls(mesh: TransparentMesh) ->
     # Turn mTLS on: the same plain curl now arrives with web's SPIFFE identity.
     backend = {"name": "ca-1", "type": "builtin"}
     mtls_on = {"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1", "backends": [backend]}}
-    mesh.kumactl("apply", "-f", "-", stdin=yaml.safe_dump(mtls_on))
+    mesh.kumactl("apply", "-f", "-", stdin=yaml.safe_dump(mtls_on) + "---" + ALLOW_ALL_PERMISSION)
     wait_until(lambda: "xfcc=" in mesh.get(url), timeout=10)
     assert "URI=spiffe://default/web" in mesh.get(url)
 

@@ -26,12 +26,22 @@ from control_plane.store.base import ResourceKey, mesh_key
 from control_plane.xds.names import stat_prefix
 from tests.ads_harness import Envoy, app_server, control_plane, eventually
 from tests.conftest import free_port
+from tests.test_policy_meshtrafficpermission import POLICY_YAML
 from tests.test_xds_mtls import make_ca, pem, write_sds_files
-from tests.test_xds_permissions import POLICY_YAML
 
 pytestmark = pytest.mark.timeout(90)
 
 DENY_KEY = ResourceKey("MeshTrafficPermission", "default", "deny-web-to-backend")
+ALLOW_ALL_KEY = ResourceKey("MeshTrafficPermission", "default", "allow-all")
+ALLOW_ALL = {
+    "type": "MeshTrafficPermission",
+    "mesh": "default",
+    "name": "allow-all",
+    "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}],
+    },
+}
 
 
 def mtls_mesh(mode: str) -> dict[str, Any]:
@@ -129,8 +139,13 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
             _,
             backend_envoy,
         ):
+            # Zero trust: with mTLS on and no MeshTrafficPermission, nobody may call.
+            denied = await eventually(lambda: _denied(get(outbound)), timeout=20)
+            assert "RBAC: access denied" in denied.text
+            cp.store.upsert(ALLOW_ALL_KEY, spec_of(ALLOW_ALL))
+
             # Over mTLS, and the app learns the caller's SPIFFE identity.
-            response = await eventually(lambda: _ok(get(outbound)), timeout=20)
+            response = await eventually(lambda: _ok(get(outbound)), timeout=10)
             assert "URI=spiffe://default/web" in response.text, response.text
 
             # STRICT: plaintext and certificate-less TLS are refused at the inbound.
@@ -146,7 +161,8 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
             assert plain.text == "xfcc=none"
             assert "URI=spiffe://default/web" in (await get(outbound)).text
 
-            # A Deny permission stops web's requests; deleting it restores them within 2 s.
+            # A Deny permission for backend (more specific than the mesh-wide allow) stops web's
+            # requests; deleting it restores them within 2 s.
             cp.store.upsert(mesh_key("default"), mtls_mesh("STRICT"))
             await eventually(lambda: _status_is(backend_inbound, str), timeout=10)
             cp.store.upsert(DENY_KEY, spec_of(yaml.safe_load(POLICY_YAML)))

@@ -25,10 +25,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import yaml
 
-from control_plane.store.base import dataplane_key, mesh_key
+from control_plane.store.base import ResourceKey, dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.component import XdsComponent
+from demo.lab import ALLOW_ALL_PERMISSION
 from tests.ads_harness import bootstrap_json
 from tests.netns_harness import PEER_ECHO_APP, require_root
 from tests.test_xds_transparent import MeshCa
@@ -264,6 +266,11 @@ async def mesh_of_two(
                     spec = {k: v for k, v in other.items() if k not in ("type", "mesh", "name")}
                     store.upsert(dataplane_key(other["name"]), spec)
                 if mesh_spec.get("mtls"):
+                    allow_all = yaml.safe_load(ALLOW_ALL_PERMISSION)
+                    store.upsert(
+                        ResourceKey(allow_all["type"], "default", allow_all["name"]),
+                        {"spec": allow_all["spec"]},
+                    )
                     write_identities(web, backend)
                 for host in (web, backend):
                     start_app_and_envoy(processes, host, envoy_binary, root / "ads.sock")

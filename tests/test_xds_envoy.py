@@ -16,7 +16,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2
 
 from control_plane.store.base import dataplane_key, mesh_key
-from control_plane.xds.generate import generate_snapshot
+from control_plane.xds.generate.snapshot import generate_snapshot
 from control_plane.xds.names import LISTENER_TYPE
 from tests.ads_harness import (
     NODE,

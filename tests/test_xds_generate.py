@@ -15,8 +15,9 @@ from google.protobuf import json_format
 
 from control_plane.resources.dataplane import Dataplane
 from control_plane.xds.cache import Packer, build_snapshot
-from control_plane.xds.generate import EndpointIndex, Resources, generate_snapshot
+from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.protocol import common_protocol
+from control_plane.xds.generate.snapshot import Resources, generate_snapshot
 from control_plane.xds.names import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,

@@ -19,18 +19,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from control_plane.policies.core.rules import MeshPolicies
 from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource
-from control_plane.xds.generate import (
-    MeshPolicies,
-    MissingWorkdir,
-    ProxyContext,
-    Resources,
-    generate_snapshot,
-)
+from control_plane.xds.generate.policies import mesh_policies
+from control_plane.xds.generate.snapshot import MissingWorkdir, ProxyContext, Resources, generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE
 from tests.envoy_validate import assert_envoy_accepts
 from tests.test_xds_generate import CASES, MESH, to_json
@@ -54,8 +52,9 @@ def permission(name: str, target: dict[str, str], *rules: tuple[dict[str, str], 
 
 WEB, TCP = CASES["http_inbound_http_outbound"], CASES["tcp_inbound"]
 MESH_KIND = {"kind": "Mesh"}
-ONLY_BACKEND_DENIED = MeshPolicies(
-    traffic_permissions=[
+ONLY_BACKEND_DENIED = mesh_policies(
+    "default",
+    [
         permission(
             "web-and-redis",
             MESH_KIND,
@@ -63,7 +62,7 @@ ONLY_BACKEND_DENIED = MeshPolicies(
             ({"kind": "MeshService", "name": "backend"}, "Deny"),
             ({"kind": "MeshService", "name": "client"}, "AllowWithShadowDeny"),
         )
-    ]
+    ],
 )
 # name → (dataplane, mode, policies)
 MTLS_CASES: dict[str, tuple[Any, str | None, MeshPolicies | None]] = {
@@ -124,14 +123,18 @@ def test_strict_inbound_requires_a_mesh_certificate_and_forwards_the_identity() 
     chain.filters[0].typed_config.Unpack(manager)
     assert manager.forward_client_cert_details == hcm.HttpConnectionManager.SANITIZE_SET
     assert manager.set_current_client_cert_details.uri
-    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]  # no policy: no RBAC
+    # No MeshTrafficPermission: zero trust, an RBAC filter that allows nobody (Kuma's default).
+    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    rbac = http_rbac_pb2.RBAC()
+    manager.http_filters[0].typed_config.Unpack(rbac)
+    assert rbac.rules.action == rbac_pb2.RBAC.ALLOW and not rbac.rules.policies
 
 
 def test_outbound_cluster_verifies_the_exact_identity_of_the_service() -> None:
     cluster = generate("mtls_strict_http")[CLUSTER_TYPE]["backend"]
     upstream = tls_pb2.UpstreamTlsContext()
     cluster.transport_socket.typed_config.Unpack(upstream)
-    assert upstream.sni == "backend"
+    assert upstream.sni == "backend{mesh=default}"  # Kuma's SNI between proxies
     assert list(upstream.common_tls_context.alpn_protocols) == ["kuma"]
     matcher = upstream.common_tls_context.combined_validation_context.default_validation_context
     assert matcher.match_typed_subject_alt_names[0].matcher.exact == "spiffe://default/backend"

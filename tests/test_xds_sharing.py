@@ -19,8 +19,9 @@ from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import ResourceKey, dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.cache import Packed, Packer, Snapshot, SnapshotCache, build_snapshot
-from control_plane.xds.generate import EndpointIndex, ProxyContext, generate_snapshot
+from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.overlay import Overlay
+from control_plane.xds.generate.snapshot import ProxyContext, generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from control_plane.xds.reconciler import Reconciler
 from control_plane.xds.server import EncodedResponse

@@ -30,8 +30,8 @@ from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import InvalidResource, parse_resource
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
-from control_plane.xds.generate import EndpointIndex, Resources, generate_snapshot
-from control_plane.xds.generate.snapshot import ProxyContext
+from control_plane.xds.generate.endpoints import EndpointIndex
+from control_plane.xds.generate.snapshot import ProxyContext, Resources, generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from tests.envoy_validate import assert_envoy_accepts
 from tests.test_xds_generate import to_json

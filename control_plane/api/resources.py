@@ -22,6 +22,7 @@ from control_plane.resources.registry import (
     to_document,
 )
 from control_plane.store.base import ConflictError, ResourceKey, ResourceStore, StoredResource, mesh_key
+from control_plane.store.defaults import create_mesh
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -115,10 +116,16 @@ class ResourceEndpoints:
         async with self.mesh_lock:
             spec = await self._validate(doc, key)
             try:
-                stored, created = await run_in_threadpool(self.store.upsert, key, spec)
+                stored, created = await run_in_threadpool(self._write, key, spec)
             except ConflictError as exc:
                 raise ApiError(409, "Conflict", str(exc)) from None
         return JSONResponse(stored.document(), status_code=201 if created else 200)
+
+    def _write(self, key: ResourceKey, spec: dict[str, Any]) -> tuple[StoredResource, bool]:
+        """Upsert; a new Mesh comes with its initial policies (one transaction)."""
+        if key.type == MESH.name and self.store.get(key) is None:
+            return create_mesh(self.store, key.name, spec), True
+        return self.store.upsert(key, spec)
 
     async def delete(self, request: Request) -> Response:
         require_admin(request, self.localhost_is_admin)

@@ -86,7 +86,7 @@ def format_validation_error(exc: ValidationError) -> list[dict[str, str]]:
     return causes
 
 
-_SUBFIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\[\d+\])?$")
+_SUBFIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\[\d+\])?(\.[A-Za-z][A-Za-z0-9]*(\[\d+\])?)*$")
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -104,6 +104,8 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown field"
     if err.get("type") == "missing":
         return "field is required"
+    if err.get("type") == "literal_error":
+        return f"unknown value {err.get('input')!r}; expected {(err.get('ctx') or {}).get('expected')}"
     msg = str(err.get("msg", "invalid value"))
     return msg.removeprefix("Value error, ")
 

@@ -42,6 +42,7 @@ class _ServicePort(StrictModel):
 
 
 class Inbound(_ServicePort):
+    name: str | None = None  # Kuma's inbound name: what a policy's `sectionName` can select
     servicePort: Port | None = None
     serviceAddress: IpAddress | None = None
 

@@ -76,6 +76,21 @@ class Mesh(NamedResource):
 
     mtls: Mtls | None = None
     networking: Networking | None = None
+    # Kuma's: which of the policies a new Mesh gets not to create, by kind ("*": none of them).
+    skipCreatingInitialPolicies: list[str] | None = None
     metrics: dict[str, Any] | None = None
     logging: dict[str, Any] | None = None
     tracing: dict[str, Any] | None = None
+
+    @field_validator("skipCreatingInitialPolicies")
+    @classmethod
+    def _known_kinds(cls, value: list[str] | None) -> list[str] | None:
+        from control_plane.policies.registry import POLICY_TYPES  # the registry imports resources
+
+        known = sorted(t.kind for t in POLICY_TYPES if t.initial is not None)
+        for entry in value or []:
+            if entry != "*" and entry not in known:
+                raise ValueError(
+                    f"{entry!r} is not a policy kind a new Mesh gets; use '*' or some of: {', '.join(known)}"
+                )
+        return value

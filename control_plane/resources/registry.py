@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from control_plane.policies.core.plugin import PolicyType
+from control_plane.policies.registry import POLICY_TYPES
 from control_plane.resources.common import format_validation_error
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
-from control_plane.resources.meshtrafficpermission import MeshTrafficPermission
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,14 @@ class ResourceType:
     plural: str  # the path segment, e.g. "dataplanes"
     model: type[BaseModel]
     mesh_scoped: bool
+    policy: PolicyType | None = None  # set for policies (from the policy registry)
 
 
 MESH = ResourceType("Mesh", "meshes", Mesh, mesh_scoped=False)
 DATAPLANE = ResourceType("Dataplane", "dataplanes", Dataplane, mesh_scoped=True)
-MESH_TRAFFIC_PERMISSION = ResourceType(
-    "MeshTrafficPermission", "meshtrafficpermissions", MeshTrafficPermission, mesh_scoped=True
-)
+POLICIES = tuple(ResourceType(t.kind, t.plural, t.model, mesh_scoped=True, policy=t) for t in POLICY_TYPES)
 
-TYPES: dict[str, ResourceType] = {t.name: t for t in (MESH, DATAPLANE, MESH_TRAFFIC_PERMISSION)}
+TYPES: dict[str, ResourceType] = {t.name: t for t in (MESH, DATAPLANE, *POLICIES)}
 BY_PLURAL: dict[str, ResourceType] = {t.plural: t for t in TYPES.values()}
 
 

@@ -10,7 +10,7 @@ be quick and thread-safe (e.g. `loop.call_soon_threadsafe(event.set)`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -56,6 +56,15 @@ class ChangeEvent:
 
 
 Listener = Callable[[ChangeEvent], None]
+
+
+@dataclass(frozen=True)
+class Write:
+    """One upsert of a batch; `expected_version` as in `upsert` (0: must not exist yet)."""
+
+    key: ResourceKey
+    spec: dict[str, Any]
+    expected_version: int | None = None
 
 
 class StoreError(Exception):
@@ -104,6 +113,10 @@ class ResourceStore:
         self, key: ResourceKey, spec: dict[str, Any], expected_version: int | None = None
     ) -> tuple[StoredResource, bool]:
         """Create or replace; returns the stored resource and whether it was created."""
+        return self.upsert_all([Write(key, spec, expected_version)])[0]
+
+    def upsert_all(self, writes: Sequence[Write]) -> list[tuple[StoredResource, bool]]:
+        """Several upserts in one transaction: all of them, or (ConflictError) none."""
         raise NotImplementedError
 
     def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:

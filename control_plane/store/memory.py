@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from control_plane.store.base import (
     ChangeEvent,
@@ -12,6 +12,7 @@ from control_plane.store.base import (
     ResourceKey,
     ResourceStore,
     StoredResource,
+    Write,
     now_rfc3339,
 )
 
@@ -34,23 +35,31 @@ class MemoryStore(ResourceStore):
         end = None if limit is None else offset + limit
         return found[offset:end], len(found)
 
-    def upsert(
-        self, key: ResourceKey, spec: dict[str, Any], expected_version: int | None = None
-    ) -> tuple[StoredResource, bool]:
+    def upsert_all(self, writes: Sequence[Write]) -> list[tuple[StoredResource, bool]]:
         with self._lock:
-            old = self._items.get(key)
-            if expected_version is not None and (old.version if old else 0) != expected_version:
-                raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
-            now = now_rfc3339()
-            stored = StoredResource(
-                key=key,
-                spec=spec,
-                version=(old.version + 1) if old else 1,
-                creation_time=old.creation_time if old else now,
-                modification_time=now,
-            )
-            self._items[key] = stored
-        self._notify(ChangeEvent("upsert", key))
+            for write in writes:  # check every version first: all or nothing
+                old = self._items.get(write.key)
+                if (
+                    write.expected_version is not None
+                    and (old.version if old else 0) != write.expected_version
+                ):
+                    raise ConflictError(f"{write.key.type} {write.key.name!r} was changed by someone else")
+            results = [self._upsert(write) for write in writes]
+        for write in writes:
+            self._notify(ChangeEvent("upsert", write.key))
+        return results
+
+    def _upsert(self, write: Write) -> tuple[StoredResource, bool]:
+        old = self._items.get(write.key)
+        now = now_rfc3339()
+        stored = StoredResource(
+            key=write.key,
+            spec=write.spec,
+            version=(old.version + 1) if old else 1,
+            creation_time=old.creation_time if old else now,
+            modification_time=now,
+        )
+        self._items[write.key] = stored
         return stored, old is None
 
     def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:

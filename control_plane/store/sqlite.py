@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from control_plane.store.base import (
     ResourceStore,
     StoredResource,
     StoreError,
+    Write,
     now_rfc3339,
 )
 
@@ -106,31 +108,36 @@ class SqliteStore(ResourceStore):
         return [_row_to_resource(row) for row in rows], total
 
     # --- writes -------------------------------------------------------------------------------
-    def upsert(
-        self, key: ResourceKey, spec: dict[str, Any], expected_version: int | None = None
-    ) -> tuple[StoredResource, bool]:
-        spec_json = json.dumps(spec, separators=(",", ":"), sort_keys=False)
+    def upsert_all(self, writes: Sequence[Write]) -> list[tuple[StoredResource, bool]]:
         with self._lock, _transaction(self._conn):
-            row = self._conn.execute(
-                "SELECT version, creation_time FROM resources WHERE type = ? AND mesh = ? AND name = ?",
-                (key.type, key.mesh, key.name),
-            ).fetchone()
-            old_version, creation_time = row if row else (0, None)
-            if expected_version is not None and old_version != expected_version:
-                raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
-            now = now_rfc3339()
-            stored = StoredResource(
-                key=key,
-                spec=json.loads(spec_json),  # a private copy, as the database will give back
-                version=old_version + 1,
-                creation_time=creation_time or now,
-                modification_time=now,
-            )
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO resources ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.type, key.mesh, key.name, spec_json, stored.version, stored.creation_time, now),
-            )
-        self._notify(ChangeEvent("upsert", key))
+            results = [self._upsert(write) for write in writes]
+        for write in writes:
+            self._notify(ChangeEvent("upsert", write.key))
+        return results
+
+    def _upsert(self, write: Write) -> tuple[StoredResource, bool]:
+        """Inside the caller's transaction."""
+        key = write.key
+        spec_json = json.dumps(write.spec, separators=(",", ":"), sort_keys=False)
+        row = self._conn.execute(
+            "SELECT version, creation_time FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+            (key.type, key.mesh, key.name),
+        ).fetchone()
+        old_version, creation_time = row if row else (0, None)
+        if write.expected_version is not None and old_version != write.expected_version:
+            raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
+        now = now_rfc3339()
+        stored = StoredResource(
+            key=key,
+            spec=json.loads(spec_json),  # a private copy, as the database will give back
+            version=old_version + 1,
+            creation_time=creation_time or now,
+            modification_time=now,
+        )
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO resources ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.type, key.mesh, key.name, spec_json, stored.version, stored.creation_time, now),
+        )
         return stored, row is None
 
     def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:

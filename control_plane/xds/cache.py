@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from control_plane.xds.generate import Resources
 from control_plane.xds.generate.overlay import Overlay
+from control_plane.xds.generate.snapshot import Resources
 from control_plane.xds.names import SERVED_TYPES
 
 Watcher = Callable[[], None]

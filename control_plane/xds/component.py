@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from control_plane.store.base import ResourceStore
 from control_plane.xds.cache import SnapshotCache
-from control_plane.xds.generate import SnapshotGenerator, generate_snapshot
+from control_plane.xds.generate.snapshot import SnapshotGenerator, generate_snapshot
 from control_plane.xds.lifecycle import STARTUP_GRACE_S, DataplaneLifecycle
 from control_plane.xds.reconciler import DEFAULT_DEBOUNCE_S, Reconciler
 from control_plane.xds.server import AdsServer, StreamRejected

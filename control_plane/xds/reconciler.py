@@ -16,21 +16,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane.policies.core.rules import MeshPolicies
+from control_plane.policies.core.spec import PolicyResource
+from control_plane.policies.registry import POLICY_TYPES
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
-from control_plane.resources.meshtrafficpermission import MeshTrafficPermission
-from control_plane.resources.registry import (
-    DATAPLANE,
-    MESH,
-    MESH_TRAFFIC_PERMISSION,
-    InvalidResource,
-    parse_resource,
-)
+from control_plane.resources.registry import DATAPLANE, MESH, InvalidResource, parse_resource
 from control_plane.store.base import ChangeEvent, ResourceStore, mesh_key
 from control_plane.xds.cache import Packer, Snapshot, SnapshotCache, build_snapshot
-from control_plane.xds.generate import (
-    EndpointIndex,
-    MeshPolicies,
+from control_plane.xds.generate.endpoints import EndpointIndex
+from control_plane.xds.generate.policies import mesh_policies
+from control_plane.xds.generate.snapshot import (
     MissingWorkdir,
     ProxyContext,
     SnapshotGenerator,
@@ -44,7 +40,7 @@ DEFAULT_DEBOUNCE_S = 0.05
 RETRY_S = 1.0
 # What the generator reads (see `_view`); changes to anything else (tokens, signing keys, the
 # lifecycle's registration records) leave every proxy's config as it is.
-XDS_INPUTS = frozenset({MESH.name, DATAPLANE.name, MESH_TRAFFIC_PERMISSION.name})
+XDS_INPUTS = frozenset({MESH.name, DATAPLANE.name, *(t.kind for t in POLICY_TYPES)})
 # A view's packer also keeps each proxy's own messages of every pass (~6 per proxy): start afresh
 # when it holds this many per Dataplane (proxies reconnecting many times, the mesh unchanged).
 PACKED_PER_DATAPLANE_LIMIT = 25
@@ -208,7 +204,7 @@ class Reconciler:
             dataplanes=dataplanes,
             by_name={dp.name: dp for dp in dataplanes},
             mesh=self._mesh(mesh_name),
-            policies=MeshPolicies(traffic_permissions=self._traffic_permissions(mesh_name)),
+            policies=mesh_policies(mesh_name, self._policies(mesh_name)),
             index=EndpointIndex(dataplanes),
         )
 
@@ -248,14 +244,18 @@ class Reconciler:
                 log.warning("skipping invalid Dataplane %s/%s: %s", mesh_name, item.key.name, exc)
         return dataplanes
 
-    def _traffic_permissions(self, mesh_name: str) -> list[MeshTrafficPermission]:
-        stored, _ = self._store.list(MESH_TRAFFIC_PERMISSION.name, mesh=mesh_name)
-        policies = []
-        for item in stored:
-            try:
-                policies.append(MeshTrafficPermission.model_validate(item.document()))
-            except ValueError as exc:  # never let one broken policy take the whole mesh's config down
-                log.warning("skipping invalid MeshTrafficPermission %s/%s: %s", mesh_name, item.key.name, exc)
+    def _policies(self, mesh_name: str) -> list[PolicyResource]:
+        """Every policy of the mesh; one that no longer validates is skipped, not fatal."""
+        policies: list[PolicyResource] = []
+        for policy_type in POLICY_TYPES:
+            stored, _ = self._store.list(policy_type.kind, mesh=mesh_name)
+            for item in stored:
+                try:
+                    policies.append(policy_type.model.model_validate(item.document()))
+                except ValueError as exc:  # never let one broken policy take the whole mesh down
+                    log.warning(
+                        "skipping invalid %s %s/%s: %s", policy_type.kind, mesh_name, item.key.name, exc
+                    )
         return policies
 
     def _mesh(self, mesh_name: str) -> Mesh | None:

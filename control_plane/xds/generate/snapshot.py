@@ -1,31 +1,40 @@
-"""Everything one proxy needs, from its Dataplane and the rest of its mesh: a pure function."""
+"""Everything one proxy needs, from its Dataplane, the rest of its mesh and the mesh's policies:
+a pure function."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf.message import Message
 
+from control_plane.policies.core.rules import MeshPolicies, OutboundRules
 from control_plane.resources.dataplane import Dataplane, Outbound
 from control_plane.resources.mesh import Mesh
-from control_plane.xds.generate.clusters import local_cluster, outbound_cluster
+from control_plane.xds.generate.clusters import local_cluster, secure_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex
-from control_plane.xds.generate.listeners import inbound_listener, outbound_listener
+from control_plane.xds.generate.listeners import inbound_listener, inbound_parts, outbound_listener
+from control_plane.xds.generate.outbounds import build_outbound
 from control_plane.xds.generate.overlay import Overlay
-from control_plane.xds.generate.permissions import MeshPolicies, caller_actions
+from control_plane.xds.generate.policies import apply_inbound_policies, mesh_policies
 from control_plane.xds.generate.protocol import tags_protocol
 from control_plane.xds.generate.tls import InboundMtls, upstream_tls
 from control_plane.xds.generate.transparent import (
     ImpliedOutbounds,
     MeshOutbounds,
     add_transparent_proxying,
+    build_outbounds,
     is_transparent,
     outbound_redirect_listeners,
 )
-from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from control_plane.xds.names import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    outbound_listener_name,
+)
 
 # type URL → resource name → message
 Resources = dict[str, dict[str, Message]]
@@ -64,37 +73,40 @@ def generate_snapshot(
     context: ProxyContext | None = None,
     policies: MeshPolicies | None = None,
 ) -> Resources:
-    """Listeners, clusters and endpoints of `dataplane`.
+    """Listeners, clusters and endpoints of `dataplane`, shaped by the mesh's `policies`.
 
     `endpoints` is the index of `mesh_dataplanes`; pass it when generating for many proxies of one
-    mesh so the index (and each service's load assignment) is built once, not once per proxy.
-    With the mesh's mTLS on, `context.workdir` is required (else MissingWorkdir) and `policies`
-    (the mesh's MeshTrafficPermissions) are enforced on the inbounds.
+    mesh so the index (and each service's load assignment) is built once, not once per proxy; the
+    same goes for `policies` (per-proxy rules are cached in it). With the mesh's mTLS on,
+    `context.workdir` is required (else MissingWorkdir).
     """
     index = endpoints if endpoints is not None else EndpointIndex(mesh_dataplanes)
+    policies = policies if policies is not None else mesh_policies(dataplane.mesh)
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
     mtls = _mesh_mtls(dataplane, mesh, context or ProxyContext())
-    _add_inbounds(dataplane, resources, mtls, policies or MeshPolicies())
+    _add_inbounds(dataplane, resources, mtls, policies)
+    rules = policies.outbound_rules(dataplane)
     if not is_transparent(dataplane):
-        _add_outbounds(dataplane, dataplane.networking.outbound, index, resources, mtls)
+        _add_outbounds(dataplane, dataplane.networking.outbound, index, resources, mtls, rules)
         return resources
     # The proxy's own resources first: a name taken here is never replaced by an outbound one.
     add_transparent_proxying(dataplane, mesh, resources)
     implied = ImpliedOutbounds.of(mesh_dataplanes, index)
     tp = dataplane.networking.transparentProxying
     if tp is not None and tp.reachableServices is None:
-        _add_mesh_outbounds(dataplane, mesh, implied.every(), resources, mtls)
-    else:
-        outbounds = implied.for_proxy(dataplane)
-        _add_outbound_clusters(outbounds, index, resources, mtls)
-        protocols = {o.service: index.protocol(o.service) for o in outbounds}
-        redirect = outbound_redirect_listeners(dataplane, mesh, outbounds, protocols)
-        resources[LISTENER_TYPE].update(redirect)
+        _add_mesh_outbounds(dataplane, mesh, implied.every(rules), resources, mtls)
+        return resources
+    outbounds = implied.for_proxy(dataplane)
+    protocols = {s: index.protocol(s) for s in sorted({o.service for o in outbounds})}
+    chains, clusters = build_outbounds(protocols, rules)
+    for service, cluster in clusters.items():
+        _add_cluster(service, protocols[service], cluster, index, resources, mtls)
+    resources[LISTENER_TYPE].update(outbound_redirect_listeners(dataplane, mesh, outbounds, chains))
     return resources
 
 
 def _mesh_mtls(dataplane: Dataplane, mesh: Mesh | None, context: ProxyContext) -> InboundMtls | None:
-    """The mesh's mTLS settings for this proxy (permissions are added per inbound), or None (off)."""
+    """The mesh's mTLS settings for this proxy, or None (off)."""
     backend = mesh.mtls.enabled if mesh is not None and mesh.mtls is not None else None
     if backend is None:
         return None
@@ -115,17 +127,18 @@ def _mesh_mtls(dataplane: Dataplane, mesh: Mesh | None, context: ProxyContext) -
 def _add_inbounds(
     dataplane: Dataplane, resources: Resources, mtls: InboundMtls | None, policies: MeshPolicies
 ) -> None:
+    clusters = resources[CLUSTER_TYPE]
     for inbound in dataplane.networking.inbound:
         protocol = tags_protocol(inbound.tags)
-        inbound_mtls = None
-        if mtls is not None:
-            permissions = caller_actions(policies.traffic_permissions, inbound.service)
-            inbound_mtls = dataclasses.replace(mtls, permissions=permissions)
-        listener = inbound_listener(dataplane, inbound, protocol, inbound_mtls)
-        resources[LISTENER_TYPE][listener.name] = listener
         cluster = local_cluster(inbound, protocol)
         # Two inbounds sharing a servicePort share Kuma's `localhost:<port>` name: the first wins.
-        resources[CLUSTER_TYPE].setdefault(cluster.name, cluster)
+        owned = cluster if cluster.name not in clusters else None
+        parts = inbound_parts(dataplane, inbound, protocol, mtls, owned)
+        apply_inbound_policies(policies, parts)
+        listener = inbound_listener(parts, mtls)
+        resources[LISTENER_TYPE][listener.name] = listener
+        if owned is not None:
+            clusters[owned.name] = owned
 
 
 def _add_outbounds(
@@ -133,26 +146,35 @@ def _add_outbounds(
     outbounds: Sequence[Outbound],
     index: EndpointIndex,
     resources: Resources,
-    mtls: InboundMtls | None = None,
+    mtls: InboundMtls | None,
+    rules: OutboundRules,
 ) -> None:
     for outbound in outbounds:
-        listener = outbound_listener(dataplane, outbound, index.protocol(outbound.service))
+        service, protocol = outbound.service, index.protocol(outbound.service)
+        name = outbound_listener_name(dataplane.outbound_address(outbound), outbound.port)
+        chain, cluster = build_outbound(name, service, protocol, rules)
+        listener = outbound_listener(dataplane, outbound, chain)
         resources[LISTENER_TYPE].setdefault(listener.name, listener)
-    _add_outbound_clusters(outbounds, index, resources, mtls)
+        _add_cluster(service, protocol, cluster, index, resources, mtls)
 
 
-def _add_outbound_clusters(
-    outbounds: Sequence[Outbound], index: EndpointIndex, resources: Resources, mtls: InboundMtls | None
+def _add_cluster(
+    service: str,
+    protocol: str,
+    cluster: Message,
+    index: EndpointIndex,
+    resources: Resources,
+    mtls: InboundMtls | None,
 ) -> None:
-    """Each service's cluster and load assignment, unless the proxy's own clusters took the name."""
-    for outbound in outbounds:
-        service = outbound.service
-        if service not in resources[CLUSTER_TYPE]:
-            protocol = index.protocol(service)
-            tls = upstream_tls(mtls.mesh, service, mtls.workdir) if mtls is not None else None
-            max_duration = mtls.max_connection_duration_s if mtls is not None else None
-            resources[CLUSTER_TYPE][service] = outbound_cluster(service, protocol, tls, max_duration)
-            resources[ENDPOINT_TYPE][service] = index.load_assignment(service)
+    """The service's cluster (made secure with mTLS) and load assignment, unless the proxy's own
+    clusters took the name."""
+    if service in resources[CLUSTER_TYPE]:
+        return
+    if mtls is not None:
+        tls = upstream_tls(mtls.mesh, service, mtls.workdir)
+        cluster = secure_cluster(cluster, protocol, tls, mtls.max_connection_duration_s)
+    resources[CLUSTER_TYPE][service] = cluster
+    resources[ENDPOINT_TYPE][service] = index.load_assignment(service)
 
 
 def _add_mesh_outbounds(
@@ -176,4 +198,6 @@ def _add_mesh_outbounds(
     for service, protocol in shared.protocols.items():  # with mTLS, clusters name the proxy's files
         if service not in dropped:
             tls = upstream_tls(mtls.mesh, service, mtls.workdir)
-            clusters[service] = outbound_cluster(service, protocol, tls, mtls.max_connection_duration_s)
+            clusters[service] = secure_cluster(
+                shared.clusters[service], protocol, tls, mtls.max_connection_duration_s
+            )

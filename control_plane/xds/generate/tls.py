@@ -15,10 +15,10 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
-from control_plane.xds.generate.permissions import CallerActions
+from control_plane.xds.generate.pack import pack
 
 IDENTITY_SECRET = "identity"
 MESH_CA_SECRET = "mesh_ca"
@@ -75,31 +75,31 @@ def downstream_tls(mesh: str, workdir: str) -> base_pb2.TransportSocket:
     return _transport_socket(context)
 
 
+def upstream_sni(mesh: str, service: str) -> str:
+    """Kuma's SNI towards a service of the mesh: `<service>{mesh=<mesh>}`."""
+    return f"{service}{{mesh={mesh}}}"
+
+
 def upstream_tls(mesh: str, service: str, workdir: str) -> base_pb2.TransportSocket:
     """Outbound side: present our identity, and accept only the exact identity of `service`."""
     common = _common_context(workdir, string_pb2.StringMatcher(exact=spiffe_id(mesh, service)))
     common.alpn_protocols.append(KUMA_ALPN)
-    return _transport_socket(tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=service))
+    context = tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=upstream_sni(mesh, service))
+    return _transport_socket(context)
 
 
 def _transport_socket(context: Message) -> base_pb2.TransportSocket:
-    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(context))
-
-
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
 @dataclass(frozen=True)
 class InboundMtls:
-    """How one inbound is protected: the mesh's mode, and who may call (None: no policy, anyone)."""
+    """How the proxy's inbounds are protected: the mesh's mode and the certificates' lifetime
+    (who may call is MeshTrafficPermission's business)."""
 
     mesh: str
     workdir: str
     permissive: bool = False
-    permissions: CallerActions | None = None
     certificate_lifetime_s: float = 24 * 3600.0
 
     @property
@@ -125,6 +125,6 @@ def permissive_listener_filters() -> list[listener_components_pb2.ListenerFilter
     """TLS inspector: reads the ClientHello so filter chains can match on TLS and ALPN."""
     return [
         listener_components_pb2.ListenerFilter(
-            name=TLS_INSPECTOR_FILTER, typed_config=_pack(tls_inspector_pb2.TlsInspector())
+            name=TLS_INSPECTOR_FILTER, typed_config=pack(tls_inspector_pb2.TlsInspector())
         )
     ]

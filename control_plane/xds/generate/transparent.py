@@ -47,17 +47,20 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from xds.core.v3 import cidr_pb2, extension_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
+from control_plane.policies.core.rules import OutboundRules
 from control_plane.resources.common import SERVICE_TAG
 from control_plane.resources.dataplane import Dataplane, Outbound, TransparentProxying
 from control_plane.resources.mesh import Mesh
-from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S, outbound_cluster
+from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
-from control_plane.xds.generate.listeners import TCP_PROXY_FILTER, filter_chain
+from control_plane.xds.generate.listeners import TCP_PROXY_FILTER
+from control_plane.xds.generate.outbounds import build_outbound
+from control_plane.xds.generate.pack import pack
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
 
 DIRECT_RESPONSE_FILTER = "envoy.filters.network.direct_response"
@@ -102,8 +105,9 @@ class ImpliedOutbounds:
 
     What depends on the mesh only (the redirect listeners' chains and matcher, plain-text clusters,
     load assignments) is built once and the same message given to every proxy of the mesh: the
-    Packer then serializes it once, not once per proxy. Should per-caller policies ever shape
-    outbound listeners, they must become part of the key.
+    Packer then serializes it once, not once per proxy. Policies that shape outbounds make part of
+    the key: proxies selecting the same policies (all of them, with mesh-wide policies) share one
+    build; a proxy a Dataplane-targeted policy selects gets (and shares with its likes) another.
     """
 
     _by_index: weakref.WeakKeyDictionary[EndpointIndex, ImpliedOutbounds] = weakref.WeakKeyDictionary()
@@ -121,7 +125,7 @@ class ImpliedOutbounds:
                 by_address.setdefault((endpoint.address, endpoint.port), outbound)
         self.outbounds = list(by_address.values())
         self._index = index
-        self._every: MeshOutbounds | None = None
+        self._every: dict[tuple[tuple[str, str], ...], MeshOutbounds] = {}  # outbound rules' key → build
 
     @classmethod
     def of(cls, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex) -> ImpliedOutbounds:
@@ -142,24 +146,26 @@ class ImpliedOutbounds:
         reachable = set(tp.reachableServices)
         return [o for o in self.outbounds if o.service in reachable]
 
-    def every(self) -> MeshOutbounds:
-        """Every implied outbound's chain, cluster and load assignment, built once per mesh."""
+    def every(self, rules: OutboundRules) -> MeshOutbounds:
+        """Every implied outbound's chain, cluster and load assignment under `rules`, built once
+        per mesh and set of outbound policies."""
         with self._lock:
-            every = self._every
+            every = self._every.get(rules.key)
         if every is None:
-            every = MeshOutbounds.build(self.outbounds, self._index)
+            every = MeshOutbounds.build(self.outbounds, self._index, rules)
             with self._lock:
-                self._every = self._every or every
-        return self._every
+                every = self._every.setdefault(rules.key, every)
+        return every
 
 
 @dataclass(frozen=True)
 class MeshOutbounds:
-    """The outbound part every transparent proxy of a mesh shares, as ready resource dicts: a proxy
+    """The outbound part transparent proxies of a mesh share, as ready resource dicts: a proxy
     takes them as the base of its Overlays. Clusters are shared only without mTLS (with it they
     name the proxy's own certificate files)."""
 
     outbounds: list[Outbound]
+    chains: dict[str, listener_components_pb2.FilterChain]  # service → its `outbound:<service>` chain
     clusters: dict[str, cluster_pb2.Cluster]  # service → plain-text EDS cluster
     load_assignments: dict[str, Message]  # service → its ClusterLoadAssignment
     protocols: dict[str, str]  # service → protocol
@@ -170,11 +176,11 @@ class MeshOutbounds:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def build(cls, outbounds: list[Outbound], index: EndpointIndex) -> MeshOutbounds:
+    def build(cls, outbounds: list[Outbound], index: EndpointIndex, rules: OutboundRules) -> MeshOutbounds:
         protocols = {s: index.protocol(s) for s in sorted({o.service for o in outbounds})}
-        clusters = {s: outbound_cluster(s, p) for s, p in protocols.items()}
+        chains, clusters = build_outbounds(protocols, rules)
         assignments: dict[str, Message] = {s: index.load_assignment(s) for s in protocols}
-        return cls(outbounds, clusters, assignments, protocols)
+        return cls(outbounds, chains, clusters, assignments, protocols)
 
     def listeners_for(self, dataplane: Dataplane, mesh: Mesh | None) -> dict[str, listener_pb2.Listener]:
         """The proxy's outbound redirect listeners: one dict object for every proxy set up alike."""
@@ -184,14 +190,28 @@ class MeshOutbounds:
         with self._lock:
             hit = self._listeners.get(key)
         if hit is None:
-            hit = outbound_redirect_listeners(dataplane, mesh, self.outbounds, self.protocols)
+            hit = outbound_redirect_listeners(dataplane, mesh, self.outbounds, self.chains)
             with self._lock:
                 hit = self._listeners.setdefault(key, hit)
         return hit
 
 
+def build_outbounds(
+    protocols: Mapping[str, str], rules: OutboundRules
+) -> tuple[dict[str, listener_components_pb2.FilterChain], dict[str, cluster_pb2.Cluster]]:
+    """Each service's `outbound:<service>` chain and cluster, with its policies applied."""
+    chains, clusters = {}, {}
+    for service, protocol in protocols.items():
+        name = outbound_chain_name(service)
+        chains[service], clusters[service] = build_outbound(name, service, protocol, rules, name)
+    return chains, clusters
+
+
 def outbound_redirect_listeners(
-    dataplane: Dataplane, mesh: Mesh | None, outbounds: list[Outbound], protocols: Mapping[str, str]
+    dataplane: Dataplane,
+    mesh: Mesh | None,
+    outbounds: list[Outbound],
+    chains: Mapping[str, listener_components_pb2.FilterChain],
 ) -> dict[str, listener_pb2.Listener]:
     """`outbound:passthrough:<family>` on the outbound redirect port, one per IP family: a chain per
     service reached (the code explicit outbounds use), picked by the connection's original
@@ -203,13 +223,7 @@ def outbound_redirect_listeners(
         listener = _passthrough_listener(name, family, tp.redirectPortOutbound, base_pb2.OUTBOUND)
         listener.default_filter_chain.CopyFrom(_default_chain(name, name, mesh_passthrough(mesh)))
         mine = [o for o in outbounds if _is_ipv6(o.address or "") == (family is IPV6)]
-        services = sorted({o.service for o in mine})
-        for service in services:
-            chain = filter_chain(
-                outbound_chain_name(service), service, protocols[service], f"outbound:{service}"
-            )
-            chain.name = outbound_chain_name(service)
-            listener.filter_chains.append(chain)
+        listener.filter_chains.extend(chains[service] for service in sorted({o.service for o in mine}))
         if mine:
             listener.filter_chain_matcher.CopyFrom(outbound_matcher(mine, family))
         listeners[name] = listener
@@ -251,9 +265,7 @@ def outbound_matcher(outbounds: Iterable[Outbound], family: IpFamily) -> matcher
 
 
 def _extension(name: str, config: Message) -> extension_pb2.TypedExtensionConfig:
-    packed = any_pb2.Any()
-    packed.Pack(config)
-    return extension_pb2.TypedExtensionConfig(name=name, typed_config=packed)
+    return extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config))
 
 
 def add_transparent_proxying(
@@ -329,11 +341,9 @@ def _default_chain(
     else:
         # An empty direct response closes the connection at once.
         config, name = direct_response_pb2.Config(), DIRECT_RESPONSE_FILTER
-    packed = any_pb2.Any()
-    packed.Pack(config)
     return listener_components_pb2.FilterChain(
         name=cluster if passthrough else f"{listener_name}:closed",
-        filters=[listener_components_pb2.Filter(name=name, typed_config=packed)],
+        filters=[listener_components_pb2.Filter(name=name, typed_config=pack(config))],
     )
 
 

@@ -1,0 +1,1 @@
+"""Kuma's policies, one folder each, registered in `registry.py`."""

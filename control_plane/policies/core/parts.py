@@ -1,0 +1,84 @@
+"""What a plugin edits: the proxy's generated config for one inbound or one outbound, unpacked.
+
+The generator builds these, hands them to every plugin in Kuma's order, then packs them into
+listeners and clusters. Plugins change the messages in place; each message here belongs to one
+inbound or outbound of one build (a fresh object, never one shared with other proxies), so
+editing it cannot leak into another proxy's config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from control_plane.resources.dataplane import Dataplane, Inbound
+
+HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@dataclass
+class ChainParts:
+    """One filter chain before packing: HTTP (`hcm`, its routes inline) or TCP (`tcp_proxy`)."""
+
+    stat_prefix: str
+    hcm: hcm.HttpConnectionManager | None = None
+    tcp_proxy: tcp_proxy_pb2.TcpProxy | None = None
+    network_filters: list[listener_components_pb2.Filter] = field(default_factory=list)  # before the main one
+    secure: bool = False  # terminates the mesh's mTLS (an inbound chain for mesh peers)
+
+    def routes(self) -> list[route_components_pb2.Route]:
+        if self.hcm is None:
+            return []
+        return [route for vh in self.hcm.route_config.virtual_hosts for route in vh.routes]
+
+
+@dataclass
+class InboundParts:
+    """One inbound: its listener's chains (two in PERMISSIVE mTLS: mesh peers, plaintext) and the
+    cluster of the application behind it (None when another inbound of the proxy owns it)."""
+
+    dataplane: Dataplane
+    inbound: Inbound
+    protocol: str
+    chains: list[ChainParts]
+    cluster: cluster_pb2.Cluster | None
+    mtls: bool  # the mesh has mTLS on (callers are identified by their certificate)
+
+    @property
+    def mesh(self) -> str:
+        return self.dataplane.mesh
+
+
+@dataclass
+class OutboundParts:
+    """Calls to one service: the chain that receives them and the cluster they go to."""
+
+    service: str
+    protocol: str
+    chain: ChainParts
+    cluster: cluster_pb2.Cluster
+
+
+def http_protocol_options(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:
+    """The cluster's HttpProtocolOptions (a copy: write it back with `set_http_protocol_options`)."""
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    packed = cluster.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS_KEY)
+    if packed is not None:
+        packed.Unpack(options)
+    return options
+
+
+def set_http_protocol_options(
+    cluster: cluster_pb2.Cluster, options: http_protocol_options_pb2.HttpProtocolOptions
+) -> None:
+    if not options.HasField("explicit_http_config") and not options.HasField(
+        "use_downstream_protocol_config"
+    ):
+        options.explicit_http_config.http_protocol_options.SetInParent()  # Envoy needs the protocol named
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].Pack(options)

@@ -1,0 +1,285 @@
+"""Which policies apply to a proxy and what they add up to: Kuma's matching, ordering and merging.
+
+For one proxy and one policy kind:
+- the policies whose top-level targetRef selects the proxy, ordered by that targetRef's
+  specificity (Mesh < Dataplane < MeshSubset < MeshService < MeshServiceSubset; a Dataplane by name
+  beats one by labels, one with a sectionName beats one without), then by name with the
+  lexicographically SMALLER name winning (it is merged last);
+- `to`: per outbound service, the entries naming it (MeshService) or everything (Mesh), ordered by
+  the policy's rank then the entry's kind (Kuma's `outbound.Sort`), merged as JSON merge-patch;
+- `from` (legacy) kept as ordered entries for the plugin (MeshTrafficPermission decides per caller);
+  for `from_as_rules` kinds they become rules without matches;
+- `rules` per inbound: one rule per match (or one catch-all), matched rules first (Exact before
+  Prefix); `catch_all()` merges the rules without matches.
+Results for proxies that select the same policies are the same objects: computed once per mesh
+view, and the outbound part is what the mesh-wide shared config is keyed by.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from control_plane.policies.core.merge import merge_confs
+from control_plane.policies.core.spec import Match, PolicyResource
+from control_plane.policies.core.targetref import DATAPLANE, MESH, MESH_SERVICE, ORDER, TargetRef
+from control_plane.resources.dataplane import Dataplane, Inbound
+
+if TYPE_CHECKING:
+    from control_plane.policies.core.plugin import PolicyType
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Which policy (and which of its entries) contributed to a conf."""
+
+    kind: str
+    mesh: str
+    name: str
+    rule_index: int = 0
+
+    def document(self) -> dict[str, Any]:
+        return {"type": self.kind, "mesh": self.mesh, "name": self.name}
+
+
+@dataclass(frozen=True)
+class MergedConf:
+    conf: Mapping[str, Any]  # the merge-patched `default`s (JSON), lowest priority first
+    origins: tuple[Origin, ...]
+
+    def parsed(self, model: type[BaseModel]) -> Any:
+        """`conf` as the policy's model, parsed once (MergedConfs are shared between proxies)."""
+        cached = self.__dict__.get("_parsed")
+        if cached is None or type(cached) is not model:
+            cached = model.model_validate(self.conf)
+            object.__setattr__(self, "_parsed", cached)
+        return cached
+
+
+def merged(entries: Sequence[tuple[Mapping[str, Any], Origin]]) -> MergedConf | None:
+    if not entries:
+        return None
+    return MergedConf(merge_confs(conf for conf, _ in entries), tuple(origin for _, origin in entries))
+
+
+@dataclass(frozen=True)
+class FromEntry:
+    target: TargetRef
+    conf: Mapping[str, Any]
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class InboundRule:
+    match: Match | None  # None: all incoming traffic
+    conf: Mapping[str, Any]
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class InboundPolicy:
+    """What one kind says about one inbound: legacy `from` entries (in merge order) and `rules`."""
+
+    from_entries: tuple[FromEntry, ...] = ()
+    rules: tuple[InboundRule, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.from_entries or self.rules)
+
+    @cached_property
+    def catch_all(self) -> MergedConf | None:
+        """Kuma's `MatchesAllIncomingTraffic`: the merge of the rules without matches."""
+        return merged([(r.conf, r.origin) for r in self.rules if r.match is None])
+
+
+EMPTY_INBOUND = InboundPolicy()
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """What one kind says about a proxy's outbounds: a conf per service it names, and the conf of
+    every other service (from `to` entries of kind Mesh)."""
+
+    others: MergedConf | None
+    by_service: Mapping[str, MergedConf]
+
+    def for_service(self, service: str) -> MergedConf | None:
+        return self.by_service.get(service, self.others)
+
+
+@dataclass(frozen=True)
+class OutboundRules:
+    """Every kind's outbound policy for proxies selecting the same policies; `key` names that set."""
+
+    key: tuple[tuple[str, str], ...]
+    by_kind: Mapping[str, OutboundPolicy]
+
+    def conf(self, kind: str, service: str) -> MergedConf | None:
+        policy = self.by_kind.get(kind)
+        return policy.for_service(service) if policy is not None else None
+
+
+NO_OUTBOUND_RULES = OutboundRules((), {})
+
+
+def policy_rank(policy: PolicyResource) -> tuple[int, int, int]:
+    """How specific a policy's top-level targetRef is (higher: merged later, so it wins)."""
+    ref = policy.spec.targetRef
+    by_name = int(ref.kind == DATAPLANE and ref.name is not None)
+    with_section = int(ref.kind == DATAPLANE and ref.sectionName is not None)
+    return ORDER[ref.kind], by_name, with_section
+
+
+def sort_policies(policies: Iterable[PolicyResource]) -> list[PolicyResource]:
+    """Lowest priority first: by rank, then the greater name first (the smallest name wins)."""
+    by_name = sorted(policies, key=operator.attrgetter("name"), reverse=True)
+    return sorted(by_name, key=policy_rank)  # stable: equal ranks keep the name order
+
+
+def origin_of(policy: PolicyResource, index: int = 0) -> Origin:
+    return Origin(policy.type, policy.mesh, policy.name, index)
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+def outbound_policy(policies: Sequence[PolicyResource]) -> OutboundPolicy | None:
+    """`policies` (already sorted, all selecting the proxy) → per-service confs of their `to`."""
+    entries = []
+    for rank, policy in enumerate(policies):
+        for index, entry in enumerate(policy.spec.entries("to")):
+            entries.append((rank, ORDER[entry.targetRef.kind], index, entry, origin_of(policy, index)))
+    if not entries:
+        return None
+    entries.sort(key=operator.itemgetter(0, 1, 2))  # Kuma: policy rank, then the entry's kind
+    mesh_wide = [(_dump(e.default), o) for *_, e, o in entries if e.targetRef.kind == MESH]
+    named = sorted({e.targetRef.name for *_, e, _o in entries if e.targetRef.kind == MESH_SERVICE})
+    by_service = {
+        service: merged(
+            [
+                (_dump(e.default), o)
+                for *_, e, o in entries
+                if e.targetRef.kind == MESH or e.targetRef.name == service
+            ]
+        )
+        for service in named
+    }
+    return OutboundPolicy(merged(mesh_wide), {s: c for s, c in by_service.items() if c is not None})
+
+
+def inbound_policy(policy_type: PolicyType, policies: Sequence[PolicyResource]) -> InboundPolicy:
+    """`policies` (sorted, all selecting the inbound) → its `from` entries and rules."""
+    from_entries: list[FromEntry] = []
+    rules: list[InboundRule] = []
+    for policy in policies:
+        if policy.spec.entries("rules"):
+            for index, rule in enumerate(policy.spec.entries("rules")):
+                origin, conf = origin_of(policy, index), _dump(rule.default)
+                matches = getattr(rule, "matches", None) or [None]
+                rules.extend(InboundRule(m, conf, origin) for m in matches)
+        for index, entry in enumerate(policy.spec.entries("from_")):
+            origin, conf = origin_of(policy, index), _dump(entry.default)
+            if policy_type.from_as_rules:
+                rules.append(InboundRule(None, conf, origin))
+            else:
+                from_entries.append(FromEntry(entry.targetRef, conf, origin))
+    rules.sort(key=_match_rank)  # stable: Exact matches, Prefix matches, then all traffic
+    return InboundPolicy(tuple(from_entries), tuple(rules))
+
+
+def _match_rank(rule: InboundRule) -> int:
+    if rule.match is None:
+        return 2
+    return 0 if rule.match.spiffeID.type == "Exact" else 1
+
+
+def _selects_every_proxy(policy: PolicyResource) -> bool:
+    ref = policy.spec.targetRef
+    return ref.kind == MESH and ref.proxyTypes is None
+
+
+@dataclass
+class _KindIndex:
+    """One kind's policies with a section, sorted, split into those selecting every proxy (the
+    common case: decided once) and the others (checked per proxy)."""
+
+    ordered: list[PolicyResource]
+    conditional: list[int]  # indices into `ordered` of policies that select only some proxies
+
+    @classmethod
+    def of(cls, policies: Iterable[PolicyResource]) -> _KindIndex:
+        ordered = sort_policies(policies)
+        return cls(ordered, [i for i, p in enumerate(ordered) if not _selects_every_proxy(p)])
+
+    def selecting(self, dataplane: Dataplane) -> list[PolicyResource]:
+        if not self.conditional:
+            return self.ordered
+        skip = {i for i in self.conditional if not self.ordered[i].spec.targetRef.selects_proxy(dataplane)}
+        return [p for i, p in enumerate(self.ordered) if i not in skip]
+
+
+@dataclass
+class MeshPolicies:
+    """The policies of one mesh, read once per mesh change and shared by all its proxies, with
+    the result for each distinct set of matched policies computed once."""
+
+    mesh: str = ""
+    types: Sequence[PolicyType] = ()
+    by_kind: Mapping[str, Sequence[PolicyResource]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_kind = {kind: sort_policies(policies) for kind, policies in self.by_kind.items()}
+        self._to = {
+            t.kind: _KindIndex.of(p for p in self.of_kind(t.kind) if p.spec.entries("to"))
+            for t in self.types
+            if t.sections.to
+        }
+        self._inbound = {
+            t.kind: _KindIndex.of(
+                p for p in self.of_kind(t.kind) if p.spec.entries("from_") or p.spec.entries("rules")
+            )
+            for t in self.types
+            if t.sections.inbound
+        }
+        self._outbound_cache: dict[tuple[tuple[str, str], ...], OutboundRules] = {}
+        self._inbound_cache: dict[tuple[str, tuple[str, ...]], InboundPolicy] = {}
+
+    def of_kind(self, kind: str) -> Sequence[PolicyResource]:
+        return self.by_kind.get(kind, ())
+
+    @property
+    def inbound_types(self) -> list[PolicyType]:
+        return [t for t in self.types if t.sections.inbound]
+
+    def outbound_rules(self, dataplane: Dataplane) -> OutboundRules:
+        """The `to` confs of `dataplane`: one object for every proxy selecting the same policies."""
+        selected = {kind: index.selecting(dataplane) for kind, index in self._to.items()}
+        key = tuple((kind, p.name) for kind, policies in selected.items() for p in policies)
+        found = self._outbound_cache.get(key)
+        if found is None:
+            by_kind = {kind: outbound_policy(policies) for kind, policies in selected.items()}
+            found = OutboundRules(key, {k: v for k, v in by_kind.items() if v is not None})
+            self._outbound_cache[key] = found
+        return found
+
+    def inbound_policy(
+        self, policy_type: PolicyType, dataplane: Dataplane, inbound: Inbound
+    ) -> InboundPolicy:
+        """What `policy_type` says about traffic into `inbound` (EMPTY_INBOUND: nothing)."""
+        index = self._inbound.get(policy_type.kind)
+        if index is None or not index.ordered:
+            return EMPTY_INBOUND
+        selected = [p for p in index.ordered if p.spec.targetRef.selects_inbound(dataplane, inbound)]
+        key = (policy_type.kind, tuple(p.name for p in selected))
+        found = self._inbound_cache.get(key)
+        if found is None:
+            found = self._inbound_cache[key] = (
+                inbound_policy(policy_type, selected) if selected else EMPTY_INBOUND
+            )
+        return found
