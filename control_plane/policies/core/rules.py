@@ -152,19 +152,22 @@ def _dump(model: BaseModel) -> dict[str, Any]:
 def outbound_policy(policies: Sequence[PolicyResource]) -> OutboundPolicy | None:
     """`policies` (already sorted, all selecting the proxy) → per-service confs of their `to`."""
     entries = []
-    for rank, policy in enumerate(policies):
+    for position, policy in enumerate(policies):  # `position` orders equal ranks by name
         for index, entry in enumerate(policy.spec.entries("to")):
-            entries.append((rank, ORDER[entry.targetRef.kind], index, entry, origin_of(policy, index)))
+            key = (policy_rank(policy), ORDER[entry.targetRef.kind], position, index)
+            entries.append((key, entry, origin_of(policy, index)))
     if not entries:
         return None
-    entries.sort(key=operator.itemgetter(0, 1, 2))  # Kuma: policy rank, then the entry's kind
-    mesh_wide = [(_dump(e.default), o) for *_, e, o in entries if e.targetRef.kind == MESH]
-    named = sorted({e.targetRef.name for *_, e, _o in entries if e.targetRef.kind == MESH_SERVICE})
+    # Kuma's outbound.Sort: the policy's rank, then the entry's kind (a MeshService entry beats a
+    # Mesh one whatever the names), then the name.
+    entries.sort(key=operator.itemgetter(0))
+    mesh_wide = [(_dump(e.default), o) for _, e, o in entries if e.targetRef.kind == MESH]
+    named = sorted({e.targetRef.name for _, e, _o in entries if e.targetRef.kind == MESH_SERVICE})
     by_service = {
         service: merged(
             [
                 (_dump(e.default), o)
-                for *_, e, o in entries
+                for _, e, o in entries
                 if e.targetRef.kind == MESH or e.targetRef.name == service
             ]
         )
