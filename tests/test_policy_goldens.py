@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from control_plane.policies.core.spec import PolicyResource
+from control_plane.policies.loading import mesh_policies
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource
-from control_plane.xds.generate.policies import mesh_policies
 from control_plane.xds.generate.snapshot import ProxyContext, Resources, generate_snapshot
 from control_plane.xds.names import ENDPOINT_TYPE
 from tests.envoy_validate import assert_envoy_accepts

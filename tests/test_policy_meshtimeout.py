@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from control_plane.policies.loading import mesh_policies
 from control_plane.policies.registry import BY_KIND
 from control_plane.resources.registry import parse_resource
-from control_plane.xds.generate.policies import mesh_policies
 from tests.policy_harness import Reply, Request, policy_mesh, timed
 from tests.test_kumactl import config_file, kumactl, server  # noqa: F401 - fixtures
 

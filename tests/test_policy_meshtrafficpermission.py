@@ -19,6 +19,7 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
+from control_plane.policies.loading import mesh_policies
 from control_plane.policies.meshtrafficpermission.callers import caller_actions
 from control_plane.policies.meshtrafficpermission.plugin import from_form, rules_form
 from control_plane.policies.registry import BY_KIND
@@ -26,7 +27,6 @@ from control_plane.resources.registry import InvalidResource, parse_resource, to
 from control_plane.store.base import ResourceKey, dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.cache import SnapshotCache
-from control_plane.xds.generate.policies import mesh_policies
 from control_plane.xds.names import LISTENER_TYPE
 from control_plane.xds.reconciler import Reconciler
 from tests.test_kumactl import config_file, kumactl, server  # noqa: F401 - fixtures

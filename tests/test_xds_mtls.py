@@ -25,9 +25,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from control_plane.policies.core.rules import MeshPolicies
+from control_plane.policies.loading import mesh_policies
 from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource
-from control_plane.xds.generate.policies import mesh_policies
 from control_plane.xds.generate.snapshot import MissingWorkdir, ProxyContext, Resources, generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE
 from tests.envoy_validate import assert_envoy_accepts

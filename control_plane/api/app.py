@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from control_plane.api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from control_plane.api.inspect import inspect_routes
 from control_plane.api.resources import ResourceEndpoints
 from control_plane.api.tokens import token_routes
 from control_plane.resources.registry import MESH, TYPES, ResourceType
@@ -77,6 +78,7 @@ def create_app(store: ResourceStore, *, localhost_is_admin: bool = True) -> Star
     for rtype in TYPES.values():
         routes.extend(resource_routes(ResourceEndpoints(store, rtype, localhost_is_admin, mesh_lock)))
     routes.extend(token_routes(store, localhost_is_admin))
+    routes.extend(inspect_routes(store))
     return Starlette(
         routes=routes,
         exception_handlers={

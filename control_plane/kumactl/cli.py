@@ -18,6 +18,7 @@ from control_plane.kumactl.documents import (
     read_source,
     substitute,
 )
+from control_plane.kumactl.inspect_cmd import inspect
 from control_plane.kumactl.output import FORMATS, render_document, render_table
 from control_plane.kumactl.tls_cmd import tls_certificate
 from control_plane.kumactl.tproxy_cmd import install, uninstall
@@ -39,6 +40,7 @@ def main(config_file: str | None) -> None:
 
 
 main.add_command(config_group)
+main.add_command(inspect)
 main.add_command(install)
 main.add_command(uninstall)
 main.add_command(tokens_cmd.generate)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,7 +77,12 @@ def render_table(rtype: ResourceType, documents: list[dict[str, Any]]) -> str:
     columns = columns_for(rtype)
     rows = [[header for header, _ in columns]]
     rows.extend([cell(doc) for _, cell in columns] for doc in documents)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return render_rows(rows)
+
+
+def render_rows(rows: Sequence[Sequence[str]]) -> str:
+    """Rows (the first one the headers) as aligned columns, as kumactl prints tables."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "   ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
         for row in rows

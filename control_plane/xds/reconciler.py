@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.policies.core.rules import MeshPolicies
-from control_plane.policies.core.spec import PolicyResource
+from control_plane.policies.loading import load_mesh_policies
 from control_plane.policies.registry import POLICY_TYPES
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
@@ -25,7 +25,6 @@ from control_plane.resources.registry import DATAPLANE, MESH, InvalidResource, p
 from control_plane.store.base import ChangeEvent, ResourceStore, mesh_key
 from control_plane.xds.cache import Packer, Snapshot, SnapshotCache, build_snapshot
 from control_plane.xds.generate.endpoints import EndpointIndex
-from control_plane.xds.generate.policies import mesh_policies
 from control_plane.xds.generate.snapshot import (
     MissingWorkdir,
     ProxyContext,
@@ -204,7 +203,7 @@ class Reconciler:
             dataplanes=dataplanes,
             by_name={dp.name: dp for dp in dataplanes},
             mesh=self._mesh(mesh_name),
-            policies=mesh_policies(mesh_name, self._policies(mesh_name)),
+            policies=load_mesh_policies(self._store, mesh_name),
             index=EndpointIndex(dataplanes),
         )
 
@@ -243,20 +242,6 @@ class Reconciler:
             except ValueError as exc:  # written by an older version, or by hand into the DB
                 log.warning("skipping invalid Dataplane %s/%s: %s", mesh_name, item.key.name, exc)
         return dataplanes
-
-    def _policies(self, mesh_name: str) -> list[PolicyResource]:
-        """Every policy of the mesh; one that no longer validates is skipped, not fatal."""
-        policies: list[PolicyResource] = []
-        for policy_type in POLICY_TYPES:
-            stored, _ = self._store.list(policy_type.kind, mesh=mesh_name)
-            for item in stored:
-                try:
-                    policies.append(policy_type.model.model_validate(item.document()))
-                except ValueError as exc:  # never let one broken policy take the whole mesh down
-                    log.warning(
-                        "skipping invalid %s %s/%s: %s", policy_type.kind, mesh_name, item.key.name, exc
-                    )
-        return policies
 
     def _mesh(self, mesh_name: str) -> Mesh | None:
         stored = self._store.get(mesh_key(mesh_name))

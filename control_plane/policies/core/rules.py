@@ -250,6 +250,13 @@ class MeshPolicies:
             for t in self.types
             if t.sections.inbound
         }
+        self._single = {
+            t.kind: _KindIndex.of(
+                p for p in self.of_kind(t.kind) if getattr(p.spec, "default", None) is not None
+            )
+            for t in self.types
+            if t.sections.single_item
+        }
         self._outbound_cache: dict[tuple[tuple[str, str], ...], OutboundRules] = {}
         self._inbound_cache: dict[tuple[str, tuple[str, ...]], InboundPolicy] = {}
 
@@ -270,6 +277,13 @@ class MeshPolicies:
             found = OutboundRules(key, {k: v for k, v in by_kind.items() if v is not None})
             self._outbound_cache[key] = found
         return found
+
+    def proxy_conf(self, policy_type: PolicyType, dataplane: Dataplane) -> MergedConf | None:
+        """A single-item kind's merged top-level `default` for the proxy (None: no policy)."""
+        index = self._single.get(policy_type.kind)
+        if index is None:
+            return None
+        return merged([(_dump(p.spec.default), origin_of(p)) for p in index.selecting(dataplane)])
 
     def inbound_policy(
         self, policy_type: PolicyType, dataplane: Dataplane, inbound: Inbound

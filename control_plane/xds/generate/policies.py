@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from control_plane.policies.core.parts import InboundParts, OutboundParts
 from control_plane.policies.core.rules import MeshPolicies, OutboundRules
-from control_plane.policies.core.spec import PolicyResource
 from control_plane.policies.registry import POLICY_TYPES
 
 _INBOUND = [t for t in POLICY_TYPES if t.apply_inbound is not None]
@@ -25,11 +22,3 @@ def apply_outbound_policies(rules: OutboundRules, parts: OutboundParts) -> None:
         if conf is not None:
             assert policy_type.apply_outbound is not None
             policy_type.apply_outbound(conf, parts)
-
-
-def mesh_policies(mesh: str, policies: Iterable[PolicyResource] = ()) -> MeshPolicies:
-    """The policies of `mesh` (validated resources of any registered kind) for the generator."""
-    by_kind: dict[str, list[PolicyResource]] = {}
-    for policy in policies:
-        by_kind.setdefault(policy.type, []).append(policy)
-    return MeshPolicies(mesh=mesh, types=POLICY_TYPES, by_kind=by_kind)

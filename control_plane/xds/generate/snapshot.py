@@ -10,6 +10,7 @@ from typing import Protocol
 from google.protobuf.message import Message
 
 from control_plane.policies.core.rules import MeshPolicies, OutboundRules
+from control_plane.policies.loading import mesh_policies
 from control_plane.resources.dataplane import Dataplane, Outbound
 from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import local_cluster, secure_cluster
@@ -17,7 +18,7 @@ from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, inbound_parts, outbound_listener
 from control_plane.xds.generate.outbounds import build_outbound
 from control_plane.xds.generate.overlay import Overlay
-from control_plane.xds.generate.policies import apply_inbound_policies, mesh_policies
+from control_plane.xds.generate.policies import apply_inbound_policies
 from control_plane.xds.generate.protocol import tags_protocol
 from control_plane.xds.generate.tls import InboundMtls, upstream_tls
 from control_plane.xds.generate.transparent import (
