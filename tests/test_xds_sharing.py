@@ -13,6 +13,7 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
+from control_plane.policies.loading import mesh_policies
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource, to_document
@@ -212,3 +213,49 @@ async def test_a_change_reaches_every_proxy_it_touches_and_no_other(store: Count
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_outbound_policies_key_the_shared_part_and_never_change_what_others_share() -> None:
+    """A MeshTimeout for proxies labelled canary: those share one outbound build, the others
+    another, and the others' config is byte for byte what it is without the policy."""
+    docs = mesh_docs()
+    docs[0]["labels"] = docs[1]["labels"] = {"canary": "yes"}
+    dataplanes = models(docs)
+    canary_timeout = parse_resource(
+        {
+            "type": "MeshTimeout",
+            "mesh": "default",
+            "name": "canary",
+            "spec": {
+                "targetRef": {"kind": "Dataplane", "labels": {"canary": "yes"}},
+                "to": [
+                    {
+                        "targetRef": {"kind": "MeshService", "name": "svc-0"},
+                        "default": {"connectionTimeout": "1s"},
+                    }
+                ],
+            },
+        }
+    )
+    index, packer = EndpointIndex(dataplanes), Packer()
+    policies = mesh_policies("default", [canary_timeout])
+
+    def snapshot(dataplane: Dataplane) -> Snapshot:
+        return build_snapshot(
+            generate_snapshot(dataplane, dataplanes, None, endpoints=index, policies=policies), packer
+        )
+
+    canary_a, canary_b, stable_a, stable_b = (snapshot(d) for d in dataplanes[:4])
+    a, b, c, d = (s.get(CLUSTER_TYPE).entries for s in (canary_a, canary_b, stable_a, stable_b))
+    clusters = {"a": a, "b": b, "c": c, "d": d}
+    assert clusters["a"]["svc-0"] is clusters["b"]["svc-0"]  # canaries share their build
+    assert clusters["c"]["svc-0"] is clusters["d"]["svc-0"]  # so do the others
+    assert clusters["a"]["svc-0"] is not clusters["c"]["svc-0"]
+    assert clusters["a"]["svc-1"].packed.value == clusters["c"]["svc-1"].packed.value  # not named: same
+    assert clusters["a"]["svc-0"].packed.value != clusters["c"]["svc-0"].packed.value
+    # What a stable proxy gets is exactly what it gets in a mesh without the policy.
+    without = build_snapshot(
+        generate_snapshot(dataplanes[2], dataplanes, None, endpoints=EndpointIndex(dataplanes))
+    )
+    for type_url in (LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE):
+        assert wire(stable_a, type_url) == wire(without, type_url), type_url
