@@ -1,6 +1,7 @@
 """Control-plane scale: N simulated proxies on real ADS streams against the real `kuma-cp run`.
 
-The mesh `default` (no mTLS, as Kuma creates it) has 100 services; N Dataplanes, one inbound each,
+The mesh `default` (no mTLS, as Kuma creates it, with Kuma's initial policies) has 100 services, each
+with a MeshTimeout and a MeshRetry for calls to it; N Dataplanes, one inbound each,
 spread round-robin over them, all transparent-proxied (Kuma's default on universal with the
 transparent proxy): every proxy gets a cluster per service and an outbound listener per endpoint,
 so one new endpoint of any service touches every proxy. Dataplanes are applied through the REST
@@ -46,6 +47,7 @@ import httpx
 import psutil
 
 from bench.common import PROFILES, Measure, Profile, Target
+from control_plane.resources.registry import TYPES
 from demo.lab import ControlPlaneProc, Lab
 from kuma_common.api_paths import TOKENS_PATH
 
@@ -89,6 +91,31 @@ def dataplane_doc(name: str, service: str, address: str) -> dict[str, Any]:
     }
 
 
+# Besides Kuma's initial policies of the mesh: per service, what its callers get (Kuma's
+# producer-style policies: the whole mesh calling that service).
+SERVICE_POLICIES = {
+    "MeshTimeout": {"connectionTimeout": "2s", "http": {"requestTimeout": "5s"}},
+    "MeshRetry": {"http": {"numRetries": 2, "retryOn": ["5xx"]}},
+}
+
+
+def service_policies() -> list[dict[str, Any]]:
+    return [
+        {
+            "type": kind,
+            "mesh": MESH,
+            "name": f"{kind.lower()}-svc-{i}",
+            "spec": {
+                "targetRef": {"kind": "Mesh"},
+                "to": [{"targetRef": {"kind": "MeshService", "name": f"svc-{i}"}, "default": default}],
+            },
+        }
+        for kind, default in SERVICE_POLICIES.items()
+        if kind in TYPES
+        for i in range(SERVICES)
+    ]
+
+
 @dataclass
 class RepResult:
     first_config_s: float
@@ -115,7 +142,7 @@ class Scenario:
         names = [f"dp-{i}" for i in range(self.n)]
         docs = [dataplane_doc(name, service_of(i), proxy_address(i)) for i, name in enumerate(names)]
         with ThreadPoolExecutor(SETUP_WORKERS) as pool:
-            list(pool.map(self._apply, docs))
+            list(pool.map(self._apply, [*docs, *service_policies()]))
             tokens = list(pool.map(self._token, names))
         proxies = [{"name": d["name"], "token": t, "dataplane": d} for d, t in zip(docs, tokens, strict=True)]
         path = self.lab.root / "proxies.json"
@@ -126,9 +153,9 @@ class Scenario:
         self.idle_rss_mb = self.cp_process.memory_info().rss / 1e6
 
     def _apply(self, doc: dict[str, Any]) -> None:
-        response = self.api.put(f"/meshes/{MESH}/dataplanes/{doc['name']}", json=doc)
+        response = self.api.put(f"/meshes/{MESH}/{TYPES[doc['type']].plural}/{doc['name']}", json=doc)
         if response.status_code not in (200, 201):
-            raise BenchError(f"applying Dataplane {doc['name']}: {response.status_code} {response.text}")
+            raise BenchError(f"applying {doc['type']} {doc['name']}: {response.status_code} {response.text}")
 
     def _token(self, name: str) -> str:
         response = self.api.post(TOKENS_PATH, json={"name": name, "mesh": MESH, "validFor": "24h"})

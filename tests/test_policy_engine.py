@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control_plane.policies.core.merge import merge_confs
+from control_plane.policies.docs import BEGIN, END, policies_table
 from control_plane.policies.registry import POLICY_TYPES
 from control_plane.resources.registry import InvalidResource, parse_resource
 from tests.test_kumactl import config_file, kumactl, server  # noqa: F401 - fixtures
@@ -253,3 +254,11 @@ def test_inspect_of_an_unknown_dataplane_or_mesh_is_a_clear_404(config_file: Pat
     assert result.exit_code == 1 and 'Dataplane "nobody" in mesh "default" not found' in result.output
     result = kumactl(config_file, "inspect", "dataplane", "web-1", "-m", "nowhere")
     assert result.exit_code == 1 and 'mesh "nowhere" not found' in result.output
+
+
+def test_docs_table_of_policies_is_the_registry() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "policies.md").read_text()
+    begin, end = docs.index(BEGIN), docs.index(END) + len(END)
+    assert docs[begin:end] == policies_table(), (
+        "run `python -m control_plane.policies.docs` into docs/policies.md"
+    )
