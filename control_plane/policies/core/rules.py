@@ -258,6 +258,9 @@ class MeshPolicies:
             if t.sections.single_item
         }
         self._outbound_cache: dict[tuple[tuple[str, str], ...], OutboundRules] = {}
+        self._to_for_all: OutboundRules | None = None
+        if not any(index.conditional for index in self._to.values()):
+            self._to_for_all = self._outbound_rules_of({k: i.ordered for k, i in self._to.items()})
         self._inbound_cache: dict[tuple[str, tuple[str, ...]], InboundPolicy] = {}
 
     def of_kind(self, kind: str) -> Sequence[PolicyResource]:
@@ -269,7 +272,12 @@ class MeshPolicies:
 
     def outbound_rules(self, dataplane: Dataplane) -> OutboundRules:
         """The `to` confs of `dataplane`: one object for every proxy selecting the same policies."""
+        if self._to_for_all is not None:  # every `to` policy selects every proxy: one answer
+            return self._to_for_all
         selected = {kind: index.selecting(dataplane) for kind, index in self._to.items()}
+        return self._outbound_rules_of(selected)
+
+    def _outbound_rules_of(self, selected: Mapping[str, Sequence[PolicyResource]]) -> OutboundRules:
         key = tuple((kind, p.name) for kind, policies in selected.items() for p in policies)
         found = self._outbound_cache.get(key)
         if found is None:
