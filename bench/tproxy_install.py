@@ -24,9 +24,9 @@ from netns_harness import NetnsLab  # noqa: E402
 
 from bench.common import Measure, Profile, Target  # noqa: E402
 from bench.report import run_alone  # noqa: E402
-from kuma_dp.transparent_proxy import apply  # noqa: E402
-from kuma_dp.transparent_proxy.backend import Backend  # noqa: E402
-from kuma_dp.transparent_proxy.sources import build_config, flag_layer  # noqa: E402
+from transparent_proxy import apply  # noqa: E402
+from transparent_proxy.backend import Backend  # noqa: E402
+from transparent_proxy.sources import build_config, flag_layer  # noqa: E402
 
 KUMA_INIT = str(Path(sys.executable).parent / "kuma-init")
 CONFIG = build_config(

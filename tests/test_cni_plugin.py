@@ -258,5 +258,5 @@ def test_add_imports_only_what_it_needs(runtime: Runtime) -> None:
     res = subprocess.run([PLUGIN], input=json.dumps(runtime.conf()).encode(), env=env, capture_output=True)
     assert res.returncode == 0, res.stdout
     imported = {line.split("|")[-1].strip() for line in res.stderr.decode().splitlines() if "|" in line}
-    assert "kuma_dp.transparent_proxy.apply" in imported
+    assert "transparent_proxy.apply" in imported
     assert not imported & {"pyroute2", "yaml", "click", "pydantic", "httpx", "grpc"}
