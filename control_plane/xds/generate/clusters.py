@@ -8,10 +8,11 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 
 from control_plane.resources.dataplane import Inbound
 from control_plane.xds.generate.endpoints import static_load_assignment
+from control_plane.xds.generate.packing import pack
 from control_plane.xds.generate.protocol import is_http, needs_http2_upstream
 from control_plane.xds.names import local_cluster_name
 
@@ -77,6 +78,4 @@ def _set_upstream_protocol(
             options.explicit_http_config.http_protocol_options.SetInParent()
     if options == http_protocol_options_pb2.HttpProtocolOptions():
         return
-    packed = any_pb2.Any()
-    packed.Pack(options)
-    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(packed)
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(options))

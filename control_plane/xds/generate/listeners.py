@@ -12,11 +12,12 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from control_plane.resources.dataplane import Dataplane, Inbound, Outbound
 from control_plane.xds.generate.endpoints import socket_address
+from control_plane.xds.generate.packing import pack
 from control_plane.xds.generate.protocol import is_http
 from control_plane.xds.generate.rbac import http_rbac_filter, network_rbac_filter
 from control_plane.xds.generate.tls import InboundMtls, permissive_listener_filters, secure_chain
@@ -101,7 +102,7 @@ def _http_connection_manager(stats: str, cluster: str, route_name: str) -> hcm.H
         route=route_components_pb2.RouteAction(cluster=cluster, timeout=duration_pb2.Duration(seconds=0)),
     )
     virtual_host = route_components_pb2.VirtualHost(name=cluster, domains=["*"], routes=[route])
-    router = hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))
+    router = hcm.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router()))
     return hcm.HttpConnectionManager(
         stat_prefix=stats,
         codec_type=hcm.HttpConnectionManager.AUTO,
@@ -111,10 +112,4 @@ def _http_connection_manager(stats: str, cluster: str, route_name: str) -> hcm.H
 
 
 def _filter(name: str, config: Message) -> listener_components_pb2.Filter:
-    return listener_components_pb2.Filter(name=name, typed_config=_pack(config))
-
-
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    return listener_components_pb2.Filter(name=name, typed_config=pack(config))

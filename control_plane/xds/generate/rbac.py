@@ -15,10 +15,9 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
 
 from control_plane.resources.meshtrafficpermission import ALLOW_WITH_SHADOW_DENY
+from control_plane.xds.generate.packing import pack
 from control_plane.xds.generate.permissions import ALLOWING, CallerActions
 from control_plane.xds.generate.tls import spiffe_id
 
@@ -68,7 +67,7 @@ def network_rbac_filter(actions: CallerActions, mesh: str, stats: str) -> listen
     config = network_rbac_pb2.RBAC(stat_prefix=f"{stats}.", rules=rules)
     if shadow is not None:
         config.shadow_rules.CopyFrom(shadow)
-    return listener_components_pb2.Filter(name=NETWORK_RBAC_FILTER, typed_config=_pack(config))
+    return listener_components_pb2.Filter(name=NETWORK_RBAC_FILTER, typed_config=pack(config))
 
 
 def http_rbac_filter(actions: CallerActions, mesh: str) -> hcm.HttpFilter:
@@ -76,10 +75,4 @@ def http_rbac_filter(actions: CallerActions, mesh: str) -> hcm.HttpFilter:
     config = http_rbac_pb2.RBAC(rules=rules)
     if shadow is not None:
         config.shadow_rules.CopyFrom(shadow)
-    return hcm.HttpFilter(name=HTTP_RBAC_FILTER, typed_config=_pack(config))
-
-
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    return hcm.HttpFilter(name=HTTP_RBAC_FILTER, typed_config=pack(config))

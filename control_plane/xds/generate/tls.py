@@ -15,9 +15,10 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
+from control_plane.xds.generate.packing import pack
 from control_plane.xds.generate.permissions import CallerActions
 from kuma_common.dp_contract import IDENTITY_FILE, IDENTITY_SECRET, MESH_CA_FILE, MESH_CA_SECRET, SDS_DIR
 
@@ -79,13 +80,7 @@ def upstream_tls(mesh: str, service: str, workdir: str) -> base_pb2.TransportSoc
 
 
 def _transport_socket(context: Message) -> base_pb2.TransportSocket:
-    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(context))
-
-
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
 @dataclass(frozen=True)
@@ -121,6 +116,6 @@ def permissive_listener_filters() -> list[listener_components_pb2.ListenerFilter
     """TLS inspector: reads the ClientHello so filter chains can match on TLS and ALPN."""
     return [
         listener_components_pb2.ListenerFilter(
-            name=TLS_INSPECTOR_FILTER, typed_config=_pack(tls_inspector_pb2.TlsInspector())
+            name=TLS_INSPECTOR_FILTER, typed_config=pack(tls_inspector_pb2.TlsInspector())
         )
     ]

@@ -47,7 +47,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from xds.core.v3 import cidr_pb2, extension_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2
@@ -58,6 +58,7 @@ from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S, outbound_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
 from control_plane.xds.generate.listeners import TCP_PROXY_FILTER, filter_chain
+from control_plane.xds.generate.packing import pack
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
 
 DIRECT_RESPONSE_FILTER = "envoy.filters.network.direct_response"
@@ -251,9 +252,7 @@ def outbound_matcher(outbounds: Iterable[Outbound], family: IpFamily) -> matcher
 
 
 def _extension(name: str, config: Message) -> extension_pb2.TypedExtensionConfig:
-    packed = any_pb2.Any()
-    packed.Pack(config)
-    return extension_pb2.TypedExtensionConfig(name=name, typed_config=packed)
+    return extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config))
 
 
 def add_transparent_proxying(
@@ -329,11 +328,9 @@ def _default_chain(
     else:
         # An empty direct response closes the connection at once.
         config, name = direct_response_pb2.Config(), DIRECT_RESPONSE_FILTER
-    packed = any_pb2.Any()
-    packed.Pack(config)
     return listener_components_pb2.FilterChain(
         name=cluster if passthrough else f"{listener_name}:closed",
-        filters=[listener_components_pb2.Filter(name=name, typed_config=packed)],
+        filters=[listener_components_pb2.Filter(name=name, typed_config=pack(config))],
     )
 
 
