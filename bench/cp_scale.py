@@ -46,8 +46,8 @@ import httpx
 import psutil
 
 from bench.common import PROFILES, Measure, Profile, Target
-from demo.lab import ControlPlaneProc, Lab
 from kuma_common.api_paths import TOKENS_PATH
+from labkit.lab import ControlPlaneProc, Lab
 
 SECTION = "control-plane scale"
 MESH = "default"

@@ -17,7 +17,7 @@ import pytest
 from kuma_cni import settings, spec
 from kuma_cni.spec import CniError
 
-from tests.netns_harness import NETNS_DIR, NetnsLab, require_root
+from tests.support.netns_lab import NETNS_DIR, NetnsLab, require_root
 
 BIN = Path(sys.executable).parent
 PLUGIN = str(BIN / "kuma-cni")

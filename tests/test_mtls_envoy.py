@@ -24,10 +24,11 @@ import yaml
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import ResourceKey, mesh_key
 from control_plane.xds.names import stat_prefix
-from tests.ads_harness import Envoy, app_server, control_plane, eventually
-from tests.conftest import free_port
-from tests.test_xds_mtls import make_ca, pem, write_sds_files
-from tests.test_xds_permissions import POLICY_YAML
+from labkit.ports import free_port
+from labkit.waiting import eventually
+from tests.support.mesh_ca import MeshCa
+from tests.support.xds_cases import POLICY_YAML
+from tests.support.xds_control_plane import Envoy, app_server, control_plane
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -109,11 +110,11 @@ def http_tags(service: str) -> dict[str, str]:
 async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
     envoy_binary: Path, tmp_path: Path
 ) -> None:
-    ca = make_ca()
+    ca = MeshCa()
     web_dir, backend_dir = tmp_path / "web-1", tmp_path / "backend-1"
-    for workdir, uri in ((web_dir, "spiffe://default/web"), (backend_dir, "spiffe://default/backend")):
+    for workdir, service in ((web_dir, "web"), (backend_dir, "backend")):
         workdir.mkdir()
-        write_sds_files(workdir, ca, uri)
+        ca.write_sds_files(workdir, service)
     outbound, backend_inbound = free_port(), free_port()
     async with app_server(xfcc_echo) as app_port, control_plane() as cp:
         cp.store.upsert(mesh_key("default"), mtls_mesh("STRICT"))
@@ -136,7 +137,7 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
             # STRICT: plaintext and certificate-less TLS are refused at the inbound.
             plaintext = await status(backend_inbound)
             assert isinstance(plaintext, str), f"plaintext got HTTP {plaintext}"
-            refused = await asyncio.to_thread(tls_without_client_certificate, backend_inbound, pem(ca[1]))
+            refused = await asyncio.to_thread(tls_without_client_certificate, backend_inbound, ca.pem)
             assert refused != "answered", refused
             print(f"STRICT inbound: plaintext HTTP -> {plaintext}; TLS without a certificate -> {refused}")
 

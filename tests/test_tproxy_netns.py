@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from netns_harness import NetnsLab
-from tproxy_probes import ask_udp, connect, save, start_servers, start_udp_servers
 
-from tests.netns_harness import require_root
+from tests.support.netns_lab import NetnsLab, require_root
+from tests.support.tproxy_probes import ask_udp, connect, save, start_servers, start_udp_servers
 from transparent_proxy import apply, backend
 from transparent_proxy.apply import TProxyError
 from transparent_proxy.backend import Backend

@@ -18,18 +18,18 @@ from control_plane.store.base import dataplane_key, mesh_key
 from control_plane.xds.generate import generate_snapshot
 from control_plane.xds.generate.packing import pack
 from control_plane.xds.names import LISTENER_TYPE
-from tests.ads_harness import (
+from labkit.ports import free_port
+from labkit.waiting import eventually
+from tests.support.xds_control_plane import (
     NODE,
     Envoy,
     app_server,
     control_plane,
     dataplane_doc,
-    eventually,
     http_inbound,
     running_envoy,
     store_dataplane,
 )
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,9 @@ from control_plane.xds.generate.permissions import caller_actions
 from control_plane.xds.generate.rbac import rbac_rules
 from control_plane.xds.names import LISTENER_TYPE
 from control_plane.xds.reconciler import Reconciler
-from tests.test_kumactl import config_file, kumactl, server  # noqa: F401 - fixtures
+from labkit.waiting import eventually
+from tests.support.kumactl_api import config_file, kumactl, server  # noqa: F401 - fixtures
+from tests.support.xds_cases import POLICY_YAML
 
 MESH = {"kind": "Mesh"}
 
@@ -139,18 +140,6 @@ def test_deny_all_is_an_allow_rule_without_policies_and_shadow_deny_is_only_coun
 
 
 # --- kumactl and the API ---------------------------------------------------------------------------
-POLICY_YAML = """\
-type: MeshTrafficPermission
-mesh: default
-name: deny-web-to-backend
-spec:
-  targetRef: {kind: MeshService, name: backend}
-  from:
-  - targetRef: {kind: MeshService, name: web}
-    default: {action: Deny}
-"""
-
-
 def test_kumactl_apply_get_delete(config_file: Path, tmp_path: Path) -> None:  # noqa: F811
     path = tmp_path / "mtp.yaml"
     path.write_text(POLICY_YAML)
@@ -217,13 +206,6 @@ def http_filters(cache: SnapshotCache) -> list[str]:
     manager = hcm.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     return [f.name for f in manager.http_filters]
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not within the deadline"
-        await asyncio.sleep(0.02)
 
 
 async def test_policy_put_and_deleted_reaches_the_proxy_snapshot() -> None:

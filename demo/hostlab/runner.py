@@ -27,8 +27,8 @@ import httpx
 from demo.hostlab import network
 from demo.hostlab.network import HostPlan, NetworkError
 from demo.hostlab.report import Row, Traffic, envoy_certificate, render
-from demo.lab import LabError, Proc
 from kuma_common.dp_contract import ADMIN_SOCKET_NAME
+from labkit.lab import LabError, Proc
 
 STATE_DIR = Path("/run/kuma-lab")
 PROJECT = Path(__file__).resolve().parents[2]
