@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Measure, Profile, Target  # noqa: E402
 from bench.report import run_alone  # noqa: E402
-from tests.netns_harness import NetnsLab  # noqa: E402
-from tests.test_cni_chain import Runtime, bare_namespace  # noqa: E402
+from tests.support.cni_runtime import Runtime, bare_namespace  # noqa: E402
+from tests.support.netns_lab import NetnsLab  # noqa: E402
 
 TARGET_MS = 200.0
 

@@ -48,8 +48,8 @@ import psutil
 
 from bench.common import PROFILES, Measure, Profile, Target
 from control_plane.resources.registry import TYPES
-from demo.lab import ControlPlaneProc, Lab
 from kuma_common.api_paths import TOKENS_PATH
+from labkit.lab import ControlPlaneProc, Lab
 
 SECTION = "control-plane scale"
 MESH = "default"

@@ -33,7 +33,8 @@ from bench.report import run_alone
 from control_plane.ca import issue_certificate
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
-from demo.lab import ControlPlaneProc, Lab, dataplane, free_port
+from labkit.lab import ControlPlaneProc, Lab, dataplane
+from labkit.ports import free_port
 
 SERVICE = "web"
 URI = f"spiffe://default/{SERVICE}"

@@ -21,7 +21,7 @@ from bench import twoproxy
 from bench.common import Measure, Profile, Target
 from bench.load import LoadResult, run_fixed_rate, run_saturation
 from bench.report import run_alone
-from demo.lab import AgentProc, Lab
+from labkit.lab import AgentProc, Lab
 
 DATA = "data path"
 FOOTPRINT = "agent footprint"

@@ -17,7 +17,8 @@ import yaml
 
 from bench.common import Measure, Profile, Target
 from bench.report import run_alone
-from demo.lab import Lab, dataplane, free_port, wait_for
+from labkit.lab import Lab, dataplane, wait_for
+from labkit.ports import free_port
 
 MINIMAL_ENVOY = """
 admin:

@@ -18,15 +18,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from netns_harness import NetnsLab  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Measure, Profile, Target  # noqa: E402
 from bench.report import run_alone  # noqa: E402
-from kuma_dp.transparent_proxy import apply  # noqa: E402
-from kuma_dp.transparent_proxy.backend import Backend  # noqa: E402
-from kuma_dp.transparent_proxy.sources import build_config, flag_layer  # noqa: E402
+from tests.support.netns_lab import NetnsLab  # noqa: E402
+from transparent_proxy import apply  # noqa: E402
+from transparent_proxy.backend import Backend  # noqa: E402
+from transparent_proxy.sources import build_config, flag_layer  # noqa: E402
 
 KUMA_INIT = str(Path(sys.executable).parent / "kuma-init")
 CONFIG = build_config(

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from tests.test_e2e_transparent import APP_PORT, EXCLUDED_PORT, USER_UID, transparent_mesh
+from tests.support.transparent_mesh import APP_PORT, EXCLUDED_PORT, USER_UID, transparent_mesh
 
 EXPLICIT_OUTBOUND_PORT = 18090
 

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from demo.lab import MTLS_MESH, AgentProc, ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
+from labkit.lab import MTLS_MESH, AgentProc, ControlPlaneProc, Lab, Proc, dataplane, wait_for
+from labkit.ports import free_port
 
 ENVOY_WORKERS = 1
 BODY_BYTES = 1024

@@ -39,6 +39,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, short_type
+from kuma_common import dp_contract as contract
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 DEFAULT_TIMEOUT_S = 120.0
@@ -83,7 +84,7 @@ class SimProxy:
         )
         client = _Requests(self.node)
         client.send(CLUSTER_TYPE)
-        call = stream(client.outgoing(), metadata=(("authorization", self.token),))
+        call = stream(client.outgoing(), metadata=((contract.TOKEN_HEADER, self.token),))
         try:
             async for raw in call:
                 self._on_response(client, discovery_pb2.DiscoveryResponse.FromString(raw), raw)
@@ -177,14 +178,14 @@ def make_node(mesh: str, entry: Mapping[str, Any], send_resource: bool) -> base_
     inbound = dataplane["networking"]["inbound"]
     node = base_pb2.Node(id=f"{mesh}.{entry['name']}", cluster=inbound[0]["tags"]["kuma.io/service"])
     metadata: dict[str, Any] = {
-        "dataplane.proxyType": "dataplane",
-        "workdir": f"/tmp/xds-load/{entry['name']}",
-        "version": {"kumaDp": {"version": "bench"}, "envoy": {"version": "1.40.0"}},
-        "features": [],
-        "dynamicMetadata": {},
+        contract.PROXY_TYPE_METADATA_KEY: contract.DATAPLANE_PROXY_TYPE,
+        contract.WORKDIR_METADATA_KEY: f"/tmp/xds-load/{entry['name']}",
+        contract.VERSION_METADATA_KEY: {"kumaDp": {"version": "bench"}, "envoy": {"version": "1.40.0"}},
+        contract.FEATURES_METADATA_KEY: [],
+        contract.DYNAMIC_METADATA_KEY: {},
     }
     if send_resource:
-        metadata["dataplane.resource"] = json.dumps(dataplane)
+        metadata[contract.RESOURCE_METADATA_KEY] = json.dumps(dataplane)
     node.metadata.update(metadata)
     return node
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from demo.lab import MTLS_MESH, AgentProc, Lab, LabError, dataplane, free_port
+from labkit.lab import MTLS_MESH, AgentProc, Lab, LabError, dataplane, wait_for
+from labkit.ports import free_port
 
 DEFAULT_API_PORT = 5681
 DEFAULT_DP_PORT = 5678
@@ -112,15 +113,14 @@ def run_demo(lab: Lab, requests: int) -> None:
 
 def _wait_for_caller(web_app: str, timeout: float = 15) -> None:
     """Until backend's Envoy forwards the caller's identity: mTLS has reached both Envoys."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def forwarded() -> bool:
         try:
-            if "caller" in httpx.get(f"{web_app}/probe", timeout=2).json()["backend"]:
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise LabError("mTLS did not take effect within 15 s")
+            return "caller" in httpx.get(f"{web_app}/probe", timeout=2).json()["backend"]
+        except (ValueError, KeyError):
+            return False
+
+    wait_for("mTLS to take effect (backend's Envoy forwarding the caller's identity)", forwarded, timeout)
 
 
 def _identity(agent: AgentProc) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from kuma_common import dp_contract as contract
 from kuma_common.version import __version__
 from kuma_dp import constants as c
 from kuma_dp.config import RunConfig
@@ -86,32 +87,32 @@ def agent_version() -> str:
 def request_body(
     config: RunConfig, token: str, envoy: EnvoyVersion, ca: TrustedCa | None, workdir: Path
 ) -> dict[str, Any]:
-    """The JSON body of POST /bootstrap (the design's contract)."""
-    return {
-        "mesh": config.mesh,
-        "name": config.name,
-        "proxyType": config.proxy_type,
-        "dataplaneToken": token,
-        "dataplaneResource": config.dataplane_json or "",
-        "version": {
+    """The JSON body of POST /bootstrap (kuma_common/dp_contract.py)."""
+    return contract.BootstrapRequest(
+        mesh=config.mesh,
+        name=config.name,
+        proxyType=config.proxy_type,
+        dataplaneToken=token,
+        dataplaneResource=config.dataplane_json or "",
+        version={
             "kumaDp": {"version": agent_version()},
             "envoy": {"version": envoy.version, "build": envoy.build},
         },
-        "caCert": ca.pem if ca else "",
-        "dynamicMetadata": {},
-        "readinessPort": config.readiness_port,
-        "workdir": str(workdir.absolute()),
-        "features": [],
-    }
+        caCert=ca.pem if ca else "",
+        dynamicMetadata={},
+        readinessPort=config.readiness_port,
+        workdir=str(workdir.absolute()),
+        features=[],
+    ).to_json()
 
 
 def parse_response(body: bytes) -> BootstrapResponse:
     try:
         document = json.loads(body)
-        bootstrap = base64.b64decode(document["bootstrap"], validate=True)
+        bootstrap = base64.b64decode(document[contract.BOOTSTRAP_FIELD], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise BootstrapError(f"the control plane sent an unreadable bootstrap response ({exc})") from None
-    return BootstrapResponse(bootstrap, document.get("kumaSidecarConfiguration") or {})
+    return BootstrapResponse(bootstrap, document.get(contract.SIDECAR_CONFIGURATION_FIELD) or {})
 
 
 def server_message(body: bytes) -> str:
@@ -144,7 +145,7 @@ def is_tls_verification_failure(exc: BaseException) -> bool:
 
 async def fetch_bootstrap(config: RunConfig, body: dict[str, Any], ca: TrustedCa | None) -> BootstrapResponse:
     """POST until success; retry connection errors, 5xx and empty 404 every backoff up to the max duration."""
-    url = f"{config.cp_address}/bootstrap"
+    url = f"{config.cp_address}{contract.BOOTSTRAP_PATH}"
     deadline = time.monotonic() + config.retry_max_duration_s
     async with httpx.AsyncClient(
         verify=ssl_context(ca), timeout=c.BOOTSTRAP_REQUEST_TIMEOUT_S, trust_env=False

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from kuma_common.dp_contract import PROXY_TYPES
 from kuma_common.durations import DurationError, format_duration, parse_duration
 from kuma_dp import constants as c
 from kuma_dp.config import RunConfig, RunFlags, build_run_config
@@ -58,9 +59,7 @@ def main() -> None:
 )
 @click.option("--name", help=f"Dataplane name [env {c.ENV_NAME}]")
 @click.option("--mesh", help=f"Mesh [env {c.ENV_MESH}; default: the resource's, else {c.DEFAULT_MESH}]")
-@click.option(
-    "--proxy-type", type=click.Choice(c.PROXY_TYPES), default=c.DEFAULT_PROXY_TYPE, show_default=True
-)
+@click.option("--proxy-type", type=click.Choice(PROXY_TYPES), default=c.DEFAULT_PROXY_TYPE, show_default=True)
 @click.option("--dataplane-token", help=f"Dataplane token [env {c.ENV_TOKEN}]")
 @click.option("--dataplane-token-file", help=f"File holding the dataplane token [env {c.ENV_TOKEN_PATH}]")
 @click.option("--dataplane", "dataplane_inline", help="Dataplane resource, inline YAML or JSON")

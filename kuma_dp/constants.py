@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from kuma_common import defaults
+from kuma_common import defaults, dp_contract
 
 DEFAULT_CP_ADDRESS = f"https://localhost:{defaults.DP_SERVER_PORT}"
 DEFAULT_MESH = defaults.DEFAULT_MESH
-DEFAULT_PROXY_TYPE = "dataplane"
-PROXY_TYPES = ("dataplane", "ingress", "egress")
+DEFAULT_PROXY_TYPE = dp_contract.DATAPLANE_PROXY_TYPE
 RESOURCE_TYPE_BY_PROXY_TYPE = {"dataplane": "Dataplane", "ingress": "ZoneIngress", "egress": "ZoneEgress"}
 
 DEFAULT_READINESS_PORT = defaults.READINESS_PORT
@@ -40,18 +39,12 @@ WORK_DIR_PREFIX = "kuma-dp-"
 WORK_DIR_MODE = 0o711
 BOOTSTRAP_FILE_MODE = 0o600
 
-# Workload identity (docs/identity.md): key, certificate and CA in the work dir, read by Envoy's SDS.
-IDENTITY_DIR_NAME = "identity"
-IDENTITY_SDS_DIR_NAME = "sds"
+# Workload identity (docs/identity.md): key, certificate and CA in the work dir, read by Envoy's SDS
+# (the directory, file and secret names Envoy's config uses are in kuma_common/dp_contract.py).
 IDENTITY_KEY_FILE_NAME = "key.pem"
 IDENTITY_CERTIFICATE_FILE_NAME = "cert.pem"
-IDENTITY_SECRET_NAME = "identity"
-MESH_CA_SECRET_NAME = "mesh_ca"
-IDENTITY_SECRET_FILE_NAME = "identity.yaml"
-MESH_CA_SECRET_FILE_NAME = "ca.yaml"
 IDENTITY_DIR_MODE = 0o700
 IDENTITY_FILE_MODE = 0o600
-CERTIFICATE_PATH = "/certificate"
 CERTIFICATE_REQUEST_TIMEOUT_S = 10.0
 SERVICE_TAG = "kuma.io/service"
 # Renew at 80 % of the lifetime, +- 5 points of jitter so that proxies started together spread out.

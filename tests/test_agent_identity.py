@@ -1,4 +1,4 @@
-"""The agent's workload identity against THE HARNESS `/certificate` (tests/identity_harness.py),
+"""The agent's workload identity against THE HARNESS `/certificate` (tests/support/fake_identity.py),
 with real Envoy serving the identity through the contract's file-based SDS: files before Envoy,
 rotation without an Envoy restart, a CP away during renewal, start-up refusals. Plus the pure parts."""
 
@@ -18,17 +18,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-from agent_harness import Agent, TestApp, app, free_port, pki, start_agent, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from identity_harness import IdentityControlPlane, peer_certificate, tls_bootstrap_for
 
-from demo.lab import Lab, dataplane
 from kuma_dp.identity import keygen
 from kuma_dp.identity.client import IdentityError, parse_issued
 from kuma_dp.identity.renewal import next_backoff_s, renewal_delay_s
 from kuma_dp.identity.sds import IdentityPaths, identity_secret_yaml
 from kuma_dp.identity.services import services_of, spiffe_ids
+from labkit.lab import Lab, dataplane
+from labkit.ports import free_port
+from labkit.waiting import wait_until
+from tests.support.agent_process import Agent, TestApp, app, pki, start_agent
+from tests.support.fake_identity import IdentityControlPlane, peer_certificate, tls_bootstrap_for
 
 __all__ = ["app", "pki", "start_agent"]  # fixtures
 
@@ -119,13 +121,13 @@ def test_files_before_envoy_then_rotation_without_restart(
     # Envoy serves it; after ~80 % of the lifetime a new one, same Envoy process.
     [envoy_pid] = agent.envoy_pids()
     assert served_serial(icp) == leaf.serial_number
-    wait_for("a renewal", lambda: len(icp.issued_serials()) >= 2, timeout=10)
+    wait_until(lambda: len(icp.issued_serials()) >= 2, timeout=10, what="a renewal")
     renewed_after = icp.cert_requests[1].at - icp.cert_requests[0].at
     print(f"renewed {renewed_after:.2f}s after the first certificate (lifetime {icp.lifetime_s}s)")
     # notAfter has whole seconds (up to 1 s less than asked); the key child adds ~0.1-0.3 s.
     assert 0.75 * (icp.lifetime_s - 1) <= renewed_after <= 0.85 * icp.lifetime_s + 1.0
     second = icp.issued_serials()[1]
-    wait_for("Envoy serving the renewed certificate", lambda: served_serial(icp) == second, timeout=5)
+    wait_until(lambda: served_serial(icp) == second, timeout=5, what="Envoy serving the renewed certificate")
     assert agent.envoy_pids() == [envoy_pid]
     new_key = serialization.load_pem_private_key(paths.key.read_bytes(), None)
     assert new_key.public_key().public_numbers() != key.public_key().public_numbers()  # a new key each time
@@ -146,7 +148,7 @@ def test_cp_away_during_renewal_warns_then_recovers(
     [envoy_pid] = agent.envoy_pids()
     first = icp.issued_serials()[0]
     icp.stop()  # the CP is away: connections are refused
-    wait_for("a renewal failure", lambda: "certificate renewal failed" in agent.log(), timeout=10)
+    wait_until(lambda: "certificate renewal failed" in agent.log(), timeout=10, what="a renewal failure")
     log = agent.log()
     assert "WARN\tidentity\tcertificate renewal failed" in log
     assert "the current certificate is valid until" in log
@@ -154,9 +156,9 @@ def test_cp_away_during_renewal_warns_then_recovers(
     assert served_serial(icp) == first  # the old certificate keeps serving meanwhile
 
     icp.start()
-    wait_for("renewed after the CP came back", lambda: len(icp.issued_serials()) >= 2, timeout=10)
+    wait_until(lambda: len(icp.issued_serials()) >= 2, timeout=10, what="renewed after the CP came back")
     second = icp.issued_serials()[1]
-    wait_for("Envoy serving the renewed certificate", lambda: served_serial(icp) == second, timeout=5)
+    wait_until(lambda: served_serial(icp) == second, timeout=5, what="Envoy serving the renewed certificate")
     assert agent.envoy_pids() == [envoy_pid]
     agent.signal(signal.SIGTERM)
     assert agent.wait_exit() == 0
@@ -324,13 +326,15 @@ def test_real_control_plane_issues_and_renews_with_token(lab: Lab, tmp_path: Pat
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://default/web"]
     envoy_pids = _envoy_pids(agent.proc.popen.pid)
-    wait_for("a renewed certificate", lambda: _leaf_in(paths).serial_number != leaf.serial_number, timeout=10)
+    wait_until(
+        lambda: _leaf_in(paths).serial_number != leaf.serial_number, timeout=10, what="a renewed certificate"
+    )
     # Envoy serves the new one over mTLS on the inbound, without a restart.
     renewed = _leaf_in(paths)
-    wait_for(
-        "Envoy serving the renewed certificate",
+    wait_until(
         lambda: _served_by_inbound(port, paths) == renewed.serial_number,
         timeout=5,
+        what="Envoy serving the renewed certificate",
     )
     assert _envoy_pids(agent.proc.popen.pid) == envoy_pids
     rss_mib = psutil.Process(agent.proc.popen.pid).memory_info().rss / 2**20

@@ -1,5 +1,5 @@
-"""`kuma-dp run` against the harness CP (tests/agent_harness.py) with real Envoy: bootstrap, READY,
-retries, fatal answers, bad input. The lead's e2e tests cover the real control plane."""
+"""`kuma-dp run` against the harness CP (tests/support/fake_control_plane.py) with real Envoy:
+bootstrap, READY, retries, fatal answers, bad input. The lead's e2e tests cover the real control plane."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from pathlib import Path
 
 import httpx
 import psutil
-from agent_harness import Agent, FakeControlPlane, app, cp, free_port, make_pki, pki, start_agent, wait_for
+
+from labkit.ports import free_port
+from labkit.waiting import wait_until
+from tests.support.agent_process import Agent, app, cp, pki, start_agent
+from tests.support.fake_control_plane import FakeControlPlane, make_pki
 
 __all__ = ["app", "cp", "pki", "start_agent"]  # fixtures
 
@@ -172,7 +176,7 @@ def test_readiness_port_taken(start_agent: StartAgent, cp: FakeControlPlane) -> 
 def test_stop_while_retrying_bootstrap(start_agent: StartAgent, cp: FakeControlPlane) -> None:
     cp.answers = [(503, b"")] * 1000
     agent = start_agent(cp, "--name", "dp-1")
-    wait_for("a retry", lambda: len(cp.requests) >= 2)
+    wait_until(lambda: len(cp.requests) >= 2, what="a retry")
     assert agent.readiness() == (503, "NOT_READY")
     agent.signal(signal.SIGTERM)
     assert agent.wait_exit(5) == 0

@@ -11,7 +11,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from agent_harness import Agent, FakeControlPlane, app, cp, pki, start_agent, static_bootstrap, wait_for
+
+from labkit.waiting import wait_until
+from tests.support.agent_process import Agent, app, cp, pki, start_agent
+from tests.support.fake_control_plane import FakeControlPlane, static_bootstrap
 
 __all__ = ["app", "cp", "pki", "start_agent"]  # fixtures
 
@@ -27,7 +30,7 @@ def test_killed_envoy_is_restarted_and_ready_again(
     agent.wait_ready()
     (first,) = agent.envoy_pids()
     os.kill(first, signal.SIGKILL)
-    wait_for("a new Envoy", lambda: agent.envoy_pids() not in ([], [first]))
+    wait_until(lambda: agent.envoy_pids() not in ([], [first]), what="a new Envoy")
     agent.wait_ready()
     assert httpx.get(f"http://127.0.0.1:{cp.listener_port}/again", timeout=5).text == "hello from /again\n"
     assert "Envoy exited unexpectedly (signal SIGKILL); restarting in 0.2s" in agent.log()
@@ -74,7 +77,9 @@ def test_envoy_dies_with_the_agent(start_agent: StartAgent, cp: FakeControlPlane
     assert os.getpgid(envoy_pid) == envoy_pid  # its own process group
     agent.proc.kill()
     agent.proc.wait(5)
-    wait_for("Envoy gone", lambda: not envoy.is_running() or envoy.status() == psutil.STATUS_ZOMBIE, 5)
+    wait_until(
+        lambda: not envoy.is_running() or envoy.status() == psutil.STATUS_ZOMBIE, timeout=5, what="Envoy gone"
+    )
 
 
 def test_bootstrap_is_json_of_the_same_request_each_restart(
@@ -86,7 +91,7 @@ def test_bootstrap_is_json_of_the_same_request_each_restart(
         agent.wait_ready()
         (pid,) = agent.envoy_pids()
         os.kill(pid, signal.SIGKILL)
-        wait_for("a new Envoy", lambda pid=pid: agent.envoy_pids() not in ([], [pid]))
+        wait_until(lambda pid=pid: agent.envoy_pids() not in ([], [pid]), what="a new Envoy")
     agent.wait_ready()
     assert "restarting in 0.2s" in agent.log() and "restarting in 0.4s" in agent.log()
     assert len(cp.requests) == 1

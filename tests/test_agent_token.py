@@ -1,5 +1,5 @@
 """The dataplane token: `TokenSource` (file re-read on change), and the agent against THE HARNESS
-(tests/identity_harness.py): a replaced token file reaches the next CSR and a fresh bootstrap, and an
+(tests/support/fake_identity.py): a replaced token file reaches the next CSR and a fresh bootstrap, and an
 Envoy whose ADS stream is refused with the old token is restarted with the new one."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agent_harness import Agent, TestApp, app, pki, start_agent, wait_for
-from identity_harness import HarnessAds, IdentityControlPlane, tls_bootstrap_for
 
 from kuma_dp.errors import ConfigError
 from kuma_dp.token_source import TokenSource
+from labkit.waiting import wait_until
+from tests.support.agent_process import Agent, TestApp, app, pki, start_agent
+from tests.support.fake_identity import HarnessAds, IdentityControlPlane, tls_bootstrap_for
 
 __all__ = ["app", "pki", "start_agent"]  # fixtures
 
@@ -144,11 +145,15 @@ def test_replaced_token_file_reaches_next_csr_and_bootstrap(
     [envoy_pid] = agent.envoy_pids()
 
     replace_file(token_file, NEW + "\n")
-    wait_for("the change logged", lambda: "dataplane token file changed" in agent.log(), timeout=5)
-    wait_for("a CSR with the new token", lambda: icp.cert_requests[-1].authorization == NEW, timeout=6)
+    wait_until(lambda: "dataplane token file changed" in agent.log(), timeout=5, what="the change logged")
+    wait_until(lambda: icp.cert_requests[-1].authorization == NEW, timeout=6, what="a CSR with the new token")
     assert all(r.authorization == OLD for r in icp.cert_requests[:-1])
-    wait_for("a bootstrap with the new token", lambda: icp.requests[-1]["dataplaneToken"] == NEW, timeout=5)
-    wait_for("the refresh logged", lambda: "bootstrap refreshed with the new dataplane token" in agent.log())
+    wait_until(
+        lambda: icp.requests[-1]["dataplaneToken"] == NEW, timeout=5, what="a bootstrap with the new token"
+    )
+    wait_until(
+        lambda: "bootstrap refreshed with the new dataplane token" in agent.log(), what="the refresh logged"
+    )
     assert agent.envoy_pids() == [envoy_pid]  # its ADS stream is fine (no ADS here): no restart
     agent.signal(signal.SIGTERM)
     assert agent.wait_exit() == 0
@@ -166,16 +171,16 @@ def test_envoy_restarted_when_ads_refuses_the_old_token(
     icp.bootstrap_override = tls_bootstrap_for(icp, ads_port=ads.port)
     agent = start(start_agent, icp, tmp_path, token_file)
     agent.wait_ready()
-    wait_for("Envoy's ADS stream with the first token", lambda: ads.streams == [OLD], timeout=10)
+    wait_until(lambda: ads.streams == [OLD], timeout=10, what="Envoy's ADS stream with the first token")
     [old_pid] = agent.envoy_pids()
 
     # The token is rotated and the old one revoked; the CP restarts, so Envoy must reconnect.
     replace_file(token_file, NEW)
     ads.allowed = {NEW}
     ads.restart()
-    wait_for("the old token refused on reconnect", lambda: ads.streams.count(OLD) >= 2, timeout=10)
-    wait_for("a new Envoy", lambda: agent.envoy_pids() not in ([], [old_pid]), timeout=25)
-    wait_for("the ADS stream with the new token", lambda: ads.streams[-1] == NEW, timeout=10)
+    wait_until(lambda: ads.streams.count(OLD) >= 2, timeout=10, what="the old token refused on reconnect")
+    wait_until(lambda: agent.envoy_pids() not in ([], [old_pid]), timeout=25, what="a new Envoy")
+    wait_until(lambda: ads.streams[-1] == NEW, timeout=10, what="the ADS stream with the new token")
     assert NEW in (tmp_path / "work" / "bootstrap.yaml").read_text()  # what the new Envoy read
     assert "restarting Envoy with the new token" in agent.log()
     agent.wait_ready()

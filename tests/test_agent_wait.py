@@ -9,7 +9,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from agent_harness import KUMA_DP, Agent, FakeControlPlane, app, cp, free_port, pki, start_agent
+
+from labkit.ports import free_port
+from tests.support.agent_process import KUMA_DP, Agent, app, cp, pki, start_agent
+from tests.support.fake_control_plane import FakeControlPlane
 
 __all__ = ["app", "cp", "pki", "start_agent"]  # fixtures
 

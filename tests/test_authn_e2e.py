@@ -19,7 +19,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from demo.lab import ALLOW_ALL_PERMISSION, ControlPlaneProc, Lab, Proc, dataplane, free_port, wait_for
+from labkit.lab import ALLOW_ALL_PERMISSION, ControlPlaneProc, Lab, Proc, dataplane, wait_for
+from labkit.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

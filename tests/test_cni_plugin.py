@@ -17,7 +17,7 @@ import pytest
 from kuma_cni import settings, spec
 from kuma_cni.spec import CniError
 
-from tests.netns_harness import NETNS_DIR, NetnsLab, require_root
+from tests.support.netns_lab import NETNS_DIR, NetnsLab, require_root
 
 BIN = Path(sys.executable).parent
 PLUGIN = str(BIN / "kuma-cni")
@@ -258,5 +258,5 @@ def test_add_imports_only_what_it_needs(runtime: Runtime) -> None:
     res = subprocess.run([PLUGIN], input=json.dumps(runtime.conf()).encode(), env=env, capture_output=True)
     assert res.returncode == 0, res.stdout
     imported = {line.split("|")[-1].strip() for line in res.stderr.decode().splitlines() if "|" in line}
-    assert "kuma_dp.transparent_proxy.apply" in imported
+    assert "transparent_proxy.apply" in imported
     assert not imported & {"pyroute2", "yaml", "click", "pydantic", "httpx", "grpc"}

@@ -20,7 +20,7 @@ from control_plane.dp_server.server import DpServer
 from control_plane.dp_server.tls import resolve_tls_files
 from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
-from tests.conftest import free_port
+from labkit.ports import free_port
 
 DATAPLANE = {
     "type": "Dataplane",

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from control_plane.dp_server.tls import self_signed_pem
-from demo.lab import BIN, ControlPlaneProc, Lab, dataplane, free_port
+from labkit.lab import BIN, ControlPlaneProc, Lab, dataplane
+from labkit.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -14,8 +14,9 @@ from collections import Counter
 import httpx
 import pytest
 
-from demo.lab import ALLOW_ALL_PERMISSION, AgentProc, ControlPlaneProc, Lab, dataplane, free_port
-from tests.conftest import wait_until
+from labkit.lab import ALLOW_ALL_PERMISSION, AgentProc, ControlPlaneProc, Lab, dataplane
+from labkit.ports import free_port
+from labkit.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -11,8 +10,9 @@ from collections import Counter
 import httpx
 import pytest
 
-from demo.lab import AgentProc, ControlPlaneProc, Lab, dataplane, free_port
-from tests.conftest import wait_until
+from labkit.lab import AgentProc, ControlPlaneProc, Lab, dataplane
+from labkit.ports import free_port, port_open
+from labkit.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -169,18 +169,12 @@ def test_sigterm_lets_a_slow_request_finish_and_refuses_new_connections(mesh: Me
     caller.start()
     time.sleep(0.5)  # the request is in flight inside backend's Envoy
     mesh.backend.proc.signal(signal.SIGTERM)
-    wait_until(lambda: not _accepts(mesh.backend_in), timeout=3)
+    wait_until(lambda: not port_open(mesh.backend_in), timeout=3)
     caller.join(10)
     resp = result.get("resp")
     assert isinstance(resp, httpx.Response), result
     assert resp.status_code == 200 and resp.json()["path"] == "/sleep/2"
     assert mesh.backend.proc.popen.wait(15) == 0
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_resources_survive_restart_and_concurrent_applies_lose_none(lab: Lab, cp: ControlPlaneProc) -> None:

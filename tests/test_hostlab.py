@@ -19,8 +19,8 @@ import pytest
 
 from demo.hostlab.network import IFNAMSIZ, PREFIX, address_plan
 from demo.hostlab.report import Row, Traffic, percentile, render
-from tests.conftest import wait_until
-from tests.netns_harness import require_root
+from labkit.waiting import wait_until
+from tests.support.netns_lab import require_root
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = [sys.executable, "-m", "demo.hostlab"]

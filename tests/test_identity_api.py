@@ -31,7 +31,7 @@ from control_plane.tokens import TokenRequest, current_signing_key, issue_token,
 from control_plane.xds.client import AdsClient
 from control_plane.xds.component import XdsComponent
 from control_plane.xds.names import CLUSTER_TYPE
-from tests.conftest import free_port
+from labkit.ports import free_port
 
 WEB_1 = {
     "type": "Dataplane",

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from netns_harness import NetnsLab
-from tproxy_probes import connect, save, start_servers
 
 from control_plane.kumactl.cli import main as kumactl_main
-from tests.netns_harness import require_root
+from tests.support.netns_lab import NetnsLab, require_root
+from tests.support.tproxy_probes import connect, save, start_servers
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,22 +9,17 @@ import stat
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import uvicorn
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
-from control_plane.api.app import create_app
 from control_plane.kumactl.cli import main
 from control_plane.resources.registry import TYPES
-from control_plane.store.base import ResourceStore
-from control_plane.store.defaults import ensure_default_mesh
-from control_plane.store.memory import MemoryStore
 from control_plane.store.sqlite import SqliteStore
+from tests.support.kumactl_api import ApiServer, config_file, kumactl, server, start
+
+__all__ = ["config_file", "server"]  # fixtures
 
 DATAPLANE_YAML = """\
 type: Dataplane
@@ -37,62 +32,6 @@ networking:
     tags:
       kuma.io/service: backend
 """
-
-
-class ApiServer:
-    """The REST API under uvicorn in a background thread, on 127.0.0.1 and a free port."""
-
-    def __init__(self, store: ResourceStore) -> None:
-        self.store = store
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(store), log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def __enter__(self) -> ApiServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert self._thread.is_alive(), "the API server thread died"
-            assert time.monotonic() < deadline, "the API server did not start within 10 s"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
-
-
-def start(store: ResourceStore) -> ApiServer:
-    ensure_default_mesh(store)
-    return ApiServer(store)
-
-
-@pytest.fixture
-def server() -> Iterator[ApiServer]:
-    with start(MemoryStore()) as running:
-        yield running
-
-
-@pytest.fixture
-def config_file(tmp_path: Path, server: ApiServer) -> Path:
-    """A kumactl config pointing at the test server (added through kumactl itself)."""
-    path = tmp_path / "kumactl" / "config"
-    result = kumactl(path, "config", "control-planes", "add", "--name", "test", "--address", server.url)
-    assert result.exit_code == 0, result.output
-    return path
-
-
-def kumactl(config: Path, *args: str, stdin: str | None = None) -> Result:
-    runner = CliRunner()
-    return runner.invoke(
-        main, list(args), input=stdin, env={"KUMACTL_CONFIG": str(config)}, catch_exceptions=False
-    )
 
 
 def test_apply_get_delete_round_trip(config_file: Path, tmp_path: Path) -> None:

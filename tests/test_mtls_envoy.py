@@ -24,24 +24,18 @@ import yaml
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import ResourceKey, mesh_key
 from control_plane.xds.names import stat_prefix
-from tests.ads_harness import Envoy, app_server, control_plane, eventually
-from tests.conftest import free_port
-from tests.test_policy_meshtrafficpermission import POLICY_YAML
-from tests.test_xds_mtls import make_ca, pem, write_sds_files
+from labkit.lab import ALLOW_ALL_PERMISSION
+from labkit.ports import free_port
+from labkit.waiting import eventually
+from tests.support.mesh_ca import MeshCa
+from tests.support.xds_cases import POLICY_YAML
+from tests.support.xds_control_plane import Envoy, app_server, control_plane
 
 pytestmark = pytest.mark.timeout(90)
 
 DENY_KEY = ResourceKey("MeshTrafficPermission", "default", "deny-web-to-backend")
-ALLOW_ALL_KEY = ResourceKey("MeshTrafficPermission", "default", "allow-all")
-ALLOW_ALL = {
-    "type": "MeshTrafficPermission",
-    "mesh": "default",
-    "name": "allow-all",
-    "spec": {
-        "targetRef": {"kind": "Mesh"},
-        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}],
-    },
-}
+ALLOW_ALL = yaml.safe_load(ALLOW_ALL_PERMISSION)
+ALLOW_ALL_KEY = ResourceKey(ALLOW_ALL["type"], "default", ALLOW_ALL["name"])
 
 
 def mtls_mesh(mode: str) -> dict[str, Any]:
@@ -119,11 +113,11 @@ def http_tags(service: str) -> dict[str, str]:
 async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
     envoy_binary: Path, tmp_path: Path
 ) -> None:
-    ca = make_ca()
+    ca = MeshCa()
     web_dir, backend_dir = tmp_path / "web-1", tmp_path / "backend-1"
-    for workdir, uri in ((web_dir, "spiffe://default/web"), (backend_dir, "spiffe://default/backend")):
+    for workdir, service in ((web_dir, "web"), (backend_dir, "backend")):
         workdir.mkdir()
-        write_sds_files(workdir, ca, uri)
+        ca.write_sds_files(workdir, service)
     outbound, backend_inbound = free_port(), free_port()
     async with app_server(xfcc_echo) as app_port, control_plane() as cp:
         cp.store.upsert(mesh_key("default"), mtls_mesh("STRICT"))
@@ -139,19 +133,19 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
             _,
             backend_envoy,
         ):
+            # Over mTLS, and the app learns the caller's SPIFFE identity.
             # Zero trust: with mTLS on and no MeshTrafficPermission, nobody may call.
             denied = await eventually(lambda: _denied(get(outbound)), timeout=20)
             assert "RBAC: access denied" in denied.text
             cp.store.upsert(ALLOW_ALL_KEY, spec_of(ALLOW_ALL))
 
-            # Over mTLS, and the app learns the caller's SPIFFE identity.
             response = await eventually(lambda: _ok(get(outbound)), timeout=10)
             assert "URI=spiffe://default/web" in response.text, response.text
 
             # STRICT: plaintext and certificate-less TLS are refused at the inbound.
             plaintext = await status(backend_inbound)
             assert isinstance(plaintext, str), f"plaintext got HTTP {plaintext}"
-            refused = await asyncio.to_thread(tls_without_client_certificate, backend_inbound, pem(ca[1]))
+            refused = await asyncio.to_thread(tls_without_client_certificate, backend_inbound, ca.pem)
             assert refused != "answered", refused
             print(f"STRICT inbound: plaintext HTTP -> {plaintext}; TLS without a certificate -> {refused}")
 

@@ -15,7 +15,7 @@ from control_plane.policies.core.merge import merge_confs
 from control_plane.policies.docs import BEGIN, END, policies_table
 from control_plane.policies.registry import POLICY_TYPES
 from control_plane.resources.registry import InvalidResource, parse_resource
-from tests.test_kumactl import config_file, kumactl, server  # noqa: F401 - fixtures
+from tests.support.kumactl_api import config_file, kumactl, server  # noqa: F401 - fixtures
 
 
 # --- merge-patch (RFC 7396) --------------------------------------------------------------------------

@@ -24,9 +24,9 @@ from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource
 from control_plane.xds.generate.snapshot import ProxyContext, Resources, generate_snapshot
 from control_plane.xds.names import ENDPOINT_TYPE
-from tests.envoy_validate import assert_envoy_accepts
-from tests.test_xds_generate import to_json
-from tests.test_xds_mtls import make_ca, write_sds_files
+from tests.support.envoy_validate import assert_envoy_accepts
+from tests.support.mesh_ca import MeshCa
+from tests.support.xds_cases import to_json
 
 POLICIES_DIR = Path(__file__).parent.parent / "control_plane" / "policies"
 CASES = {
@@ -71,5 +71,5 @@ def test_policy_config_matches_golden_file(case: str, envoy_binary: Path, tmp_pa
     assert golden.exists(), f"no golden file {golden}; run with UPDATE_GOLDEN=1 to create it"
     assert got == golden.read_text(), f"{case}: generated config differs from {golden}"
     # Envoy checks that SDS files exist: validate the config made for a work dir that has them.
-    write_sds_files(tmp_path, make_ca(), "spiffe://default/validate")
+    MeshCa().write_sds_files(tmp_path, "validate")
     assert_envoy_accepts(envoy_binary, generate(CASES[case], str(tmp_path)), tmp_path / "bootstrap.json")

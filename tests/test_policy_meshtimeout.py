@@ -12,8 +12,8 @@ import yaml
 from control_plane.policies.loading import mesh_policies
 from control_plane.policies.registry import BY_KIND
 from control_plane.resources.registry import parse_resource
-from tests.policy_harness import Reply, Request, policy_mesh, timed
-from tests.test_kumactl import config_file, kumactl, server  # noqa: F401 - fixtures
+from tests.support.kumactl_api import config_file, kumactl, server  # noqa: F401 - fixtures
+from tests.support.policy_mesh import Reply, Request, policy_mesh, timed
 
 pytestmark = pytest.mark.timeout(120)
 

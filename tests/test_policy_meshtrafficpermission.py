@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,9 @@ from control_plane.store.memory import MemoryStore
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.names import LISTENER_TYPE
 from control_plane.xds.reconciler import Reconciler
-from tests.test_kumactl import config_file, kumactl, server  # noqa: F401 - fixtures
+from labkit.waiting import eventually
+from tests.support.kumactl_api import config_file, kumactl, server  # noqa: F401 - fixtures
+from tests.support.xds_cases import POLICY_YAML
 
 MTP = BY_KIND["MeshTrafficPermission"]
 MESH = {"kind": "Mesh"}
@@ -219,18 +220,6 @@ def test_rules_form_deny_wins_over_any_allow_across_policies() -> None:
 
 
 # --- kumactl and the API ---------------------------------------------------------------------------
-POLICY_YAML = """\
-type: MeshTrafficPermission
-mesh: default
-name: deny-web-to-backend
-spec:
-  targetRef: {kind: MeshService, name: backend}
-  from:
-  - targetRef: {kind: MeshService, name: web}
-    default: {action: Deny}
-"""
-
-
 def test_kumactl_apply_get_delete(config_file: Path, tmp_path: Path) -> None:  # noqa: F811
     path = tmp_path / "mtp.yaml"
     path.write_text(POLICY_YAML)
@@ -309,13 +298,6 @@ def rbac_principals(cache: SnapshotCache) -> list[str] | None:
                 [f"not {n}" for n in principal_names(negated)] if negated else principal_names([principal])
             )
     return found
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not within the deadline"
-        await asyncio.sleep(0.02)
 
 
 async def test_policy_put_and_deleted_reaches_the_proxy_snapshot() -> None:

@@ -13,15 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from netns_harness import NetnsLab
-from tproxy_probes import ask_udp, connect, save, start_servers, start_udp_servers
 
-from kuma_dp.transparent_proxy import apply, backend
-from kuma_dp.transparent_proxy.apply import TProxyError
-from kuma_dp.transparent_proxy.backend import Backend
-from kuma_dp.transparent_proxy.config import TProxyConfig
-from kuma_dp.transparent_proxy.sources import build_config, flag_layer
-from tests.netns_harness import require_root
+from tests.support.netns_lab import NetnsLab, require_root
+from tests.support.tproxy_probes import ask_udp, connect, save, start_servers, start_udp_servers
+from transparent_proxy import apply, backend
+from transparent_proxy.apply import TProxyError
+from transparent_proxy.backend import Backend
+from transparent_proxy.config import TProxyConfig
+from transparent_proxy.sources import build_config, flag_layer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -232,7 +231,7 @@ def test_a_namespace_without_ipv6_gets_ipv4_rules_only_and_no_loopback_address()
 
 
 def _lo_has(address: str) -> bool:
-    from kuma_dp.transparent_proxy import netns
+    from transparent_proxy import netns
 
     return any(a.ifname == "lo" and a.address == address for a in netns.addresses())
 

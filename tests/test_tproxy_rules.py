@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kuma_dp.transparent_proxy import constants as c
-from kuma_dp.transparent_proxy.apply import restore_text
-from kuma_dp.transparent_proxy.config import TProxyConfig, TProxyConfigError, UidPortExclusion
-from kuma_dp.transparent_proxy.rules import IPV4, IPV6, build, render
-from kuma_dp.transparent_proxy.saved import parse_save
-from kuma_dp.transparent_proxy.sources import (
+from transparent_proxy import constants as c
+from transparent_proxy.apply import restore_text
+from transparent_proxy.config import TProxyConfig, TProxyConfigError, UidPortExclusion
+from transparent_proxy.rules import IPV4, IPV6, build, render
+from transparent_proxy.saved import parse_save
+from transparent_proxy.sources import (
     annotation_layer,
     build_config,
     env_layer,
@@ -315,7 +315,7 @@ def _as_saved(tables) -> str:
 
 
 def test_verify_accepts_exactly_the_built_rules() -> None:
-    from kuma_dp.transparent_proxy.apply import verify
+    from transparent_proxy.apply import verify
 
     tables = build(config_of(OPTION_SETS["full"]), IPV4)
     saved = _as_saved(tables)

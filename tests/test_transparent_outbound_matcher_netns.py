@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_transparent_envoy_netns import (
+from labkit.waiting import eventually
+from tests.support.transparent_envoy import (
     APP_PORT,
     Host,
     admin_get,
     counter,
     curl,
-    eventually,
     host_subnet,
     mesh_of_two,
     run,
@@ -52,7 +52,7 @@ async def test_second_endpoint_reaches_the_service_and_unknown_ip_passes_through
                 web, "/clusters"
             )
 
-        await eventually(knows_second, what="web's Envoy routes the second backend endpoint")
+        await eventually(knows_second, timeout=15, what="web's Envoy routes the second backend endpoint")
         service = ("http.outbound_backend.downstream_rq_total", "cluster.backend.upstream_rq_total")
         passthrough = "cluster.outbound_passthrough_ipv4.upstream_cx_total"
         before = [await counter(web, name) for name in (*service, passthrough)]

@@ -13,23 +13,23 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2
 
 from control_plane.store.base import dataplane_key, mesh_key
+from control_plane.xds.generate.pack import pack
 from control_plane.xds.generate.snapshot import generate_snapshot
 from control_plane.xds.names import LISTENER_TYPE
-from tests.ads_harness import (
+from labkit.ports import free_port
+from labkit.waiting import eventually
+from tests.support.xds_control_plane import (
     NODE,
     Envoy,
     app_server,
     control_plane,
     dataplane_doc,
-    eventually,
     http_inbound,
     running_envoy,
     store_dataplane,
 )
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,8 +96,7 @@ def with_broken_listener(state: dict[str, bool]) -> Any:
     def generator(dataplane: Any, mesh_dataplanes: Any, mesh: Any, **options: Any) -> Any:
         resources = generate_snapshot(dataplane, mesh_dataplanes, mesh, **options)
         if state["broken"]:
-            config = any_pb2.Any()
-            config.Pack(tcp_proxy_pb2.TcpProxy(cluster="nowhere"))
+            config = pack(tcp_proxy_pb2.TcpProxy(cluster="nowhere"))
             chain = listener_components_pb2.FilterChain(
                 filters=[
                     listener_components_pb2.Filter(

@@ -16,7 +16,8 @@ from control_plane.store.sqlite import SqliteStore
 from control_plane.xds.client import AdsClient
 from control_plane.xds.component import XdsComponent
 from control_plane.xds.names import LISTENER_TYPE
-from tests.ads_harness import WEB, eventually, node
+from labkit.waiting import eventually
+from tests.support.xds_control_plane import WEB, node
 
 
 @contextlib.asynccontextmanager

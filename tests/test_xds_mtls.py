@@ -7,18 +7,12 @@ Rewrite the golden files after an intended change with `UPDATE_GOLDEN=1 pytest t
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
@@ -30,8 +24,9 @@ from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource
 from control_plane.xds.generate.snapshot import MissingWorkdir, ProxyContext, Resources, generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE
-from tests.envoy_validate import assert_envoy_accepts
-from tests.test_xds_generate import CASES, MESH, to_json
+from tests.support.envoy_validate import assert_envoy_accepts
+from tests.support.mesh_ca import MeshCa
+from tests.support.xds_cases import CASES, MESH, to_json
 
 GOLDEN = Path(__file__).parent / "golden" / "xds"
 WORKDIR = "/var/run/kuma-dp/web-1"
@@ -153,88 +148,9 @@ def test_permissive_inbound_has_a_tls_chain_for_mesh_peers_and_a_plaintext_chain
 
 
 # --- real Envoy ---------------------------------------------------------------------------------
-def make_ca(mesh_name: str = "default") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"test CA of mesh {mesh_name}")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def issue(
-    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], uri: str
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A workload certificate as the mesh CA signs it: one URI SAN, server and client auth."""
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri.rsplit("/", 1)[-1])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(seconds=10))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def write_sds_files(workdir: Path, ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], uri: str) -> None:
-    """The files the agent keeps (docs/identity.md): `identity.yaml` and `ca.yaml`, 0600."""
-    key, cert = issue(ca, uri)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-    identity = {
-        "@type": secret,
-        "name": "identity",
-        "tls_certificate": {
-            "certificate_chain": {"inline_string": pem(cert)},
-            "private_key": {"inline_string": key_pem},
-        },
-    }
-    mesh_ca = {
-        "@type": secret,
-        "name": "mesh_ca",
-        "validation_context": {"trusted_ca": {"inline_string": pem(ca[1])}},
-    }
-    sds = workdir / "identity" / "sds"
-    sds.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for file_name, resource in (("identity.yaml", identity), ("ca.yaml", mesh_ca)):
-        path = sds / file_name
-        path.touch(mode=0o600)
-        path.write_text(yaml.safe_dump({"resources": [resource]}))
-
-
 @pytest.mark.parametrize("case", sorted(MTLS_CASES))
 def test_real_envoy_accepts_the_mtls_config(case: str, envoy_binary: Path, tmp_path: Path) -> None:
-    write_sds_files(tmp_path, make_ca(), "spiffe://default/web")
+    MeshCa().write_sds_files(tmp_path, "web")
     dataplane, mode, policies = MTLS_CASES[case]
     resources = generate_snapshot(
         dataplane, [*MESH, dataplane], mesh(mode), context=ProxyContext(str(tmp_path)), policies=policies

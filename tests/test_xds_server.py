@@ -16,13 +16,13 @@ from control_plane.store.base import dataplane_key
 from control_plane.xds.client import StreamEnded
 from control_plane.xds.component import StreamRejected
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
-from tests.ads_harness import (
+from labkit.waiting import eventually
+from tests.support.xds_control_plane import (
     NODE,
     WEB,
     ads_client,
     control_plane,
     dataplane_doc,
-    eventually,
     node,
     silent,
     store_dataplane,

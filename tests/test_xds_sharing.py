@@ -26,7 +26,7 @@ from control_plane.xds.generate.snapshot import ProxyContext, generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from control_plane.xds.reconciler import Reconciler
 from control_plane.xds.server import EncodedResponse
-from tests.ads_harness import eventually
+from labkit.waiting import eventually
 
 TP = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
 MTLS = {"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}

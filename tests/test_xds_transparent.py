@@ -7,7 +7,6 @@ Rewrite the golden files after an intended change with
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from pathlib import Path
@@ -15,10 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import wrappers_pb2
 from xds.type.matcher.v3 import ip_pb2
@@ -33,8 +28,9 @@ from control_plane.store.memory import MemoryStore
 from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.snapshot import ProxyContext, Resources, generate_snapshot
 from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
-from tests.envoy_validate import assert_envoy_accepts
-from tests.test_xds_generate import to_json
+from tests.support.envoy_validate import assert_envoy_accepts
+from tests.support.mesh_ca import MeshCa
+from tests.support.xds_cases import to_json
 
 GOLDEN = Path(__file__).parent / "golden" / "xds"
 TP = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
@@ -236,67 +232,6 @@ def test_real_envoy_accepts_the_generated_config(envoy_binary: Path, tmp_path: P
         ca.write_sds_files(workdir, dataplane.services[0])
         resources = generate(dataplane, the_mesh, workdir=str(workdir))
         assert_envoy_accepts(envoy_binary, resources, tmp_path / f"{case}.json")
-
-
-class MeshCa:
-    """A mesh CA (ECDSA P-256) that writes a proxy's SDS files as the agent does (docs/identity.md)."""
-
-    def __init__(self, mesh: str = "default") -> None:
-        self.mesh = mesh
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{mesh} mesh CA")])
-        self.cert = (
-            self._builder(name, self.key.public_key())
-            .issuer_name(name)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-
-    @staticmethod
-    def _builder(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
-        now = datetime.datetime.now(datetime.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-        )
-
-    def write_sds_files(self, workdir: Path, service: str) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        uri = f"spiffe://{self.mesh}/{service}"
-        cert = (
-            self._builder(x509.Name([]), key.public_key())
-            .issuer_name(self.cert.subject)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        pem = serialization.Encoding.PEM
-        key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        secret_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-        identity = {
-            "@type": secret_type,
-            "name": "identity",
-            "tls_certificate": {
-                "certificate_chain": {"inline_string": cert.public_bytes(pem).decode()},
-                "private_key": {"inline_string": key_pem.decode()},
-            },
-        }
-        ca = {
-            "@type": secret_type,
-            "name": "mesh_ca",
-            "validation_context": {"trusted_ca": {"inline_string": self.cert.public_bytes(pem).decode()}},
-        }
-        sds = workdir / "identity" / "sds"
-        sds.mkdir(parents=True, exist_ok=True)
-        for file_name, secret in (("identity.yaml", identity), ("ca.yaml", ca)):
-            (sds / file_name).write_text(json.dumps({"resources": [secret]}))  # JSON is YAML
 
 
 # --- explicit outbounds are refused ---------------------------------------------------------------

@@ -103,7 +103,7 @@ def _pod(conf: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Any, str 
 
 
 def _enter(netns: str) -> None:
-    from kuma_dp.transparent_proxy import netns as ns  # noqa: PLC0415
+    from transparent_proxy import netns as ns  # noqa: PLC0415
 
     try:
         ns.enter(netns)
@@ -119,7 +119,7 @@ def _not_applied(verb: str, exc: Exception) -> CniError:
 
 def add(conf: Mapping[str, Any], environ: Mapping[str, str], log: Log) -> dict[str, Any]:
     from kuma_cni import settings  # noqa: PLC0415
-    from kuma_dp.transparent_proxy import apply  # noqa: PLC0415
+    from transparent_proxy import apply  # noqa: PLC0415
 
     result = spec.convert_result(spec.previous_result(conf), conf["cniVersion"])
     overrides, skipped = _pod(conf, environ)
@@ -137,7 +137,7 @@ def add(conf: Mapping[str, Any], environ: Mapping[str, str], log: Log) -> dict[s
 
 
 def delete(conf: Mapping[str, Any], environ: Mapping[str, str], log: Log) -> None:
-    from kuma_dp.transparent_proxy import apply  # noqa: PLC0415
+    from transparent_proxy import apply  # noqa: PLC0415
 
     netns = environ.get("CNI_NETNS", "")
     if not netns or not os.path.exists(netns):
@@ -162,7 +162,7 @@ def delete(conf: Mapping[str, Any], environ: Mapping[str, str], log: Log) -> Non
 
 def check(conf: Mapping[str, Any], environ: Mapping[str, str], log: Log) -> None:
     from kuma_cni import settings  # noqa: PLC0415
-    from kuma_dp.transparent_proxy import apply  # noqa: PLC0415
+    from transparent_proxy import apply  # noqa: PLC0415
 
     if conf["cniVersion"] not in spec.VERSIONS_WITH_CHECK:
         raise CniError(spec.INCOMPATIBLE_VERSION, f"CHECK is not part of CNI {conf['cniVersion']}")

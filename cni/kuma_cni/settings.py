@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kuma_cni.spec import INVALID_CONFIG, CniError
-from kuma_dp.transparent_proxy import sources
-from kuma_dp.transparent_proxy.config import TProxyConfig, TProxyConfigError, parse_bool
+from transparent_proxy import sources
+from transparent_proxy.config import TProxyConfig, TProxyConfigError, parse_bool
 
 INJECTION_ANNOTATION = "kuma.io/sidecar-injection"
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"

@@ -12,8 +12,9 @@ from typing import Any
 
 import jinja2
 
+from kuma_common import dp_contract as contract
+
 TEMPLATE = "bootstrap.yaml.j2"
-ADMIN_SOCKET_NAME = "envoy-admin.sock"
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class BootstrapParams:
     workdir: str
     admin_port: int | None  # None: a 0600 Unix socket in the work dir
     token: str | None = None
-    proxy_type: str = "dataplane"
+    proxy_type: str = contract.DATAPLANE_PROXY_TYPE
     version: dict[str, Any] = field(default_factory=dict)
     features: tuple[str, ...] = ()
     dynamic_metadata: dict[str, str] = field(default_factory=dict)
@@ -45,23 +46,23 @@ def _template() -> jinja2.Template:
 
 def node_metadata(params: BootstrapParams) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "dataplane.proxyType": params.proxy_type,
-        "workdir": params.workdir,
-        "version": params.version,
-        "features": list(params.features),
-        "dynamicMetadata": params.dynamic_metadata,
+        contract.PROXY_TYPE_METADATA_KEY: params.proxy_type,
+        contract.WORKDIR_METADATA_KEY: params.workdir,
+        contract.VERSION_METADATA_KEY: params.version,
+        contract.FEATURES_METADATA_KEY: list(params.features),
+        contract.DYNAMIC_METADATA_KEY: params.dynamic_metadata,
     }
     if params.dataplane_json is not None:
-        meta["dataplane.resource"] = params.dataplane_json
+        meta[contract.RESOURCE_METADATA_KEY] = params.dataplane_json
     if params.admin_port is not None:
-        meta["dataplane.admin.port"] = str(params.admin_port)
+        meta[contract.ADMIN_PORT_METADATA_KEY] = str(params.admin_port)
     if params.readiness_port is not None:
-        meta["dataplane.readinessReporter.port"] = str(params.readiness_port)
+        meta[contract.READINESS_PORT_METADATA_KEY] = str(params.readiness_port)
     return meta
 
 
 def admin_socket_path(workdir: str) -> str:
-    return f"{workdir.rstrip('/')}/{ADMIN_SOCKET_NAME}"
+    return f"{workdir.rstrip('/')}/{contract.ADMIN_SOCKET_NAME}"
 
 
 def render_bootstrap(params: BootstrapParams) -> str:
@@ -73,6 +74,7 @@ def render_bootstrap(params: BootstrapParams) -> str:
         admin_pipe=None if params.admin_port is not None else admin_socket_path(params.workdir),
         admin_port=params.admin_port,
         token=params.token,
+        token_header=contract.TOKEN_HEADER,
         cp_host=host,
         cp_host_is_ip=_is_ip(host),
         cp_port=params.cp_port,

@@ -14,6 +14,7 @@ from control_plane.ca.csr import check_csr, parse_csr, spiffe_uri
 from control_plane.ca.signing import sign_workload_certificate
 from control_plane.resources.mesh import DEFAULT_CERT_LIFETIME_S, Mesh
 from control_plane.store.base import ResourceStore, mesh_key
+from kuma_common import dp_contract as contract
 
 log = logging.getLogger("kuma-cp.ca")
 
@@ -30,10 +31,10 @@ class IssuedCertificate:
     def response(self) -> dict[str, str]:
         """The body of `POST /certificate` (docs/identity.md)."""
         return {
-            "certificate": self.certificate_pem,
-            "caBundle": self.ca_pem,
-            "notAfter": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "serial": format(self.serial, "x"),
+            contract.CERTIFICATE_FIELD: self.certificate_pem,
+            contract.CA_BUNDLE_FIELD: self.ca_pem,
+            contract.NOT_AFTER_FIELD: self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            contract.SERIAL_FIELD: format(self.serial, "x"),
         }
 
 

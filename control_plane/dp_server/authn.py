@@ -20,10 +20,10 @@ from control_plane.tokens.verify import TokenRejected, VerifiedToken, verify_tok
 from control_plane.xds.lifecycle import metadata_dataplane
 from control_plane.xds.names import InvalidNodeId, parse_node_id
 from control_plane.xds.server import StreamRejected
+from kuma_common.dp_contract import TOKEN_HEADER
 
 log = logging.getLogger("kuma-cp.authn")
 
-AUTHORIZATION = "authorization"
 UNAUTHORIZED_TITLE = "invalid dataplane token"
 _BEARER = "bearer "
 
@@ -69,7 +69,7 @@ class DpAuthenticator:
         if not self.enabled:
             return
         dataplane = await asyncio.to_thread(self._stream_dataplane, node)
-        token = token_from_header(metadata.get(AUTHORIZATION))
+        token = token_from_header(metadata.get(TOKEN_HEADER))
         try:
             await asyncio.to_thread(self.authenticate, token, dataplane, "ADS stream")
         except TokenRejected as exc:

@@ -10,10 +10,9 @@ import base64
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,27 +26,15 @@ from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.registry import DATAPLANE, InvalidResource, parse_resource
 from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
 from control_plane.tokens.verify import TokenRejected
+from kuma_common import dp_contract as contract
+from kuma_common.dp_contract import BootstrapRequest
 
 log = logging.getLogger("kuma-cp.bootstrap")
 
 
-class BootstrapRequest(BaseModel):
-    """The agent's request body (Kuma's field names). Unknown fields are tolerated: newer agents
-    may send more."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    mesh: str = ""
-    name: str = ""
-    proxyType: str = "dataplane"
-    dataplaneToken: str = ""
-    dataplaneResource: str = ""
-    version: dict[str, Any] = Field(default_factory=dict)
-    caCert: str = ""
-    dynamicMetadata: dict[str, str] = Field(default_factory=dict)
-    readinessPort: int | None = None
-    workdir: str = ""
-    features: list[str] = Field(default_factory=list)
+# The agent's request body (the contract's dataclass), validated field by field; unknown fields
+# are ignored.
+_REQUEST = TypeAdapter(BootstrapRequest)
 
 
 class BootstrapError(Exception):
@@ -97,9 +84,11 @@ def create_bootstrap_app(
             "networking": {"address": dataplane.networking.address},
             "metrics": {"aggregate": []},
         }
-        return JSONResponse({"bootstrap": encoded, "kumaSidecarConfiguration": sidecar})
+        return JSONResponse(
+            {contract.BOOTSTRAP_FIELD: encoded, contract.SIDECAR_CONFIGURATION_FIELD: sidecar}
+        )
 
-    return Starlette(routes=[Route("/bootstrap", bootstrap, methods=["POST"])])
+    return Starlette(routes=[Route(contract.BOOTSTRAP_PATH, bootstrap, methods=["POST"])])
 
 
 def _client(request: Request) -> str:
@@ -111,16 +100,21 @@ def _parse_request(raw: bytes) -> BootstrapRequest:
         doc = json.loads(raw)
     except ValueError as exc:
         raise BootstrapError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):  # the words pydantic used when the request was a pydantic model
+        message = "Input should be a valid dictionary or instance of BootstrapRequest"
+        raise BootstrapError(400, "invalid bootstrap request", [{"field": "(root)", "message": message}])
     try:
-        return BootstrapRequest.model_validate(doc)
+        return _REQUEST.validate_python(doc)
     except ValidationError as exc:
         raise BootstrapError(400, "invalid bootstrap request", format_validation_error(exc)) from None
 
 
 def _resolve_dataplane(store: ResourceStore, req: BootstrapRequest) -> tuple[Dataplane, str | None]:
     """The Dataplane the agent sent (universal) or the one in the store; and its JSON to embed."""
-    if req.proxyType != "dataplane":
-        raise BootstrapError(422, f"proxyType {req.proxyType!r} is not supported; use 'dataplane'")
+    if req.proxyType != contract.DATAPLANE_PROXY_TYPE:
+        raise BootstrapError(
+            422, f"proxyType {req.proxyType!r} is not supported; use '{contract.DATAPLANE_PROXY_TYPE}'"
+        )
     if req.dataplaneResource:
         dataplane = _validate_sent_dataplane(req)
     else:

@@ -7,6 +7,7 @@ WARNING with what was asked); 400 a malformed body; 422 a CSR that cannot be use
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -16,16 +17,16 @@ from starlette.routing import Route
 
 from control_plane.ca.csr import CsrForbidden, CsrInvalid
 from control_plane.ca.issue import issue_certificate
-from control_plane.dp_server.authn import AUTHORIZATION, DpAuthenticator, token_from_header, unauthorized
+from control_plane.dp_server.authn import DpAuthenticator, token_from_header, unauthorized
 from control_plane.dp_server.recent_dataplanes import RecentDataplanes
 from control_plane.resources.dataplane import Dataplane
 from control_plane.store.base import ResourceStore, dataplane_key
 from control_plane.tokens.verify import TokenRejected, allowed_services
+from kuma_common import dp_contract as contract
 
 log = logging.getLogger("kuma-cp.identity")
 
-CERTIFICATE_PATH = "/certificate"
-_FIELDS = ("mesh", "name", "csr")
+_FIELDS = tuple(f.name for f in dataclasses.fields(contract.CertificateRequest))  # mesh, name, csr
 
 
 class _Refused(Exception):
@@ -49,9 +50,8 @@ def certificate_routes(
         if dataplane is None:
             return Response(status_code=404)  # empty body: "not known yet, retry"
         try:
-            token = authenticator.authenticate(
-                token_from_header(request.headers.get(AUTHORIZATION)), dataplane, "certificate request"
-            )
+            header = request.headers.get(contract.TOKEN_HEADER)
+            token = authenticator.authenticate(token_from_header(header), dataplane, "certificate request")
         except TokenRejected as exc:
             return unauthorized(exc)
         try:
@@ -64,7 +64,7 @@ def certificate_routes(
         log.debug("certificate %x issued to %s/%s", issued.serial, mesh, name)
         return JSONResponse(issued.response())
 
-    return [Route(CERTIFICATE_PATH, certificate, methods=["POST"])]
+    return [Route(contract.CERTIFICATE_PATH, certificate, methods=["POST"])]
 
 
 def _parse_body(raw: bytes) -> tuple[str, str, str]:

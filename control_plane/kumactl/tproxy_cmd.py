@@ -1,6 +1,6 @@
 """`kumactl install transparent-proxy` / `kumactl uninstall transparent-proxy` (Kuma's flags).
 
-Only parses flags and prints; the engine (`kuma_dp.transparent_proxy`) builds, applies, verifies
+Only parses flags and prints; the engine (`transparent_proxy`) builds, applies, verifies
 and removes the rules.
 """
 
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kuma_dp.transparent_proxy.cli_options import config_from_cli, require_root, tproxy_options
+from transparent_proxy.cli_options import config_from_cli, require_root, tproxy_options
 
 if TYPE_CHECKING:
-    from kuma_dp.transparent_proxy.apply import Log, Report
+    from transparent_proxy.apply import Log, Report
 
 # The engine (and pyroute2 behind it) is imported inside the commands: every other kumactl command
 # would otherwise pay for it at start.
@@ -39,7 +39,7 @@ def install_transparent_proxy(**params: Any) -> None:
     Inbound TCP goes to the inbound listener (15006), outbound TCP of every user but the proxy's
     to the outbound listener (15001); exclusions go direct. Install twice = install once.
     """
-    from kuma_dp.transparent_proxy import apply
+    from transparent_proxy import apply
 
     config = config_from_cli(params)
     if not params["dry_run"]:
@@ -62,7 +62,7 @@ def install_transparent_proxy(**params: Any) -> None:
 @click.option("--verbose", is_flag=True, help="say what is done, step by step")
 def uninstall_transparent_proxy(dry_run: bool, verbose: bool) -> None:
     """Remove exactly the rules `kumactl install transparent-proxy` added (needs root)."""
-    from kuma_dp.transparent_proxy import apply
+    from transparent_proxy import apply
 
     if not dry_run:
         require_root("kumactl uninstall transparent-proxy")

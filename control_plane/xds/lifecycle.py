@@ -29,10 +29,10 @@ from control_plane.store.base import ResourceKey, ResourceStore, dataplane_key, 
 from control_plane.xds.names import InvalidNodeId, parse_node_id
 from control_plane.xds.names import node_id as node_id_of
 from control_plane.xds.server import StreamRejected
+from kuma_common.dp_contract import RESOURCE_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
-RESOURCE_METADATA_KEY = "dataplane.resource"
 # Store records (internal: not served by the API) remembering which Dataplanes a proxy registered,
 # so that after a control-plane restart those whose proxy never returns are still removed.
 REGISTRATION_TYPE = "DataplaneRegistration"

@@ -32,6 +32,7 @@ from control_plane.xds.generate.snapshot import (
     generate_snapshot,
 )
 from control_plane.xds.names import InvalidNodeId, parse_node_id
+from kuma_common.dp_contract import WORKDIR_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class Reconciler:
 
 
 def proxy_context(metadata: Mapping[str, Any]) -> ProxyContext:
-    workdir = metadata.get("workdir")
+    workdir = metadata.get(WORKDIR_METADATA_KEY)
     return ProxyContext(workdir=workdir if isinstance(workdir, str) and workdir else None)
 
 

@@ -27,7 +27,8 @@ import httpx
 from demo.hostlab import network
 from demo.hostlab.network import HostPlan, NetworkError
 from demo.hostlab.report import Row, Traffic, envoy_certificate, render
-from demo.lab import LabError, Proc
+from kuma_common.dp_contract import ADMIN_SOCKET_NAME
+from labkit.lab import LabError, Proc
 
 STATE_DIR = Path("/run/kuma-lab")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -242,7 +243,7 @@ def rows(plan: list[HostPlan], traffic: dict[str, Traffic] | None = None) -> lis
             )
             continue
         row = Row(host.name, host.service, host.address, "READY" if proxy_ready(host) else "not ready")
-        sock = STATE_DIR / "hosts" / host.name / "dp" / "work" / "envoy-admin.sock"
+        sock = STATE_DIR / "hosts" / host.name / "dp" / "work" / ADMIN_SOCKET_NAME
         try:
             row.identity, row.expires = envoy_certificate(sock)
         except (httpx.HTTPError, OSError, ValueError):  # a table cell, never a traceback

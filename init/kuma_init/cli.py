@@ -17,10 +17,10 @@ from typing import Any
 
 import click
 
-from kuma_dp.transparent_proxy import apply, validate
-from kuma_dp.transparent_proxy.apply import TProxyError
-from kuma_dp.transparent_proxy.cli_options import config_from_cli, require_root, tproxy_options
-from kuma_dp.transparent_proxy.rules import IPV6
+from transparent_proxy import apply, validate
+from transparent_proxy.apply import TProxyError
+from transparent_proxy.cli_options import config_from_cli, require_root, tproxy_options
+from transparent_proxy.rules import IPV6
 
 EXIT_NOT_REDIRECTED = 3
 

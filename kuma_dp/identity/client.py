@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from kuma_common import dp_contract as contract
 from kuma_dp import bootstrap_client as bc
-from kuma_dp.constants import CERTIFICATE_PATH, CERTIFICATE_REQUEST_TIMEOUT_S
+from kuma_dp.constants import CERTIFICATE_REQUEST_TIMEOUT_S
 from kuma_dp.errors import AgentError
 from kuma_dp.token_source import TokenSource
 
@@ -44,10 +45,10 @@ def parse_issued(body: bytes) -> IssuedCertificate:
     try:
         document = json.loads(body)
         issued = IssuedCertificate(
-            certificate_pem=str(document["certificate"]),
-            ca_bundle_pem=str(document["caBundle"]),
-            not_after=datetime.datetime.fromisoformat(str(document["notAfter"])),
-            serial=str(document.get("serial", "")),
+            certificate_pem=str(document[contract.CERTIFICATE_FIELD]),
+            ca_bundle_pem=str(document[contract.CA_BUNDLE_FIELD]),
+            not_after=datetime.datetime.fromisoformat(str(document[contract.NOT_AFTER_FIELD])),
+            serial=str(document.get(contract.SERIAL_FIELD, "")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise IdentityError(f"the control plane sent an unreadable certificate response ({exc})") from None
@@ -75,7 +76,7 @@ class CertificateClient:
     def __init__(
         self, cp_address: str, ca: bc.TrustedCa | None, mesh: str, name: str, tokens: TokenSource
     ) -> None:
-        self.url = f"{cp_address}{CERTIFICATE_PATH}"
+        self.url = f"{cp_address}{contract.CERTIFICATE_PATH}"
         self._mesh, self._name, self._tokens, self._ca = mesh, name, tokens, ca
         self._client = httpx.AsyncClient(
             verify=bc.ssl_context(ca), timeout=CERTIFICATE_REQUEST_TIMEOUT_S, trust_env=False
@@ -87,10 +88,10 @@ class CertificateClient:
     async def request(self, csr_pem: bytes) -> IssuedCertificate | str:
         """One attempt: the certificate, or the reason to retry. Final refusals raise."""
         token = self._tokens.current()
-        headers = {"authorization": token} if token else {}
-        body = {"mesh": self._mesh, "name": self._name, "csr": csr_pem.decode()}
+        headers = {contract.TOKEN_HEADER: token} if token else {}
+        body = contract.CertificateRequest(mesh=self._mesh, name=self._name, csr=csr_pem.decode())
         try:
-            response = await self._client.post(self.url, json=body, headers=headers)
+            response = await self._client.post(self.url, json=body.to_json(), headers=headers)
         except httpx.HTTPError as exc:
             if bc.is_tls_verification_failure(exc):
                 trusted = self._ca.source if self._ca else "the system trust store (give --ca-cert-file)"
@@ -107,5 +108,7 @@ class CertificateClient:
                 f"HTTP {status}: {'Dataplane not yet known' if status == 404 else bc.server_message(content)}"
             )
         if status == 404 and not _is_json(content):
-            raise NoCertificateEndpoint(f"the control plane has no {CERTIFICATE_PATH} endpoint ({self.url})")
+            raise NoCertificateEndpoint(
+                f"the control plane has no {contract.CERTIFICATE_PATH} endpoint ({self.url})"
+            )
         raise CertificateRefused(status, bc.server_message(content))

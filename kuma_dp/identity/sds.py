@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kuma_common import dp_contract as contract
 from kuma_dp import constants as c
 from kuma_dp.errors import AgentError
 
@@ -34,15 +35,15 @@ class IdentityPaths:
 
     @classmethod
     def in_workdir(cls, workdir: Path) -> IdentityPaths:
-        directory = workdir / c.IDENTITY_DIR_NAME
-        sds = directory / c.IDENTITY_SDS_DIR_NAME
+        directory = workdir / contract.IDENTITY_DIR
+        sds = workdir / contract.SDS_DIR
         return cls(
             directory=directory,
             key=directory / c.IDENTITY_KEY_FILE_NAME,
             certificate=directory / c.IDENTITY_CERTIFICATE_FILE_NAME,
             sds_directory=sds,
-            identity_secret=sds / c.IDENTITY_SECRET_FILE_NAME,
-            ca_secret=sds / c.MESH_CA_SECRET_FILE_NAME,
+            identity_secret=sds / contract.IDENTITY_FILE,
+            ca_secret=sds / contract.MESH_CA_FILE,
         )
 
 
@@ -54,7 +55,7 @@ def _document(secret: dict[str, Any]) -> bytes:
 def identity_secret_yaml(certificate_chain_pem: str, key_pem: str) -> bytes:
     return _document(
         {
-            "name": c.IDENTITY_SECRET_NAME,
+            "name": contract.IDENTITY_SECRET,
             "tls_certificate": {
                 "certificate_chain": {"inline_string": certificate_chain_pem},
                 "private_key": {"inline_string": key_pem},
@@ -66,7 +67,7 @@ def identity_secret_yaml(certificate_chain_pem: str, key_pem: str) -> bytes:
 def ca_secret_yaml(ca_bundle_pem: str) -> bytes:
     return _document(
         {
-            "name": c.MESH_CA_SECRET_NAME,
+            "name": contract.MESH_CA_SECRET,
             "validation_context": {"trusted_ca": {"inline_string": ca_bundle_pem}},
         }
     )

@@ -104,7 +104,7 @@ require() { # require VAR_NAME FLAG: a clear message naming the flag when a valu
 # --- installation ----------------------------------------------------------------------------------
 
 install_project() {
-  if "$PREFIX/bin/python" -c 'import control_plane, kuma_dp' 2>/dev/null && [ -x "$PREFIX/bin/kuma-dp" ]; then
+  if "$PREFIX/bin/python" -c 'import control_plane, kuma_dp, transparent_proxy' 2>/dev/null && [ -x "$PREFIX/bin/kuma-dp" ]; then
     step "using the kuma-py install in $PREFIX"
     return 0
   fi

@@ -19,12 +19,8 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from control_plane.xds.generate.pack import pack
+from kuma_common.dp_contract import IDENTITY_FILE, IDENTITY_SECRET, MESH_CA_FILE, MESH_CA_SECRET, SDS_DIR
 
-IDENTITY_SECRET = "identity"
-MESH_CA_SECRET = "mesh_ca"
-SDS_DIR = "identity/sds"  # relative to the agent's work dir
-IDENTITY_FILE = "identity.yaml"
-MESH_CA_FILE = "ca.yaml"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
 # Kuma's ALPN between proxies: lets a PERMISSIVE inbound tell a mesh peer from any other TLS client.

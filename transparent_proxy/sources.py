@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kuma_dp.transparent_proxy import config as cfg
-from kuma_dp.transparent_proxy.config import TProxyConfig, TProxyConfigError
+from transparent_proxy import config as cfg
+from transparent_proxy.config import TProxyConfig, TProxyConfigError
 
 Layer = dict[str, tuple[object, str]]
 ENV_PREFIX = "KUMA_TRANSPARENT_PROXY_"

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
-from kuma_dp.transparent_proxy import constants as c
-from kuma_dp.transparent_proxy.config import TProxyConfig, TProxyConfigError
-from kuma_dp.transparent_proxy.sources import ENV_PREFIX, build_config, env_layer, flag_layer, yaml_layer
+from transparent_proxy import constants as c
+from transparent_proxy.config import TProxyConfig, TProxyConfigError
+from transparent_proxy.sources import ENV_PREFIX, build_config, env_layer, flag_layer, yaml_layer
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_CONFIG_FILE = f"{ENV_PREFIX}CONFIG_FILE"

@@ -1,4 +1,4 @@
-"""Test harness for the xDS server: a control plane (store + XdsComponent on a gRPC port), a raw
+"""An in-process xDS control plane for the xDS tests (store + XdsComponent on a gRPC port), a raw
 ADS client, and REAL Envoys bootstrapped as kuma-dp would (node metadata `dataplane.resource` and
 `workdir`, ADS over plaintext HTTP/2 to the test's server, kuma-dp's drain flags)."""
 
@@ -9,8 +9,7 @@ import contextlib
 import json
 import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from control_plane.store.base import dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.client import AdsClient
 from control_plane.xds.component import XdsComponent
-from tests.conftest import free_port
+from labkit.ports import free_port
 
 NODE = "default.web-1"
 
@@ -40,23 +39,6 @@ def store_dataplane(store: MemoryStore, doc: dict[str, Any]) -> None:
     store.upsert(dataplane_key(doc["name"], doc["mesh"]), spec)
 
 
-async def eventually(condition: Callable[[], Awaitable[Any] | Any], timeout: float = 5.0) -> Any:
-    """Poll until `condition` is truthy; fail with its last value or error at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-            if asyncio.iscoroutine(last):
-                last = await last
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - reported at the deadline
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
-
-
 @dataclass
 class ControlPlane:
     store: MemoryStore
@@ -67,13 +49,15 @@ class ControlPlane:
 
 
 @contextlib.asynccontextmanager
-async def control_plane(**options: Any) -> AsyncIterator[ControlPlane]:
+async def control_plane(address: str = "127.0.0.1:0", **options: Any) -> AsyncIterator[ControlPlane]:
+    """The xDS server over a MemoryStore holding the default Mesh, on `address` (a free loopback port
+    by default, or `unix:<path>`); `options` go to XdsComponent."""
     store = MemoryStore()
     store.upsert(mesh_key("default"), {})
     component = XdsComponent(store, **options)
     server = grpc.aio.server()
     component.register(server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(address)
     await server.start()
     runner = asyncio.create_task(component.run())
     try:

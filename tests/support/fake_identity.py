@@ -1,8 +1,9 @@
-"""THE HARNESS (not the real control plane) for the agent's identity and token tests.
+"""The fake control plane's identity side (not the real control plane), for the agent's identity and
+token tests.
 
 - `HarnessCA` signs CSRs the way docs/identity.md says the CP's built-in CA does (URI SANs from the
   CSR, serverAuth+clientAuth, CA:false, notBefore = now - 10 s), with a short lifetime for tests.
-- `IdentityControlPlane` is tests/agent_harness.py's FakeControlPlane plus `POST /certificate` per
+- `IdentityControlPlane` is fake_control_plane.py's FakeControlPlane plus `POST /certificate` per
   the contract: it records the `authorization` header of every request, can answer scripted errors,
   and can be stopped and started again on the same port (a CP that is away for a while).
 - `HarnessAds`: a minimal ADS gRPC server that accepts streams only with an allowed token
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from agent_harness import FakeControlPlane, static_bootstrap
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,6 +32,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.support.fake_control_plane import FakeControlPlane, static_bootstrap
 
 BACKDATE = datetime.timedelta(seconds=10)
 

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from kuma_dp.transparent_proxy import constants as c
+from transparent_proxy import constants as c
 
 
 def _pyroute2() -> Any:

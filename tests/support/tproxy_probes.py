@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 
-from netns_harness import NetnsLab
+from tests.support.netns_lab import NetnsLab
 
 # Serves `tag:port` pairs on 0.0.0.0 and [::]; answers "<tag> <original destination ip>:<port>".
 ORIGINAL_DST_SERVER = r"""

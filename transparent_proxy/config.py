@@ -11,7 +11,7 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kuma_dp.transparent_proxy import constants as c
+from transparent_proxy import constants as c
 
 PortRange = tuple[int, int]  # inclusive; a single port is (p, p)
 IdRange = tuple[int, int]

@@ -22,9 +22,9 @@ import socket
 import time
 from dataclasses import dataclass
 
-from kuma_dp.transparent_proxy import constants as c
-from kuma_dp.transparent_proxy import netns
-from kuma_dp.transparent_proxy.config import TProxyConfig
+from transparent_proxy import constants as c
+from transparent_proxy import netns
+from transparent_proxy.config import TProxyConfig
 
 TOKEN = b"kuma-tproxy-validation"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from kuma_dp.transparent_proxy import constants as c
+from transparent_proxy import constants as c
 
 _COUNTERS = re.compile(r"^\[\d+:\d+\] ")
 BUILTIN_POLICIES = ("ACCEPT", "DROP")

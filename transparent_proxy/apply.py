@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kuma_dp.transparent_proxy import constants as c
-from kuma_dp.transparent_proxy import netns
-from kuma_dp.transparent_proxy.backend import Backend, detect
-from kuma_dp.transparent_proxy.config import TProxyConfig
-from kuma_dp.transparent_proxy.rules import IPV4, IPV6, Family, TableRules, build, render_table
-from kuma_dp.transparent_proxy.saved import SavedRules, parse_save
+from transparent_proxy import constants as c
+from transparent_proxy import netns
+from transparent_proxy.backend import Backend, detect
+from transparent_proxy.config import TProxyConfig
+from transparent_proxy.rules import IPV4, IPV6, Family, TableRules, build, render_table
+from transparent_proxy.saved import SavedRules, parse_save
 
 Log = Callable[[str], None]
 LOCK_BUSY_EXIT = 4  # iptables' RESOURCE_PROBLEM: the xtables lock is held by someone else

@@ -11,8 +11,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kuma_dp.transparent_proxy import constants as c
-from kuma_dp.transparent_proxy.config import PortRange, TProxyConfig
+from transparent_proxy import constants as c
+from transparent_proxy.config import PortRange, TProxyConfig
 
 MULTIPORT_MAX = 15  # iptables' multiport limit; a range counts twice
 

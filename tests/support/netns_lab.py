@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pyroute2 import NetNS
 from pyroute2 import netns as pr_netns
 
-from kuma_dp.transparent_proxy import netns
+from transparent_proxy import netns
 
 T = TypeVar("T")
 

@@ -28,8 +28,9 @@ import yaml
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import ResourceKey
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE
-from tests.ads_harness import ControlPlane, Envoy, control_plane, eventually
-from tests.conftest import free_port
+from labkit.ports import free_port
+from labkit.waiting import eventually
+from tests.support.xds_control_plane import ControlPlane, Envoy, control_plane
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A one-machine mesh lab: the control plane, apps and agents as real processes on loopback.
 
-Used by the demo and by the end-to-end tests, so both exercise exactly what a user runs.
+Used by the demo, the end-to-end tests and the benchmarks, so all exercise exactly what a user runs.
 Every process is started in its own session, logs to a file in the lab dir, and is stopped
 (SIGTERM, then SIGKILL) by `Lab.close()`.
 """
@@ -11,10 +11,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,10 @@ from typing import Any
 
 import httpx
 import yaml
+
+from kuma_common.dp_contract import ADMIN_SOCKET_NAME
+from labkit.ports import free_port, port_open
+from labkit.waiting import NotMet, wait_until
 
 BIN = Path(sys.executable).parent
 # Every service of mesh `default` may call every other. With mTLS on, a call no
@@ -56,27 +58,22 @@ class LabError(Exception):
     """A lab process did not come up; the message includes the end of its log."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(what: str, check: Callable[[], bool], timeout: float, proc: Proc | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll `check` (connection errors count as "not yet"); LabError, with the end of `proc`'s log,
+    when `proc` exits first or at the deadline."""
+
+    def ready() -> bool:
         if proc is not None and proc.popen.poll() is not None:
             raise LabError(
                 f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}\n{proc.log_tail()}"
             )
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.05)
-    tail = proc.log_tail() if proc else ""
-    raise LabError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+        return check()
+
+    try:
+        wait_until(ready, timeout, what=what, retry_on=(httpx.HTTPError, OSError))
+    except NotMet:
+        tail = proc.log_tail() if proc else ""
+        raise LabError(f"timed out after {timeout}s waiting for {what}\n{tail}") from None
 
 
 @dataclass
@@ -137,7 +134,7 @@ class AgentProc:
 
     def envoy_admin(self) -> httpx.Client:
         """A client for this agent's Envoy admin (a Unix socket in its work dir)."""
-        transport = httpx.HTTPTransport(uds=str(self.work_dir / "envoy-admin.sock"))
+        transport = httpx.HTTPTransport(uds=str(self.work_dir / ADMIN_SOCKET_NAME))
         return httpx.Client(transport=transport, base_url="http://envoy-admin", timeout=5)
 
     def envoy_stats(self) -> dict[str, int]:
@@ -196,14 +193,14 @@ class Lab:
             timeout,
             cp.proc,
         )
-        wait_for("the DP server", lambda: _port_open(cp.dp_port), timeout, cp.proc)
+        wait_for("the DP server", lambda: port_open(cp.dp_port), timeout, cp.proc)
 
     def start_app(self, role: str, instance: str, port: int, backend_url: str = "") -> Proc:
         argv = [sys.executable, "-m", "demo.apps", role, "--port", str(port), "--instance", instance]
         if backend_url:
             argv += ["--backend-url", backend_url]
         proc = self.spawn(instance + "-app", argv)
-        wait_for(f"app {instance} on :{port}", lambda: _port_open(port), 10, proc)
+        wait_for(f"app {instance} on :{port}", lambda: port_open(port), 10, proc)
         return proc
 
     def dataplane_token(self, cp: ControlPlaneProc, name: str, mesh: str = "default") -> Path:
@@ -268,12 +265,6 @@ class Lab:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 proc.stop()
         self.procs.clear()
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def dataplane(

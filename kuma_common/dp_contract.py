@@ -1,0 +1,99 @@
+"""What the agent and the control plane agree on, declared once and imported by both sides.
+
+The DP server's paths, the bodies of `POST /bootstrap` and `POST /certificate` (Kuma's field names),
+the Envoy node metadata the rendered bootstrap carries back to the control plane over ADS, and where
+in the agent's work dir Envoy finds its secrets (file-based SDS). Every value here is on the wire or
+on disk between two programs that may be of different versions: change none of them lightly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- the DP server (TLS, port 5678; ADS gRPC shares the port, routed by ALPN) ----------------------
+
+BOOTSTRAP_PATH = "/bootstrap"
+CERTIFICATE_PATH = "/certificate"
+# The dataplane token: HTTP header of `POST /certificate`, gRPC initial metadata of the ADS stream.
+TOKEN_HEADER = "authorization"
+
+DATAPLANE_PROXY_TYPE = "dataplane"
+PROXY_TYPES = (DATAPLANE_PROXY_TYPE, "ingress", "egress")
+
+
+# --- POST /bootstrap -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootstrapRequest:
+    """The agent's request body. Field names are Kuma's; a field the agent leaves out takes the
+    default here on the control plane's side, and a field the control plane does not know is
+    ignored (newer agents may send more)."""
+
+    mesh: str = ""
+    name: str = ""
+    proxyType: str = DATAPLANE_PROXY_TYPE
+    dataplaneToken: str = ""
+    dataplaneResource: str = ""  # the Dataplane as a JSON string (universal mode)
+    version: dict[str, Any] = field(default_factory=dict)  # {"kumaDp": {...}, "envoy": {...}}
+    caCert: str = ""  # PEM of the CA the agent trusts for the control plane
+    dynamicMetadata: dict[str, str] = field(default_factory=dict)
+    readinessPort: int | None = None
+    workdir: str = ""  # absolute
+    features: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# The response: {"bootstrap": <base64 of the Envoy bootstrap YAML>, "kumaSidecarConfiguration": {...}}.
+BOOTSTRAP_FIELD = "bootstrap"
+SIDECAR_CONFIGURATION_FIELD = "kumaSidecarConfiguration"
+
+
+# --- POST /certificate (docs/identity.md) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertificateRequest:
+    """The agent's CSR for its workload identity; the token goes in the TOKEN_HEADER header."""
+
+    mesh: str
+    name: str
+    csr: str  # PEM
+
+    def to_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+# The response's fields: the signed leaf (PEM), the mesh CA bundle (PEM), the leaf's expiry
+# (ISO 8601, UTC, e.g. 2026-01-31T12:00:00Z) and its serial number (hex, for logs).
+CERTIFICATE_FIELD = "certificate"
+CA_BUNDLE_FIELD = "caBundle"
+NOT_AFTER_FIELD = "notAfter"
+SERIAL_FIELD = "serial"
+
+
+# --- Envoy node metadata: written into the bootstrap by the control plane, read back over ADS ------
+
+PROXY_TYPE_METADATA_KEY = "dataplane.proxyType"
+RESOURCE_METADATA_KEY = "dataplane.resource"  # the Dataplane the agent sent (JSON), universal mode
+ADMIN_PORT_METADATA_KEY = "dataplane.admin.port"
+READINESS_PORT_METADATA_KEY = "dataplane.readinessReporter.port"
+WORKDIR_METADATA_KEY = "workdir"  # the agent's work dir: where the SDS files below live
+VERSION_METADATA_KEY = "version"
+FEATURES_METADATA_KEY = "features"
+DYNAMIC_METADATA_KEY = "dynamicMetadata"
+
+
+# --- the agent's work dir: files the control plane's Envoy config names ---------------------------
+
+IDENTITY_DIR = "identity"  # the agent's key and certificate (0700)
+SDS_DIR = f"{IDENTITY_DIR}/sds"  # the SDS files Envoy watches; relative to the work dir
+IDENTITY_FILE = "identity.yaml"  # in SDS_DIR: the secret IDENTITY_SECRET (certificate chain + key)
+MESH_CA_FILE = "ca.yaml"  # in SDS_DIR: the secret MESH_CA_SECRET (the mesh CA bundle)
+IDENTITY_SECRET = "identity"
+MESH_CA_SECRET = "mesh_ca"
+ADMIN_SOCKET_NAME = "envoy-admin.sock"  # Envoy's admin API (0600) unless the Dataplane asks for a port
