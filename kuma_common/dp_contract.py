@@ -12,6 +12,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# --- identity: what a workload certificate names, what the CA signs and peers verify -----------------
+
+
+def spiffe_id(mesh: str, service: str) -> str:
+    """`spiffe://<mesh>/<service>`; with service "" the prefix every identity of the mesh shares."""
+    return f"spiffe://{mesh}/{service}"
+
+
 # --- the DP server (TLS, port 5678; ADS gRPC shares the port, routed by ALPN) ----------------------
 
 BOOTSTRAP_PATH = "/bootstrap"

@@ -1,7 +1,7 @@
 """The built-in mesh CA: persisted per mesh, signs workload certificates from checked CSRs."""
 
 from control_plane.ca.authority import MeshCa, get_or_create_mesh_ca, mesh_ca_key
-from control_plane.ca.csr import CsrForbidden, CsrInvalid, check_csr, csr_refusals, parse_csr, spiffe_uri
+from control_plane.ca.csr import CsrForbidden, CsrInvalid, check_csr, csr_refusals, parse_csr
 from control_plane.ca.issue import IssuedCertificate, certificate_lifetime, issue_certificate
 from control_plane.ca.signing import sign_workload_certificate
 
@@ -18,5 +18,4 @@ __all__ = [
     "mesh_ca_key",
     "parse_csr",
     "sign_workload_certificate",
-    "spiffe_uri",
 ]

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from kuma_common.dp_contract import spiffe_id
+
 MIN_RSA_BITS = 2048
 
 # Extensions a CSR may carry because standard tools add them; their content is never copied.
@@ -33,10 +35,6 @@ class CsrForbidden(ValueError):
     def __init__(self, asked: list[str]) -> None:
         super().__init__("the CSR asks for what the token does not prove: " + "; ".join(asked))
         self.asked = asked
-
-
-def spiffe_uri(mesh: str, service: str) -> str:
-    return f"spiffe://{mesh}/{service}"
 
 
 def parse_csr(pem: str) -> x509.CertificateSigningRequest:
@@ -82,7 +80,7 @@ def csr_refusals(csr: x509.CertificateSigningRequest, allowed_uris: Iterable[str
 
 def san_refusals(names: Iterable[x509.GeneralName], allowed: set[str], mesh: str) -> list[str]:
     refused = []
-    service_prefix = spiffe_uri(mesh, "")
+    service_prefix = spiffe_id(mesh, "")
     for name in names:
         if isinstance(name, x509.UniformResourceIdentifier):
             if name.value in allowed:

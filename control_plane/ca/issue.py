@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 
 from control_plane.ca.authority import get_or_create_mesh_ca
-from control_plane.ca.csr import check_csr, parse_csr, spiffe_uri
+from control_plane.ca.csr import check_csr, parse_csr
 from control_plane.ca.signing import sign_workload_certificate
 from control_plane.resources.mesh import DEFAULT_CERT_LIFETIME_S, Mesh
 from control_plane.store.base import ResourceStore, mesh_key
 from kuma_common import dp_contract as contract
+from kuma_common.dp_contract import spiffe_id
 
 log = logging.getLogger("kuma-cp.ca")
 
@@ -59,7 +60,7 @@ def issue_certificate(
 ) -> IssuedCertificate:
     """Check the CSR against the allowed services and sign; CsrInvalid / CsrForbidden otherwise."""
     csr = parse_csr(csr_pem)
-    check_csr(csr, [spiffe_uri(mesh, service) for service in services], mesh)
+    check_csr(csr, [spiffe_id(mesh, service) for service in services], mesh)
     ca = get_or_create_mesh_ca(store, mesh)
     now = now or dt.datetime.now(dt.UTC)
     cert = sign_workload_certificate(ca, csr.public_key(), services, mesh_lifetime(store, mesh), now)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from control_plane.ca.authority import MeshCa
-from control_plane.ca.csr import spiffe_uri
+from kuma_common.dp_contract import spiffe_id
 
 BACKDATE = dt.timedelta(seconds=10)
 MAX_CN_LENGTH = 64
@@ -44,7 +44,7 @@ def sign_workload_certificate(
     if not services:
         raise ValueError("a workload certificate needs at least one service")
     not_after = min(now + lifetime, ca.cert.not_valid_after_utc)
-    sans = [x509.UniformResourceIdentifier(spiffe_uri(ca.mesh, service)) for service in services]
+    sans = [x509.UniformResourceIdentifier(spiffe_id(ca.mesh, service)) for service in services]
     # A CN is at most 64 characters; without one the subject is empty and the SAN critical (RFC 5280).
     fits = len(services[0]) <= MAX_CN_LENGTH
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, services[0])] if fits else []

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kuma_common.dp_contract import spiffe_id
 from kuma_dp.constants import SERVICE_TAG
-
-
-def spiffe_id(mesh: str, service: str) -> str:
-    return f"spiffe://{mesh}/{service}"
 
 
 def services_of(dataplane_json: str | None) -> list[str]:

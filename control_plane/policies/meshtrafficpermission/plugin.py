@@ -26,7 +26,7 @@ from control_plane.policies.core.spec import Match
 from control_plane.policies.meshtrafficpermission.api import ALLOW_WITH_SHADOW_DENY
 from control_plane.policies.meshtrafficpermission.callers import ALLOWING, CallerActions, caller_actions
 from control_plane.xds.generate.pack import network_filter, pack
-from control_plane.xds.generate.tls import spiffe_id
+from kuma_common.dp_contract import spiffe_id
 
 NETWORK_RBAC_FILTER = "envoy.filters.network.rbac"
 HTTP_RBAC_FILTER = "envoy.filters.http.rbac"

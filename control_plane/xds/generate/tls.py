@@ -19,16 +19,19 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from control_plane.xds.generate.pack import pack
-from kuma_common.dp_contract import IDENTITY_FILE, IDENTITY_SECRET, MESH_CA_FILE, MESH_CA_SECRET, SDS_DIR
+from kuma_common.dp_contract import (
+    IDENTITY_FILE,
+    IDENTITY_SECRET,
+    MESH_CA_FILE,
+    MESH_CA_SECRET,
+    SDS_DIR,
+    spiffe_id,
+)
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
 # Kuma's ALPN between proxies: lets a PERMISSIVE inbound tell a mesh peer from any other TLS client.
 KUMA_ALPN = "kuma"
-
-
-def spiffe_id(mesh: str, service: str) -> str:
-    return f"spiffe://{mesh}/{service}"
 
 
 def sds_dir(workdir: str) -> str:
