@@ -13,6 +13,7 @@ from control_plane.kumactl.context import api_client
 from control_plane.kumactl.documents import (
     Document,
     apply_order,
+    check_all,
     parse_documents,
     parse_vars,
     read_source,
@@ -61,6 +62,7 @@ def apply(ctx: click.Context, source: str, variables: tuple[str, ...], dry_run: 
     """Create or update the resources of a file (several documents separated by ---)."""
     text, name = read_source(source)
     documents = apply_order(parse_documents(substitute(text, parse_vars(variables), name), name))
+    check_all(documents)  # every document is valid, or nothing is sent
     if dry_run:
         click.echo("\n---\n".join(_dry_run_text(doc) for doc in documents))
         return

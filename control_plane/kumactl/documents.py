@@ -10,7 +10,7 @@ import yaml
 
 from control_plane.kumactl.errors import KumactlError
 from control_plane.resources.common import DEFAULT_MESH
-from control_plane.resources.registry import TYPES, ResourceType
+from control_plane.resources.registry import TYPES, InvalidResource, ResourceType, parse_resource
 from control_plane.yaml_errors import yaml_error_message
 from kuma_common import templating
 
@@ -99,6 +99,22 @@ def _checked(body: Any, source: str, line: int) -> Document:
     if rtype.mesh_scoped and "mesh" in body and not isinstance(body["mesh"], str):
         raise KumactlError(f"{where}: mesh must be a string")
     return Document(body, rtype, source, line)
+
+
+def check_all(documents: list[Document]) -> None:
+    """Validate every document as the control plane will, before anything is sent: a file with one
+    bad document changes nothing (the server still has the last word, e.g. on whether the mesh
+    exists)."""
+    errors = []
+    for doc in documents:
+        try:
+            parse_resource(doc.body, doc.rtype)
+        except InvalidResource as exc:
+            causes = "".join(f"\n* {c['field']}: {c['message']}" for c in exc.causes)
+            where = f"{doc.describe()} ({doc.source}:{doc.line})"
+            errors.append(f"{where}: Could not process a resource: {exc.title}{causes}")
+    if errors:
+        raise KumactlError("\n".join(errors) + "\nnothing was applied")
 
 
 def apply_order(documents: list[Document]) -> list[Document]:
