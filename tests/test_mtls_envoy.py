@@ -138,6 +138,10 @@ async def test_mtls_between_two_envoys_identity_permissive_and_permissions(
             denied = await eventually(lambda: _denied(get(outbound)), timeout=20)
             assert "RBAC: access denied" in denied.text
             cp.store.upsert(ALLOW_ALL_KEY, spec_of(ALLOW_ALL))
+            # Each of web's Envoy workers pools its own connection to backend; one opened under the
+            # old chain is judged by it once more (then closed, as the chain drains): wait until a
+            # run of calls all pass, so no pooled connection of the deny-all era is left.
+            await eventually(lambda: _all_ok(outbound, 6), timeout=10)
 
             response = await eventually(lambda: _ok(get(outbound)), timeout=10)
             assert "URI=spiffe://default/web" in response.text, response.text
@@ -182,6 +186,13 @@ async def _counted(envoy: Envoy, stat: str, request: Any) -> bool:
     async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
         stats = (await client.get(f"http://127.0.0.1:{envoy.admin_port}/stats", params={"filter": stat})).text
     return any(line.startswith(f"{stat}: ") and int(line.split(": ")[1]) > 0 for line in stats.splitlines())
+
+
+async def _all_ok(port: int, times: int) -> bool:
+    for _ in range(times):
+        if (await get(port)).status_code != 200:
+            return False
+    return True
 
 
 async def _ok(request: Any) -> httpx.Response | None:
