@@ -157,18 +157,28 @@ class PolicyMesh:
         return app
 
     async def backend(
-        self, name: str, service: str, handler: Handler, protocol: str = "http", **tags: str
+        self,
+        name: str,
+        service: str,
+        handler: Handler,
+        protocol: str = "http",
+        *,
+        concurrency: int | None = None,
+        **tags: str,
     ) -> tuple[Proxy, HttpApp]:
-        """An instance of `service`: its app and its Envoy, with one inbound to the app."""
+        """An instance of `service`: its app and its Envoy, with one inbound to the app.
+        `concurrency`: Envoy's worker threads (1: requests are handled in the order they come)."""
         app = await self.app(handler)
         inbound = {
             "port": free_port(),
             "servicePort": app.port,
             "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol, **tags},
         }
-        return await self._proxy(name, {"inbound": [inbound]}), app
+        return await self._proxy(name, {"inbound": [inbound]}, concurrency), app
 
-    async def client(self, name: str, services: list[str], service: str | None = None) -> Proxy:
+    async def client(
+        self, name: str, services: list[str], service: str | None = None, *, concurrency: int | None = None
+    ) -> Proxy:
         """A caller: an Envoy with an outbound listener on 127.0.0.1 for each of `services`."""
         app = await self.app(constant())
         inbound = {"port": free_port(), "servicePort": app.port, "tags": {"kuma.io/service": service or name}}
@@ -177,18 +187,18 @@ class PolicyMesh:
             "inbound": [inbound],
             "outbound": [{"port": port, "tags": {"kuma.io/service": s}} for s, port in outbounds.items()],
         }
-        proxy = await self._proxy(name, networking)
+        proxy = await self._proxy(name, networking, concurrency)
         proxy.outbounds = outbounds
         return proxy
 
-    async def _proxy(self, name: str, networking: dict[str, Any]) -> Proxy:
+    async def _proxy(self, name: str, networking: dict[str, Any], concurrency: int | None = None) -> Proxy:
         resource = {
             "type": "Dataplane",
             "mesh": "default",
             "name": name,
             "networking": {"address": "127.0.0.1", **networking},
         }
-        envoy = Envoy(self.binary, self.root / name, self.cp.port, resource)
+        envoy = Envoy(self.binary, self.root / name, self.cp.port, resource, concurrency)
         proxy = self.proxies[name] = Proxy(name, envoy)
         await self.converged()
         return proxy

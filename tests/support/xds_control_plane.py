@@ -165,7 +165,14 @@ def socket_address(port: int) -> dict[str, Any]:
 class Envoy:
     """A real Envoy whose bootstrap points ADS at our server, as kuma-dp's bootstrap does."""
 
-    def __init__(self, binary: Path, workdir: Path, ads_port: int, resource: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        ads_port: int,
+        resource: dict[str, Any],
+        concurrency: int | None = None,  # worker threads; None: Envoy's default (one per core)
+    ) -> None:
         self.admin_port = free_port()
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +187,8 @@ class Envoy:
             str(binary), "--config-path", str(config), "--disable-hot-restart", "--log-level", "warning",
             "--drain-time-s", "30", "--drain-strategy", "immediate",
         ]  # fmt: skip
+        if concurrency is not None:
+            command += ["--concurrency", str(concurrency)]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
