@@ -13,6 +13,8 @@ from control_plane.policies.core.plugin import PolicyType
 POLICY_FOLDERS = (
     "meshtrafficpermission",
     "meshtimeout",
+    "meshhealthcheck",
+    "meshloadbalancingstrategy",
 )
 
 
