@@ -265,8 +265,8 @@ class Conf(Merged):
     def _no_zones(cls, value: Any) -> Any:
         if value is not None:
             raise ValueError(
-                "locality-aware load balancing (local zone affinity, cross-zone failover) needs "
-                "multi-zone, which this control plane does not support yet; remove localityAwareness"
+                "locality-aware load balancing needs multi-zone (zones to prefer and to fail over "
+                "between), which this control plane does not support yet; remove localityAwareness"
             )
         return value
 
