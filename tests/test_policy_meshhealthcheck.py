@@ -57,6 +57,19 @@ async def answered_by(client: Proxy, requests: int) -> list[str]:
     return names
 
 
+async def traffic_settles_on(client: Proxy, wanted: set[str]) -> None:
+    """Wait until 6 calls in a row are answered by exactly `wanted`. The /clusters flags change at
+    once, but Envoy hands health changes to its worker threads in batches (the cluster's
+    update_merge_window, 1 s by default), so the balancers follow up to a second later. Round
+    robin makes this exact: 6 calls over 2 workers put 2+ consecutive picks on one of them, which
+    alternate over every healthy instance."""
+
+    async def settled() -> bool:
+        return set(await answered_by(client, 6)) == wanted
+
+    await eventually(settled, timeout=5)
+
+
 async def test_an_unhealthy_instance_gets_no_traffic_until_it_recovers(
     envoy_binary: Path, tmp_path: Path
 ) -> None:
@@ -81,11 +94,12 @@ async def test_an_unhealthy_instance_gets_no_traffic_until_it_recovers(
         stats = await web.stats("cluster.backend.health_check.")
         assert stats["cluster.backend.health_check.failure"] >= 1
         assert stats["cluster.backend.health_check.healthy"] == 1
+        await traffic_settles_on(web, {"backend-1"})
         assert set(await answered_by(web, 20)) == {"backend-1"}
 
         health["backend-2"] = 200
         await eventually(lambda: _equals(flags(), both_healthy), timeout=10)
-        assert set(await answered_by(web, 6)) == {"backend-1", "backend-2"}
+        await traffic_settles_on(web, {"backend-1", "backend-2"})
 
 
 async def _equals(found: Awaitable[dict[str, str]], wanted: dict[str, str]) -> bool:
@@ -136,9 +150,11 @@ async def test_a_tcp_check_sends_and_expects_the_decoded_bytes(envoy_binary: Pat
         await eventually(lambda: _equals(flags(), both_healthy), timeout=10)
         health["backend-2"] = 500
         await eventually(lambda: _contains(flags(), two.endpoint, "failed_active_hc"), timeout=10)
+        await traffic_settles_on(web, {"backend-1"})
         assert set(await answered_by(web, 10)) == {"backend-1"}
         health["backend-2"] = 200
         await eventually(lambda: _equals(flags(), both_healthy), timeout=10)
+        await traffic_settles_on(web, {"backend-1", "backend-2"})
 
 
 INVALID = """\

@@ -58,6 +58,16 @@ async def answers(client: Proxy, requests: int, user: str) -> list[str]:
     return names
 
 
+async def hashing_applies(client: Proxy) -> None:
+    """Wait until one user's 6 calls land on one instance: Envoy's workers pick the new cluster up
+    just after /config_dump shows it, and under round robin 6 calls never share an instance."""
+
+    async def sticks() -> bool:
+        return len(set(await answers(client, 6, "probe"))) == 1
+
+    await eventually(sticks, timeout=5)
+
+
 async def test_ring_hash_on_a_header_keeps_each_user_on_one_instance(
     envoy_binary: Path, tmp_path: Path
 ) -> None:
@@ -68,6 +78,7 @@ async def test_ring_hash_on_a_header_keeps_each_user_on_one_instance(
 
         await mesh.apply(strategy("sticky-users", BACKEND, RING_HASH_ON_USER))
         assert (await web.cluster("backend"))["lb_policy"] == "RING_HASH"
+        await hashing_applies(web)
         placement = {}
         for user in (f"user-{n}" for n in range(15)):
             seen = set(await answers(web, 5, user))
@@ -112,6 +123,7 @@ async def test_a_meshservice_entry_overrides_the_mesh_wide_ring_hash(
     async with policy_mesh(envoy_binary, tmp_path) as mesh:
         web = await three_instances(mesh)
         await mesh.apply(strategy("mesh-wide", MESH, RING_HASH_ON_USER))
+        await hashing_applies(web)
         assert len(set(await answers(web, 6, "alice"))) == 1
         await mesh.apply(strategy("backend", BACKEND, {"loadBalancer": {"type": "RoundRobin"}}))
         cluster = await web.cluster("backend")
