@@ -15,6 +15,8 @@ POLICY_FOLDERS = (
     "meshtimeout",
     "meshcircuitbreaker",
     "meshretry",
+    "meshhealthcheck",
+    "meshloadbalancingstrategy",
 )
 
 

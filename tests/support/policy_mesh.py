@@ -123,6 +123,12 @@ class Proxy:
     name: str
     envoy: Envoy
     outbounds: dict[str, int] = field(default_factory=dict)  # service → its outbound port
+    inbound_ports: list[int] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        """ "address:port" of its (first) inbound: how it shows among its service's endpoints."""
+        return f"127.0.0.1:{self.inbound_ports[0]}"
 
     async def get(self, service: str, path: str = "/", **kwargs: Any) -> httpx.Response:
         """A request into this proxy's outbound for `service` (as the app beside it would send)."""
@@ -141,6 +147,25 @@ class Proxy:
 
     async def config_dump(self) -> dict[str, Any]:
         return json.loads(await self.envoy.get("/config_dump"))
+
+    async def cluster(self, name: str) -> dict[str, Any]:
+        """The cluster `name` as Envoy runs it (from /config_dump)."""
+        dump = await self.config_dump()
+        for config in dump["configs"]:
+            for active in config.get("dynamic_active_clusters", []):
+                if active["cluster"]["name"] == name:
+                    return active["cluster"]
+        raise AssertionError(f"{self.name}'s Envoy has no active cluster {name!r}")
+
+    async def hosts(self, cluster: str) -> dict[str, str]:
+        """The endpoints of `cluster` as Envoy's /clusters shows them: "address:port" → health
+        flags ("healthy", or e.g. "/failed_active_hc")."""
+        found = {}
+        for line in (await self.envoy.get("/clusters")).splitlines():
+            parts = line.split("::")
+            if len(parts) == 4 and parts[0] == cluster and parts[2] == "health_flags":
+                found[parts[1]] = parts[3]
+        return found
 
 
 @dataclass
@@ -199,7 +224,8 @@ class PolicyMesh:
             "networking": {"address": "127.0.0.1", **networking},
         }
         envoy = Envoy(self.binary, self.root / name, self.cp.port, resource, concurrency)
-        proxy = self.proxies[name] = Proxy(name, envoy)
+        inbound_ports = [inbound["port"] for inbound in networking.get("inbound", [])]
+        proxy = self.proxies[name] = Proxy(name, envoy, inbound_ports=inbound_ports)
         await self.converged()
         return proxy
 
@@ -234,9 +260,14 @@ class PolicyMesh:
                 dump = await proxy.config_dump()
             except (httpx.HTTPError, ValueError):
                 return False
-            versions = {c.get("@type", "").rsplit(".", 1)[-1]: c.get("version_info") for c in dump["configs"]}
+            configs = {c.get("@type", "").rsplit(".", 1)[-1]: c for c in dump["configs"]}
+            versions = {kind: config.get("version_info") for kind, config in configs.items()}
             want = snapshot.versions()
             if versions.get("ClustersConfigDump") != want[CLUSTER_TYPE]:
+                return False
+            # A changed cluster is in use only once warm (its endpoints, and its first health
+            # checks, are in); until then Envoy keeps sending traffic to the old one.
+            if configs["ClustersConfigDump"].get("dynamic_warming_clusters"):
                 return False
             if versions.get("ListenersConfigDump") != want[LISTENER_TYPE]:
                 return False
