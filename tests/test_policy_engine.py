@@ -263,3 +263,48 @@ def test_docs_table_of_policies_is_the_registry() -> None:
     assert docs[begin:end] == policies_table(), (
         "run `python -m control_plane.policies.docs` into docs/policies.md"
     )
+
+
+def test_a_merge_no_single_entry_could_say_skips_that_kind_only(caplog: pytest.LogCaptureFixture) -> None:
+    """Two valid entries can merge into a conf the policy's model refuses: that kind is skipped for
+    that outbound, with a warning naming the policies; the other kinds still apply."""
+    from control_plane.policies.core.parts import OutboundParts
+    from control_plane.policies.core.rules import MergedConf, Origin, OutboundPolicy, OutboundRules
+    from control_plane.xds.generate.clusters import outbound_cluster
+    from control_plane.xds.generate.listeners import outbound_chain_parts
+    from control_plane.xds.generate.policies import apply_outbound_policies
+
+    broken = MergedConf(
+        {"outlierDetection": {"interval": "5s"}}, (Origin("MeshCircuitBreaker", "default", "a"),)
+    )
+    timeout = MergedConf({"connectionTimeout": "2s"}, (Origin("MeshTimeout", "default", "t"),))
+    rules = OutboundRules(
+        (("x", "y"),),
+        {"MeshCircuitBreaker": OutboundPolicy(broken, {}), "MeshTimeout": OutboundPolicy(timeout, {})},
+    )
+    parts = OutboundParts(
+        "backend", "http", outbound_chain_parts("l", "backend", "http"), outbound_cluster("backend", "http")
+    )
+    apply_outbound_policies(rules, parts)
+    assert not parts.cluster.HasField("outlier_detection")
+    assert parts.cluster.connect_timeout.seconds == 2
+    assert "MeshCircuitBreaker for calls to backend not applied: the merge of policies a" in caplog.text
+
+
+GOOD_TIMEOUT = """\
+type: MeshTimeout
+mesh: default
+name: good
+spec:
+  to:
+  - targetRef: {kind: Mesh}
+    default: {connectionTimeout: 1s}
+"""
+
+
+def test_kumactl_apply_of_a_file_with_one_bad_document_applies_nothing(config_file: Path) -> None:  # noqa: F811
+    bad = GOOD_TIMEOUT.replace("name: good", "name: bad").replace("1s", "soon")
+    result = kumactl(config_file, "apply", "-f", "-", stdin=GOOD_TIMEOUT + "---\n" + bad)
+    assert result.exit_code == 1 and "(stdin:9)" in result.output and "nothing was applied" in result.output
+    assert "spec.to[0].default.connectionTimeout: 'soon' is not a duration" in result.output
+    assert {"good", "bad"}.isdisjoint(names_in(config_file, "meshtimeouts", "default"))

@@ -1,10 +1,25 @@
-"""Running the policy plugins over one proxy's parts, in Kuma's order."""
+"""Running the policy plugins over one proxy's parts, in Kuma's order.
+
+Each entry a user applied was validated on its own; their merge can still be a conf the policy's
+model refuses (two valid entries combining into something no single entry may say). Then that
+kind is skipped for that inbound or outbound, with a warning naming the policies, and the rest of
+the proxy's config goes out: one odd merge must not freeze a proxy's whole config.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+
+from pydantic import ValidationError
+
 from control_plane.policies.core.parts import InboundParts, OutboundParts
-from control_plane.policies.core.rules import MeshPolicies, OutboundRules
+from control_plane.policies.core.plugin import PolicyType
+from control_plane.policies.core.rules import MeshPolicies, Origin, OutboundRules
 from control_plane.policies.registry import POLICY_TYPES
+
+log = logging.getLogger(__name__)
 
 _INBOUND = [t for t in POLICY_TYPES if t.apply_inbound is not None]
 _OUTBOUND = [t for t in POLICY_TYPES if t.apply_outbound is not None]
@@ -13,7 +28,11 @@ _OUTBOUND = [t for t in POLICY_TYPES if t.apply_outbound is not None]
 def apply_inbound_policies(policies: MeshPolicies, parts: InboundParts) -> None:
     for policy_type in _INBOUND:
         assert policy_type.apply_inbound is not None
-        policy_type.apply_inbound(policies.inbound_policy(policy_type, parts.dataplane, parts.inbound), parts)
+        policy = policies.inbound_policy(policy_type, parts.dataplane, parts.inbound)
+        origins = [*(e.origin for e in policy.from_entries), *(r.origin for r in policy.rules)]
+        where = f"inbound {parts.inbound.port} of {parts.dataplane.mesh}/{parts.dataplane.name}"
+        with _skipped_if_invalid(policy_type, origins, where):
+            policy_type.apply_inbound(policy, parts)
 
 
 def apply_outbound_policies(rules: OutboundRules, parts: OutboundParts) -> None:
@@ -21,4 +40,21 @@ def apply_outbound_policies(rules: OutboundRules, parts: OutboundParts) -> None:
         conf = rules.conf(policy_type.kind, parts.service)
         if conf is not None:
             assert policy_type.apply_outbound is not None
-            policy_type.apply_outbound(conf, parts)
+            with _skipped_if_invalid(policy_type, conf.origins, f"calls to {parts.service}"):
+                policy_type.apply_outbound(conf, parts)
+
+
+@contextlib.contextmanager
+def _skipped_if_invalid(policy_type: PolicyType, origins: Iterable[Origin], where: str) -> Iterator[None]:
+    """A merged conf the policy's model refuses skips the plugin (plugins parse before they edit)."""
+    try:
+        yield
+    except ValidationError as exc:
+        log.warning(
+            "%s for %s not applied: the merge of policies %s is not a valid conf (%s); "
+            "see kumactl inspect dataplane --type=rules",
+            policy_type.kind,
+            where,
+            ", ".join(dict.fromkeys(o.name for o in origins)),
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+        )
