@@ -1,17 +1,20 @@
 """The REST API served by uvicorn in a background thread on a free port (HTTP only), and kumactl
-run in-process against it (click's CliRunner): `kumactl()`, the fixtures `server` and `config_file`.
+run in-process against it (click's CliRunner): `kumactl()`, the fixtures `server` and `config_file`,
+and `assert_refused()` for what `kumactl apply` must refuse.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import uvicorn
+import yaml
 from click.testing import CliRunner, Result
 
 from control_plane.api.app import create_app
@@ -75,3 +78,16 @@ def kumactl(config: Path, *args: str, stdin: str | None = None) -> Result:
     return runner.invoke(
         main, list(args), input=stdin, env={"KUMACTL_CONFIG": str(config)}, catch_exceptions=False
     )
+
+
+def assert_refused(config: Path, document: str, causes: Iterable[tuple[str, str]], plural: str) -> Result:
+    """`kumactl apply` of `document` fails naming each (field, message), without a traceback, and
+    stores nothing of it (no resource of its names in `plural`)."""
+    result = kumactl(config, "apply", "-f", "-", stdin=document)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    for field, message in causes:
+        assert f"{field}: {message}" in result.output, result.output
+    names = {doc["name"] for doc in yaml.safe_load_all(document) if doc}
+    listed = json.loads(kumactl(config, "get", plural, "-A", "-o", "json").output)
+    assert names.isdisjoint(item["name"] for item in listed["items"])
+    return result
