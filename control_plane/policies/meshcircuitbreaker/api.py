@@ -36,12 +36,11 @@ spec:
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from control_plane.policies.core.fields import PositiveDuration
+from control_plane.policies.core.fields import Number, Percentage, PositiveDuration, decimal_of
 from control_plane.policies.core.spec import TO_KINDS, Sections, policy_model
 from control_plane.policies.core.targetref import MESH
 from control_plane.resources.common import StrictModel
@@ -53,23 +52,6 @@ PositiveUInt32 = Annotated[int, Field(gt=0, le=2**32 - 1, strict=True)]
 Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
 
 
-def decimal_of(value: int | float | str) -> Decimal:
-    """Kuma's int-or-string numbers ("1.9", 2) as a Decimal; ValueError when not a number."""
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f'{value!r} is not a number (e.g. 2, 1.5 or "1.5")') from None
-    if not number.is_finite():
-        raise ValueError(f"{value!r} is not a finite number")
-    return number
-
-
-def _percentage(value: int | float | str) -> int | float | str:
-    if not 0 <= decimal_of(value) <= 100:
-        raise ValueError(f"{value!r} must be a percentage between 0 and 100")
-    return value
-
-
 def _deviation_factor(value: int | float | str) -> int | float | str:
     number = decimal_of(value)
     if number <= 0:
@@ -79,9 +61,7 @@ def _deviation_factor(value: int | float | str) -> int | float | str:
     return value
 
 
-_Number = Annotated[StrictInt | StrictFloat | StrictStr, Field(union_mode="left_to_right")]
-DecimalPercent = Annotated[_Number, AfterValidator(_percentage)]
-DeviationFactor = Annotated[_Number, AfterValidator(_deviation_factor)]
+DeviationFactor = Annotated[Number, AfterValidator(_deviation_factor)]
 
 
 def _not_empty(model: StrictModel) -> None:
@@ -141,7 +121,7 @@ class OutlierDetection(StrictModel):
     maxEjectionPercent: Percent | None = None
     splitExternalAndLocalErrors: Annotated[bool, Field(strict=True)] | None = None
     detectors: Detectors | None = None
-    healthyPanicThreshold: DecimalPercent | None = None
+    healthyPanicThreshold: Percentage | None = None
 
     @model_validator(mode="after")
     def _detectors_unless_disabled(self) -> OutlierDetection:

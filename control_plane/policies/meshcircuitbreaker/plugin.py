@@ -18,7 +18,7 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2
 
-from control_plane.policies.core.fields import set_duration
+from control_plane.policies.core.fields import decimal_of, set_duration
 from control_plane.policies.core.parts import InboundParts, OutboundParts
 from control_plane.policies.core.rules import InboundPolicy, MergedConf
 from control_plane.policies.meshcircuitbreaker.api import (
@@ -26,7 +26,6 @@ from control_plane.policies.meshcircuitbreaker.api import (
     ConnectionLimits,
     Detectors,
     OutlierDetection,
-    decimal_of,
 )
 
 ENFORCED, NOT_ENFORCED = 100, 0

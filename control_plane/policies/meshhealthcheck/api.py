@@ -39,12 +39,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, StrictInt, field_validator, model_validator
 
-from control_plane.policies.core.fields import PositiveDuration
+from control_plane.policies.core.fields import Percentage, PositiveDuration
 from control_plane.policies.core.spec import TO_KINDS, Sections, policy_model
 from control_plane.resources.common import StrictModel
 
@@ -82,22 +81,6 @@ def _base64(value: str) -> str:
     return value
 
 
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    return value
-
-
-def _percentage(value: int | float | str) -> int | float | str:
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a number (a percentage: 0-100, e.g. 50 or '12.5')") from None
-    if not number.is_finite() or not 0 <= number <= 100:
-        raise ValueError(f"{value!r} must be a percentage between 0 and 100")
-    return value
-
-
 def _absolute_path(value: str) -> str:
     if not value.startswith("/") or "\x00" in value:
         raise ValueError(f"{value!r} must be an absolute file path (starting with '/')")
@@ -106,13 +89,7 @@ def _absolute_path(value: str) -> str:
 
 HeaderName = Annotated[str, AfterValidator(_header_name)]
 Base64 = Annotated[str, AfterValidator(_base64)]
-# Kuma's IntOrString percentage: 50, or a decimal as text ("12.5").
-Percentage = Annotated[int | float | str, BeforeValidator(_not_bool), AfterValidator(_percentage)]
 PositiveInt32 = Annotated[int, Field(gt=0, le=INT32_MAX)]
-
-
-def decimal_of(value: int | float | str) -> float:
-    return float(Decimal(str(value).strip()))
 
 
 def base64_bytes(value: str) -> bytes:
@@ -147,7 +124,7 @@ class HttpHealthCheck(StrictModel):
     disabled: bool | None = None
     path: str | None = None
     requestHeadersToAdd: HeaderModifier | None = None
-    expectedStatuses: list[Annotated[int, BeforeValidator(_not_bool)]] | None = None
+    expectedStatuses: list[StrictInt] | None = None
 
     @field_validator("path")
     @classmethod
@@ -184,7 +161,7 @@ class Conf(StrictModel):
     healthyThreshold: PositiveInt32 | None = None
     initialJitter: PositiveDuration | None = None
     intervalJitter: PositiveDuration | None = None
-    intervalJitterPercent: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=100)] | None = None
+    intervalJitterPercent: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
     healthyPanicThreshold: Percentage | None = None
     failTrafficOnPanic: bool | None = None
     eventLogPath: Annotated[str, AfterValidator(_absolute_path)] | None = None

@@ -27,7 +27,7 @@ from envoy.config.core.v3 import base_pb2, extension_pb2, health_check_pb2
 from envoy.extensions.health_check.event_sinks.file.v3 import file_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 
-from control_plane.policies.core.fields import set_duration
+from control_plane.policies.core.fields import decimal_of, set_duration
 from control_plane.policies.core.parts import OutboundParts
 from control_plane.policies.core.rules import MergedConf
 from control_plane.policies.meshhealthcheck import api
@@ -137,6 +137,6 @@ def _tcp_checker(tcp: TcpHealthCheck) -> health_check_pb2.HealthCheck.TcpHealthC
 
 def _configure_panic(conf: Conf, cluster: cluster_pb2.Cluster) -> None:
     if conf.healthyPanicThreshold is not None:
-        cluster.common_lb_config.healthy_panic_threshold.value = api.decimal_of(conf.healthyPanicThreshold)
+        cluster.common_lb_config.healthy_panic_threshold.value = float(decimal_of(conf.healthyPanicThreshold))
     if conf.failTrafficOnPanic is not None:
         cluster.common_lb_config.zone_aware_lb_config.fail_traffic_on_panic = conf.failTrafficOnPanic

@@ -42,12 +42,11 @@ every field and no such check.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, StrictInt, field_validator, model_validator
 
-from control_plane.policies.core.fields import Duration
+from control_plane.policies.core.fields import Duration, NonNegativeDecimal
 from control_plane.policies.core.spec import TO_KINDS, Sections, policy_model
 from control_plane.resources.common import StrictModel
 
@@ -92,40 +91,14 @@ MAX_MAGLEV_TABLE_SIZE = 5_000_011
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    return value
-
-
-def _non_negative_decimal(value: int | float | str) -> int | float | str:
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a number (e.g. 1 or '0.5')") from None
-    if not number.is_finite() or number < 0:
-        raise ValueError(f"{value!r} must be 0 or more")
-    return value
-
-
 def _prime(value: int) -> int:
     if value < 2 or any(value % d == 0 for d in range(2, int(value**0.5) + 1)):
         raise ValueError(f"{value} is not a prime number; a Maglev table size must be prime (e.g. 65537)")
     return value
 
 
-# Kuma's IntOrString decimal: 1, or a decimal as text ("0.5").
-NonNegativeDecimal = Annotated[
-    int | float | str, BeforeValidator(_not_bool), AfterValidator(_non_negative_decimal)
-]
-RingSize = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=MAX_RING_SIZE)]
-TableSize = Annotated[
-    int, BeforeValidator(_not_bool), Field(ge=1, le=MAX_MAGLEV_TABLE_SIZE), AfterValidator(_prime)
-]
-
-
-def decimal_of(value: int | float | str) -> float:
-    return float(Decimal(str(value).strip()))
+RingSize = Annotated[StrictInt, Field(ge=1, le=MAX_RING_SIZE)]
+TableSize = Annotated[StrictInt, Field(ge=1, le=MAX_MAGLEV_TABLE_SIZE), AfterValidator(_prime)]
 
 
 # --- hash policies: lists are replaced whole by a merge, so each item is checked as written ----
@@ -198,7 +171,7 @@ class Random(StrictModel):
 
 
 class LeastRequest(StrictModel):
-    choiceCount: Annotated[int, BeforeValidator(_not_bool), Field(ge=2, le=2**32 - 1)] | None = None
+    choiceCount: Annotated[StrictInt, Field(ge=2, le=2**32 - 1)] | None = None
     activeRequestBias: NonNegativeDecimal | None = None
 
 

@@ -21,7 +21,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.v3 import hash_policy_pb2
 
-from control_plane.policies.core.fields import set_duration
+from control_plane.policies.core.fields import decimal_of, set_duration
 from control_plane.policies.core.parts import ChainParts, OutboundParts
 from control_plane.policies.core.rules import MergedConf
 from control_plane.policies.meshloadbalancingstrategy import api
@@ -60,7 +60,7 @@ def _configure_cluster(lb: MergedLoadBalancer, cluster: cluster_pb2.Cluster) -> 
         if lb.leastRequest.choiceCount is not None:
             config.choice_count.value = lb.leastRequest.choiceCount
         if lb.leastRequest.activeRequestBias is not None:
-            config.active_request_bias.default_value = api.decimal_of(lb.leastRequest.activeRequestBias)
+            config.active_request_bias.default_value = float(decimal_of(lb.leastRequest.activeRequestBias))
     elif lb.type == api.RING_HASH and lb.ringHash is not None:
         ring, config = lb.ringHash, cluster.ring_hash_lb_config
         config.SetInParent()
