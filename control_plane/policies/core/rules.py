@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from control_plane.policies.core.merge import merge_confs
 from control_plane.policies.core.spec import Match, PolicyResource
-from control_plane.policies.core.targetref import DATAPLANE, MESH, MESH_SERVICE, ORDER, TargetRef
+from control_plane.policies.core.targetref import DATAPLANE, MESH, MESH_SERVICE, ORDER, SIDECAR, TargetRef
 from control_plane.resources.dataplane import Dataplane, Inbound
 
 if TYPE_CHECKING:
@@ -203,8 +203,8 @@ def _match_rank(rule: InboundRule) -> int:
 
 
 def _selects_every_proxy(policy: PolicyResource) -> bool:
-    ref = policy.spec.targetRef
-    return ref.kind == MESH and ref.proxyTypes is None
+    ref = policy.spec.targetRef  # every proxy here is a sidecar
+    return ref.kind == MESH and (ref.proxyTypes is None or SIDECAR in ref.proxyTypes)
 
 
 @dataclass
