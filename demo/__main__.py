@@ -90,7 +90,10 @@ def run_demo(lab: Lab, requests: int) -> None:
     for agent in agents:
         _print_traffic(agent)
 
-    step("mTLS on: kumactl apply a Mesh with a builtin CA backend (STRICT, as Kuma's default)")
+    step(
+        "mTLS on: kumactl apply a Mesh with a builtin CA backend (STRICT, as Kuma's default) and a "
+        "MeshTrafficPermission allowing every caller (with mTLS on, none is allowed by default)"
+    )
     lab.kumactl(cp, "apply", "-f", "-", input=MTLS_MESH)
     web_app = f"http://127.0.0.1:{ports['web_app']}"
     _wait_for_caller(web_app)
