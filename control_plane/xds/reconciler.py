@@ -82,6 +82,7 @@ class Reconciler:
         self._dirty_meshes: set[str] = set()
         self._dirty_nodes: set[str] = set()
         self._wake = asyncio.Event()
+        self._busy = False  # a rebuild pass is running
         self._views: dict[str, MeshView] = {}  # mesh → its view, while unchanged
         self._generations: Counter[str] = Counter()  # mesh → changes seen (a view is of one)
 
@@ -103,6 +104,10 @@ class Reconciler:
     def connected_nodes(self) -> list[str]:
         return sorted(self._streams)
 
+    def settled(self) -> bool:
+        """Every change seen so far is in the cache: nothing pending, no rebuild running."""
+        return not self._wake.is_set() and not self._busy
+
     # --- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,6 +120,7 @@ class Reconciler:
         try:
             while True:
                 await self._wake.wait()
+                self._busy = True
                 if self._dirty_nodes:
                     # A proxy just connected and waits for its first config: answer it now; the
                     # debounce is for bursts of store changes, not for start-up latency.
@@ -123,6 +129,7 @@ class Reconciler:
                     await asyncio.sleep(self._debounce_s)
                 self._wake.clear()
                 await self._reconcile()
+                self._busy = False
         finally:
             unsubscribe()
 

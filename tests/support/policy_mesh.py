@@ -245,11 +245,14 @@ class PolicyMesh:
         await self.converged()
 
     async def converged(self, timeout: float = 20.0) -> None:
-        """Every proxy has ACKed the clusters and listeners the control plane now holds for it."""
-        await asyncio.sleep(0.1)  # let the reconciler's debounce pick up the change
+        """The control plane has built config from every change made so far, and every proxy has
+        ACKed the clusters and listeners it now holds for it."""
+        await asyncio.sleep(0)  # the store's change notices (call_soon_threadsafe) reach the reconciler
         await eventually(self._all_acked, timeout=timeout)
 
     async def _all_acked(self) -> bool:
+        if not self.cp.component.reconciler.settled():
+            return False
         for proxy in self.proxies.values():
             if proxy.envoy.process.poll() is not None:
                 raise AssertionError(f"Envoy of {proxy.name} exited:\n{proxy.envoy.log.read_text()[-3000:]}")
