@@ -23,6 +23,11 @@ repetitions, before → after the issue-7 fixes in control_plane/xds:
   N=1000: first config 19.1 → 8.8 s,  change 14.2 → 3.6 s,  14.1 → 3.6 CPU-s,  RSS 1463 → 809 MB
 Each change sends ~550 MB at N=1000 (every proxy's LDS holds one listener per endpoint of the
 mesh): what is left is mostly the TLS front's and gRPC's cost per byte and per connection.
+Issue 11 (policies; the mesh's initial policies plus a MeshTimeout and a MeshRetry per service),
+N=1000, same day: the code before the policy engine without policies (3 reps) → with them (5 reps,
+bench/run): first config 6.2 → 6.0 s, change 1.93 → 1.72 s, 1.97 → 1.73 CPU-s, RSS 426 → 458 MB
+(spreads 415–448 and 416–484; the snapshots themselves hold 1.7 MB more, measured in process).
+Outbound policies selecting every proxy are merged once per mesh change, not per proxy.
 """
 
 from __future__ import annotations
