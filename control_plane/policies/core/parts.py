@@ -9,6 +9,7 @@ editing it cannot leak into another proxy's config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -55,14 +56,27 @@ class InboundParts:
         return self.dataplane.mesh
 
 
+class Outbounds(Protocol):
+    """The other outbounds of the same build (a route's backends live there)."""
+
+    def get(self, service: str) -> OutboundParts | None:
+        """The parts of `service` if the build has it."""
+
+    def require(self, service: str) -> OutboundParts:
+        """The parts of `service`, made (cluster only, with its own policies) if the build lacks it."""
+
+
 @dataclass
 class OutboundParts:
-    """Calls to one service: the chain that receives them and the cluster they go to."""
+    """Calls to one service: the chain that receives them and the cluster they go to. `outbounds`
+    reaches the other services of the same build: a policy may edit their clusters too (a route
+    adds the subsets it sends to) but nothing outside the build."""
 
     service: str
     protocol: str
     chain: ChainParts
     cluster: cluster_pb2.Cluster
+    outbounds: Outbounds | None = None
 
 
 def http_protocol_options(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:
@@ -82,3 +96,20 @@ def set_http_protocol_options(
     ):
         options.explicit_http_config.http_protocol_options.SetInParent()  # Envoy needs the protocol named
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].Pack(options)
+
+
+LB_METADATA = "envoy.lb"  # where endpoints carry their tags (endpoints.py), what subsets match on
+
+
+def add_subset_selector(cluster: cluster_pb2.Cluster, keys: list[str] | tuple[str, ...]) -> None:
+    """Let routes pick the cluster's endpoints by these tag keys (`metadata_match` on `envoy.lb`).
+
+    Calls without a subset still reach every endpoint (ANY_ENDPOINT); a subset no endpoint has
+    fails as no healthy upstream (NO_FALLBACK): traffic meant for `version: v2` never reaches v1."""
+    wanted = sorted(keys)
+    config = cluster.lb_subset_config
+    config.fallback_policy = cluster_pb2.Cluster.LbSubsetConfig.ANY_ENDPOINT
+    if any(list(selector.keys) == wanted for selector in config.subset_selectors):
+        return
+    selector = config.subset_selectors.add(keys=wanted)
+    selector.fallback_policy = cluster_pb2.Cluster.LbSubsetConfig.LbSubsetSelector.NO_FALLBACK

@@ -16,7 +16,7 @@ from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import local_cluster, secure_cluster
 from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, inbound_parts, outbound_listener
-from control_plane.xds.generate.outbounds import build_outbound
+from control_plane.xds.generate.outbounds import OutboundBuild
 from control_plane.xds.generate.overlay import Overlay
 from control_plane.xds.generate.policies import apply_inbound_policies
 from control_plane.xds.generate.protocol import tags_protocol
@@ -25,9 +25,9 @@ from control_plane.xds.generate.transparent import (
     ImpliedOutbounds,
     MeshOutbounds,
     add_transparent_proxying,
-    build_outbounds,
     is_transparent,
     outbound_redirect_listeners,
+    transparent_build,
 )
 from control_plane.xds.names import (
     CLUSTER_TYPE,
@@ -98,11 +98,9 @@ def generate_snapshot(
         _add_mesh_outbounds(dataplane, mesh, implied.every(rules), resources, mtls)
         return resources
     outbounds = implied.for_proxy(dataplane)
-    protocols = {s: index.protocol(s) for s in sorted({o.service for o in outbounds})}
-    chains, clusters = build_outbounds(protocols, rules)
-    for service, cluster in clusters.items():
-        _add_cluster(service, protocols[service], cluster, index, resources, mtls)
-    resources[LISTENER_TYPE].update(outbound_redirect_listeners(dataplane, mesh, outbounds, chains))
+    build = transparent_build(outbounds, index, rules)
+    _add_clusters(build, index, resources, mtls)
+    resources[LISTENER_TYPE].update(outbound_redirect_listeners(dataplane, mesh, outbounds, build.chains()))
     return resources
 
 
@@ -150,32 +148,33 @@ def _add_outbounds(
     mtls: InboundMtls | None,
     rules: OutboundRules,
 ) -> None:
+    """One listener per outbound; outbounds of one service share its chain (named for the first)."""
+    build = OutboundBuild(index.protocol, rules)
     for outbound in outbounds:
-        service, protocol = outbound.service, index.protocol(outbound.service)
-        name = outbound_listener_name(dataplane.outbound_address(outbound), outbound.port)
-        chain, cluster = build_outbound(name, service, protocol, rules)
-        listener = outbound_listener(dataplane, outbound, chain)
+        build.add(
+            outbound.service, outbound_listener_name(dataplane.outbound_address(outbound), outbound.port)
+        )
+    chains = build.apply().chains()
+    for outbound in outbounds:
+        listener = outbound_listener(dataplane, outbound, chains[outbound.service])
         resources[LISTENER_TYPE].setdefault(listener.name, listener)
-        _add_cluster(service, protocol, cluster, index, resources, mtls)
+    _add_clusters(build, index, resources, mtls)
 
 
-def _add_cluster(
-    service: str,
-    protocol: str,
-    cluster: Message,
-    index: EndpointIndex,
-    resources: Resources,
-    mtls: InboundMtls | None,
+def _add_clusters(
+    build: OutboundBuild, index: EndpointIndex, resources: Resources, mtls: InboundMtls | None
 ) -> None:
-    """The service's cluster (made secure with mTLS) and load assignment, unless the proxy's own
+    """Each service's cluster (made secure with mTLS) and load assignment, unless the proxy's own
     clusters took the name."""
-    if service in resources[CLUSTER_TYPE]:
-        return
-    if mtls is not None:
-        tls = upstream_tls(mtls.mesh, service, mtls.workdir)
-        cluster = secure_cluster(cluster, protocol, tls, mtls.max_connection_duration_s)
-    resources[CLUSTER_TYPE][service] = cluster
-    resources[ENDPOINT_TYPE][service] = index.load_assignment(service)
+    protocols = build.protocols
+    for service, cluster in build.clusters().items():
+        if service in resources[CLUSTER_TYPE]:
+            continue
+        if mtls is not None:
+            tls = upstream_tls(mtls.mesh, service, mtls.workdir)
+            cluster = secure_cluster(cluster, protocols[service], tls, mtls.max_connection_duration_s)
+        resources[CLUSTER_TYPE][service] = cluster
+        resources[ENDPOINT_TYPE][service] = index.load_assignment(service)
 
 
 def _add_mesh_outbounds(

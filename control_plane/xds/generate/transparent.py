@@ -59,7 +59,7 @@ from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
 from control_plane.xds.generate.listeners import TCP_PROXY_FILTER
-from control_plane.xds.generate.outbounds import build_outbound
+from control_plane.xds.generate.outbounds import OutboundBuild
 from control_plane.xds.generate.pack import pack
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE, local_cluster_name, stat_prefix
 
@@ -168,7 +168,7 @@ class MeshOutbounds:
     chains: dict[str, listener_components_pb2.FilterChain]  # service → its `outbound:<service>` chain
     clusters: dict[str, cluster_pb2.Cluster]  # service → plain-text EDS cluster
     load_assignments: dict[str, Message]  # service → its ClusterLoadAssignment
-    protocols: dict[str, str]  # service → protocol
+    protocols: dict[str, str]  # service → protocol (routes' backends the chains lack included)
     # (families, redirect port, passthrough) → the redirect listeners of proxies set up so
     _listeners: dict[tuple[tuple[str, ...], int, bool], dict[str, listener_pb2.Listener]] = field(
         default_factory=dict
@@ -177,10 +177,10 @@ class MeshOutbounds:
 
     @classmethod
     def build(cls, outbounds: list[Outbound], index: EndpointIndex, rules: OutboundRules) -> MeshOutbounds:
-        protocols = {s: index.protocol(s) for s in sorted({o.service for o in outbounds})}
-        chains, clusters = build_outbounds(protocols, rules)
-        assignments: dict[str, Message] = {s: index.load_assignment(s) for s in protocols}
-        return cls(outbounds, chains, clusters, assignments, protocols)
+        build = transparent_build(outbounds, index, rules)
+        clusters, protocols = build.clusters(), build.protocols
+        assignments: dict[str, Message] = {s: index.load_assignment(s) for s in clusters}
+        return cls(outbounds, build.chains(), clusters, assignments, protocols)
 
     def listeners_for(self, dataplane: Dataplane, mesh: Mesh | None) -> dict[str, listener_pb2.Listener]:
         """The proxy's outbound redirect listeners: one dict object for every proxy set up alike."""
@@ -196,15 +196,14 @@ class MeshOutbounds:
         return hit
 
 
-def build_outbounds(
-    protocols: Mapping[str, str], rules: OutboundRules
-) -> tuple[dict[str, listener_components_pb2.FilterChain], dict[str, cluster_pb2.Cluster]]:
-    """Each service's `outbound:<service>` chain and cluster, with its policies applied."""
-    chains, clusters = {}, {}
-    for service, protocol in protocols.items():
-        name = outbound_chain_name(service)
-        chains[service], clusters[service] = build_outbound(name, service, protocol, rules, name)
-    return chains, clusters
+def transparent_build(
+    outbounds: Iterable[Outbound], index: EndpointIndex, rules: OutboundRules
+) -> OutboundBuild:
+    """Each service reached: its `outbound:<service>` chain and cluster, with the policies applied."""
+    build = OutboundBuild(index.protocol, rules)
+    for service in sorted({o.service for o in outbounds}):
+        build.add(service, outbound_chain_name(service), outbound_chain_name(service))
+    return build.apply()
 
 
 def outbound_redirect_listeners(
