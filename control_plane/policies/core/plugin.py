@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.policies.core.parts import InboundParts, OutboundParts
-from control_plane.policies.core.rules import InboundPolicy, MergedConf
+from control_plane.policies.core.rules import InboundPolicy, Merge, MergedConf
 from control_plane.policies.core.spec import PolicyResource, Sections
 
 # (the merged `to` conf for one outbound service, that outbound's parts) → None (edits parts)
@@ -48,3 +48,6 @@ class PolicyType:
     # policy can have a default (MeshTrafficPermission: deny everyone when mTLS is on).
     apply_inbound: InboundApply | None = None
     initial: InitialPolicy | None = None
+    # How this kind's confs combine, when Kuma's merge-patch is not it (MeshHTTPRoute merges its
+    # rules by their matches); confs come lowest priority first.
+    merge: Merge | None = None

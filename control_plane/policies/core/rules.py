@@ -18,7 +18,7 @@ view, and the outbound part is what the mesh-wide shared config is keyed by.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -61,10 +61,16 @@ class MergedConf:
         return cached
 
 
-def merged(entries: Sequence[tuple[Mapping[str, Any], Origin]]) -> MergedConf | None:
+Merge = Callable[[Iterable[Mapping[str, Any]]], dict[str, Any]]  # confs, lowest priority first
+
+
+def merged(
+    entries: Sequence[tuple[Mapping[str, Any], Origin]], merge: Merge = merge_confs
+) -> MergedConf | None:
+    """The merge of the entries' confs (Kuma's merge-patch, or the policy's own `merge`)."""
     if not entries:
         return None
-    return MergedConf(merge_confs(conf for conf, _ in entries), tuple(origin for _, origin in entries))
+    return MergedConf(merge(conf for conf, _ in entries), tuple(origin for _, origin in entries))
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class InboundPolicy:
 
     from_entries: tuple[FromEntry, ...] = ()
     rules: tuple[InboundRule, ...] = ()
+    merge: Merge = merge_confs
 
     def __bool__(self) -> bool:
         return bool(self.from_entries or self.rules)
@@ -94,7 +101,7 @@ class InboundPolicy:
     @cached_property
     def catch_all(self) -> MergedConf | None:
         """Kuma's `MatchesAllIncomingTraffic`: the merge of the rules without matches."""
-        return merged([(r.conf, r.origin) for r in self.rules if r.match is None])
+        return merged([(r.conf, r.origin) for r in self.rules if r.match is None], self.merge)
 
 
 EMPTY_INBOUND = InboundPolicy()
@@ -149,7 +156,7 @@ def _dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
-def outbound_policy(policies: Sequence[PolicyResource]) -> OutboundPolicy | None:
+def outbound_policy(policies: Sequence[PolicyResource], merge: Merge = merge_confs) -> OutboundPolicy | None:
     """`policies` (already sorted, all selecting the proxy) → per-service confs of their `to`."""
     entries = []
     for position, policy in enumerate(policies):  # `position` orders equal ranks by name
@@ -169,11 +176,12 @@ def outbound_policy(policies: Sequence[PolicyResource]) -> OutboundPolicy | None
                 (_dump(e.default), o)
                 for _, e, o in entries
                 if e.targetRef.kind == MESH or e.targetRef.name == service
-            ]
+            ],
+            merge,
         )
         for service in named
     }
-    return OutboundPolicy(merged(mesh_wide), {s: c for s, c in by_service.items() if c is not None})
+    return OutboundPolicy(merged(mesh_wide, merge), {s: c for s, c in by_service.items() if c is not None})
 
 
 def inbound_policy(policy_type: PolicyType, policies: Sequence[PolicyResource]) -> InboundPolicy:
@@ -193,7 +201,7 @@ def inbound_policy(policy_type: PolicyType, policies: Sequence[PolicyResource]) 
             else:
                 from_entries.append(FromEntry(entry.targetRef, conf, origin))
     rules.sort(key=_match_rank)  # stable: Exact matches, Prefix matches, then all traffic
-    return InboundPolicy(tuple(from_entries), tuple(rules))
+    return InboundPolicy(tuple(from_entries), tuple(rules), policy_type.merge or merge_confs)
 
 
 def _match_rank(rule: InboundRule) -> int:
@@ -257,6 +265,7 @@ class MeshPolicies:
             for t in self.types
             if t.sections.single_item
         }
+        self._merges = {t.kind: t.merge for t in self.types if t.merge is not None}
         self._outbound_cache: dict[tuple[tuple[str, str], ...], OutboundRules] = {}
         self._to_for_all: OutboundRules | None = None
         if not any(index.conditional for index in self._to.values()):
@@ -281,7 +290,10 @@ class MeshPolicies:
         key = tuple((kind, p.name) for kind, policies in selected.items() for p in policies)
         found = self._outbound_cache.get(key)
         if found is None:
-            by_kind = {kind: outbound_policy(policies) for kind, policies in selected.items()}
+            by_kind = {
+                kind: outbound_policy(policies, self._merges.get(kind, merge_confs))
+                for kind, policies in selected.items()
+            }
             found = OutboundRules(key, {k: v for k, v in by_kind.items() if v is not None})
             self._outbound_cache[key] = found
         return found
@@ -291,7 +303,8 @@ class MeshPolicies:
         index = self._single.get(policy_type.kind)
         if index is None:
             return None
-        return merged([(_dump(p.spec.default), origin_of(p)) for p in index.selecting(dataplane)])
+        entries = [(_dump(p.spec.default), origin_of(p)) for p in index.selecting(dataplane)]
+        return merged(entries, policy_type.merge or merge_confs)
 
     def inbound_policy(
         self, policy_type: PolicyType, dataplane: Dataplane, inbound: Inbound
