@@ -13,6 +13,7 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
+from control_plane.policies.core.parts import ProxyResources
 from control_plane.policies.loading import mesh_policies
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
@@ -259,3 +260,33 @@ def test_outbound_policies_key_the_shared_part_and_never_change_what_others_shar
     )
     for type_url in (LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE):
         assert wire(stable_a, type_url) == wire(without, type_url), type_url
+
+
+def test_whole_proxy_edits_stay_the_proxys_own_and_never_reach_the_shared_base() -> None:
+    """What a policy applied to the whole proxy does (MeshProxyPatch) through ProxyResources: an
+    edited, added or removed resource changes that proxy's config only."""
+    dataplanes = models(mesh_docs())
+    index, packer = EndpointIndex(dataplanes), Packer()
+    mine = generate_snapshot(dataplanes[0], dataplanes, None, endpoints=index)
+    proxy = ProxyResources(mine)
+    cluster = proxy.edit(CLUSTER_TYPE, "svc-1")
+    cluster.connect_timeout.seconds = 42
+    proxy.remove(CLUSTER_TYPE, "svc-2")
+    proxy.remove(LISTENER_TYPE, "inbound:passthrough:ipv4")
+    mine_snapshot = build_snapshot(mine, packer)
+    other = build_snapshot(generate_snapshot(dataplanes[1], dataplanes, None, endpoints=index), packer)
+    assert isinstance(mine[CLUSTER_TYPE], Overlay) and mine[CLUSTER_TYPE].base is not mine[CLUSTER_TYPE]
+    assert (
+        mine_snapshot.get(CLUSTER_TYPE).entries["svc-1"].packed.value
+        != other.get(CLUSTER_TYPE).entries["svc-1"].packed.value
+    )
+    assert (
+        "svc-2" not in mine_snapshot.get(CLUSTER_TYPE).entries and "svc-2" in other.get(CLUSTER_TYPE).entries
+    )
+    assert "inbound:passthrough:ipv4" not in mine_snapshot.get(LISTENER_TYPE).entries
+    assert (
+        other.get(CLUSTER_TYPE).entries["svc-1"]
+        is build_snapshot(generate_snapshot(dataplanes[2], dataplanes, None, endpoints=index), packer)
+        .get(CLUSTER_TYPE)
+        .entries["svc-1"]
+    )  # the shared one, untouched

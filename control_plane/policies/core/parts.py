@@ -16,7 +16,9 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf.message import Message
 
 from control_plane.resources.dataplane import Dataplane, Inbound
 
@@ -41,8 +43,11 @@ class ChainParts:
 
 @dataclass
 class InboundParts:
-    """One inbound: its listener's chains (two in PERMISSIVE mTLS: mesh peers, plaintext) and the
-    cluster of the application behind it (None when another inbound of the proxy owns it)."""
+    """One inbound: its listener's chains and the cluster of the application behind it (None when
+    another inbound of the proxy owns it). With mTLS there are two chains, mesh peers' (`secure`)
+    and plaintext; the plaintext one is served only when `permissive` (the mesh's mode, unless a
+    policy says otherwise for this inbound). `tls_parameters` (versions, ciphers) go on the
+    secure chain's TLS context."""
 
     dataplane: Dataplane
     inbound: Inbound
@@ -50,6 +55,8 @@ class InboundParts:
     chains: list[ChainParts]
     cluster: cluster_pb2.Cluster | None
     mtls: bool  # the mesh has mTLS on (callers are identified by their certificate)
+    permissive: bool = False
+    tls_parameters: tls_pb2.TlsParameters | None = None
 
     @property
     def mesh(self) -> str:
@@ -113,3 +120,34 @@ def add_subset_selector(cluster: cluster_pb2.Cluster, keys: list[str] | tuple[st
         return
     selector = config.subset_selectors.add(keys=wanted)
     selector.fallback_policy = cluster_pb2.Cluster.LbSubsetConfig.LbSubsetSelector.NO_FALLBACK
+
+
+class ProxyResources:
+    """All of one proxy's generated config, by xDS type URL and name, for the policies applied
+    last to the whole proxy (MeshProxyPatch). Messages may be shared with other proxies: read them
+    with `get`, change them only through `edit` (this proxy's own copy), `put` and `remove`."""
+
+    def __init__(self, resources: dict[str, dict[str, Message]]) -> None:
+        self._resources = resources
+
+    def names(self, type_url: str) -> list[str]:
+        return sorted(self._resources.get(type_url, {}))
+
+    def get(self, type_url: str, name: str) -> Message | None:
+        return self._resources.get(type_url, {}).get(name)
+
+    def edit(self, type_url: str, name: str) -> Message:
+        """This proxy's own copy of a resource, already in its config: change it in place."""
+        current = self._resources[type_url][name]
+        copy = type(current)()
+        copy.CopyFrom(current)
+        self._resources[type_url][name] = copy
+        return copy
+
+    def put(self, type_url: str, name: str, message: Message) -> None:
+        self._resources.setdefault(type_url, {})[name] = message
+
+    def remove(self, type_url: str, name: str) -> None:
+        named = self._resources.get(type_url, {})
+        if name in named:
+            del named[name]

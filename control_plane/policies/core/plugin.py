@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.policies.core.parts import InboundParts, OutboundParts
+from control_plane.policies.core.parts import InboundParts, OutboundParts, ProxyResources
 from control_plane.policies.core.rules import InboundPolicy, Merge, MergedConf
 from control_plane.policies.core.spec import PolicyResource, Sections
 
@@ -19,6 +19,8 @@ from control_plane.policies.core.spec import PolicyResource, Sections
 OutboundApply = Callable[[MergedConf, OutboundParts], None]
 # (what applies to one inbound: `from` entries and `rules`, maybe none, its parts) → None
 InboundApply = Callable[[InboundPolicy, InboundParts], None]
+# (a single-item kind's merged `default` for the proxy, all its config) → None (applied last)
+ProxyApply = Callable[[MergedConf, ProxyResources], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class PolicyType:
     # Called for every inbound of a proxy (with an empty InboundPolicy when nothing applies), so a
     # policy can have a default (MeshTrafficPermission: deny everyone when mTLS is on).
     apply_inbound: InboundApply | None = None
+    # Applied after the inbound and outbound plugins, to the proxy's whole config (single-item kinds).
+    apply_proxy: ProxyApply | None = None
     initial: InitialPolicy | None = None
     # How this kind's confs combine, when Kuma's merge-patch is not it (MeshHTTPRoute merges its
     # rules by their matches); confs come lowest priority first.

@@ -44,6 +44,10 @@ class EndpointIndex:
         self._assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
         self._protocols: dict[str, str] = {}
 
+    def services(self) -> list[str]:
+        """Every service with an endpoint in the mesh, sorted."""
+        return sorted(self._by_service)
+
     def endpoints(self, service: str) -> list[Endpoint]:
         return self._by_service.get(service, [])
 

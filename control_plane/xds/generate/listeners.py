@@ -44,8 +44,8 @@ def inbound_parts(
     mtls: InboundMtls | None,
     cluster: cluster_pb2.Cluster | None,
 ) -> InboundParts:
-    """With mTLS: the chain for mesh peers (their identity forwarded to the app) and, in PERMISSIVE,
-    a plaintext one for callers outside the mesh (no TLS, no identity)."""
+    """With mTLS: the chain for mesh peers (their identity forwarded to the app) and a plaintext one
+    for callers outside the mesh (no TLS, no identity), served only in PERMISSIVE."""
     name = inbound_listener_name(dataplane.inbound_address(inbound), inbound.port)
     target, route = local_cluster_name(inbound.workload_port), f"inbound:{inbound.service}"
 
@@ -56,10 +56,11 @@ def inbound_parts(
             _forward_client_identity(parts.hcm)
         return parts
 
-    chains = [chain(secure=True)] if mtls is not None else [chain(secure=False)]
-    if mtls is not None and mtls.permissive:
-        chains.append(chain(secure=False))
-    return InboundParts(dataplane, inbound, protocol, chains, cluster, mtls=mtls is not None)
+    chains = [chain(secure=True), chain(secure=False)] if mtls is not None else [chain(secure=False)]
+    permissive = mtls is not None and mtls.permissive
+    return InboundParts(
+        dataplane, inbound, protocol, chains, cluster, mtls=mtls is not None, permissive=permissive
+    )
 
 
 def inbound_listener(parts: InboundParts, mtls: InboundMtls | None) -> listener_pb2.Listener:
@@ -70,11 +71,13 @@ def inbound_listener(parts: InboundParts, mtls: InboundMtls | None) -> listener_
         traffic_direction=base_pb2.INBOUND,
     )
     for chain in parts.chains:
+        if mtls is not None and not chain.secure and not parts.permissive:
+            continue  # STRICT: nothing but mesh mTLS reaches the inbound
         assembled = listener.filter_chains.add()
         assembled.CopyFrom(assemble_chain(chain))
         if chain.secure and mtls is not None:
-            secure_chain(assembled, mtls)
-    if mtls is not None and mtls.permissive:
+            secure_chain(assembled, mtls, parts.permissive, parts.tls_parameters)
+    if mtls is not None and parts.permissive:
         listener.listener_filters.extend(permissive_listener_filters())
     return listener
 

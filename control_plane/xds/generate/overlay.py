@@ -20,7 +20,20 @@ class Overlay(dict[str, Message]):
         self, base: Mapping[str, Message], own: Mapping[str, Message], removed: Iterable[str]
     ) -> None:
         super().__init__(base)
-        self.removed = frozenset(name for name in removed if self.pop(name, None) is not None)
-        self.update(own)
+        for name in removed:
+            super().pop(name, None)
         self.base = base  # the very object other proxies share: the cache keys on its identity
+        self.removed = frozenset(name for name in removed if name in base)
         self.own = dict(own)
+        super().update(own)
+
+    # Later changes (a policy applied to the whole proxy) stay the proxy's own: the base is shared.
+    def __setitem__(self, name: str, message: Message) -> None:
+        super().__setitem__(name, message)
+        self.own[name] = message
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        self.own.pop(name, None)
+        if name in self.base:
+            self.removed = self.removed | {name}

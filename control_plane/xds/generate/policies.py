@@ -14,15 +14,17 @@ from collections.abc import Iterable, Iterator
 
 from pydantic import ValidationError
 
-from control_plane.policies.core.parts import InboundParts, OutboundParts
+from control_plane.policies.core.parts import InboundParts, OutboundParts, ProxyResources
 from control_plane.policies.core.plugin import PolicyType
 from control_plane.policies.core.rules import MeshPolicies, Origin, OutboundRules
 from control_plane.policies.registry import POLICY_TYPES
+from control_plane.resources.dataplane import Dataplane
 
 log = logging.getLogger(__name__)
 
 _INBOUND = [t for t in POLICY_TYPES if t.apply_inbound is not None]
 _OUTBOUND = [t for t in POLICY_TYPES if t.apply_outbound is not None]
+_PROXY = [t for t in POLICY_TYPES if t.apply_proxy is not None]
 
 
 def apply_inbound_policies(policies: MeshPolicies, parts: InboundParts) -> None:
@@ -42,6 +44,16 @@ def apply_outbound_policies(rules: OutboundRules, parts: OutboundParts) -> None:
             assert policy_type.apply_outbound is not None
             with _skipped_if_invalid(policy_type, conf.origins, f"calls to {parts.service}"):
                 policy_type.apply_outbound(conf, parts)
+
+
+def apply_proxy_policies(policies: MeshPolicies, dataplane: Dataplane, resources: dict) -> None:
+    """The whole-proxy plugins (MeshProxyPatch), last, on the proxy's finished config."""
+    for policy_type in _PROXY:
+        conf = policies.proxy_conf(policy_type, dataplane)
+        if conf is not None:
+            assert policy_type.apply_proxy is not None
+            with _skipped_if_invalid(policy_type, conf.origins, f"{dataplane.mesh}/{dataplane.name}"):
+                policy_type.apply_proxy(conf, ProxyResources(resources))
 
 
 @contextlib.contextmanager

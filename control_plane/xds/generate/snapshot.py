@@ -18,7 +18,7 @@ from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, inbound_parts, outbound_listener
 from control_plane.xds.generate.outbounds import OutboundBuild
 from control_plane.xds.generate.overlay import Overlay
-from control_plane.xds.generate.policies import apply_inbound_policies
+from control_plane.xds.generate.policies import apply_inbound_policies, apply_proxy_policies
 from control_plane.xds.generate.protocol import tags_protocol
 from control_plane.xds.generate.tls import InboundMtls, upstream_tls
 from control_plane.xds.generate.transparent import (
@@ -83,8 +83,20 @@ def generate_snapshot(
     """
     index = endpoints if endpoints is not None else EndpointIndex(mesh_dataplanes)
     policies = policies if policies is not None else mesh_policies(dataplane.mesh)
+    resources = _proxy_resources(dataplane, mesh, index, context or ProxyContext(), policies)
+    apply_proxy_policies(policies, dataplane, resources)
+    return resources
+
+
+def _proxy_resources(
+    dataplane: Dataplane,
+    mesh: Mesh | None,
+    index: EndpointIndex,
+    context: ProxyContext,
+    policies: MeshPolicies,
+) -> Resources:
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
-    mtls = _mesh_mtls(dataplane, mesh, context or ProxyContext())
+    mtls = _mesh_mtls(dataplane, mesh, context)
     _add_inbounds(dataplane, resources, mtls, policies)
     rules = policies.outbound_rules(dataplane)
     if not is_transparent(dataplane):
@@ -92,7 +104,7 @@ def generate_snapshot(
         return resources
     # The proxy's own resources first: a name taken here is never replaced by an outbound one.
     add_transparent_proxying(dataplane, mesh, resources)
-    implied = ImpliedOutbounds.of(mesh_dataplanes, index)
+    implied = ImpliedOutbounds.of(index)
     tp = dataplane.networking.transparentProxying
     if tp is not None and tp.reachableServices is None:
         _add_mesh_outbounds(dataplane, mesh, implied.every(rules), resources, mtls)

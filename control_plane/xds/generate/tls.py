@@ -65,12 +65,17 @@ def _common_context(workdir: str, peer: string_pb2.StringMatcher) -> tls_pb2.Com
     )
 
 
-def downstream_tls(mesh: str, workdir: str) -> base_pb2.TransportSocket:
-    """Inbound side: a client certificate from this mesh's CA is required; any service of the mesh."""
+def downstream_tls(
+    mesh: str, workdir: str, parameters: tls_pb2.TlsParameters | None = None
+) -> base_pb2.TransportSocket:
+    """Inbound side: a client certificate from this mesh's CA is required; any service of the mesh.
+    `parameters`: TLS versions and ciphers (Envoy's defaults without)."""
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=_common_context(workdir, string_pb2.StringMatcher(prefix=spiffe_id(mesh, ""))),
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
     )
+    if parameters is not None:
+        context.common_tls_context.tls_params.CopyFrom(parameters)
     return _transport_socket(context)
 
 
@@ -109,10 +114,15 @@ class InboundMtls:
         return self.certificate_lifetime_s / 10
 
 
-def secure_chain(chain: listener_components_pb2.FilterChain, mtls: InboundMtls) -> None:
+def secure_chain(
+    chain: listener_components_pb2.FilterChain,
+    mtls: InboundMtls,
+    permissive: bool,
+    parameters: tls_pb2.TlsParameters | None = None,
+) -> None:
     """Make `chain` the mTLS chain of its listener (in PERMISSIVE, the one for mesh peers)."""
-    chain.transport_socket.CopyFrom(downstream_tls(mtls.mesh, mtls.workdir))
-    if mtls.permissive:
+    chain.transport_socket.CopyFrom(downstream_tls(mtls.mesh, mtls.workdir, parameters))
+    if permissive:
         chain.filter_chain_match.CopyFrom(
             listener_components_pb2.FilterChainMatch(
                 transport_protocol="tls", application_protocols=[KUMA_ALPN]

@@ -113,10 +113,9 @@ class ImpliedOutbounds:
     _by_index: weakref.WeakKeyDictionary[EndpointIndex, ImpliedOutbounds] = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
-    def __init__(self, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex) -> None:
-        services = sorted({i.service for other in mesh_dataplanes for i in other.networking.inbound})
+    def __init__(self, index: EndpointIndex) -> None:
         by_address: dict[tuple[str, int], Outbound] = {}
-        for service in services:
+        for service in index.services():
             for endpoint in index.endpoints(service):
                 # Built from already validated Dataplanes: skip validating them once more.
                 outbound = Outbound.model_construct(
@@ -128,12 +127,12 @@ class ImpliedOutbounds:
         self._every: dict[tuple[tuple[str, str], ...], MeshOutbounds] = {}  # outbound rules' key → build
 
     @classmethod
-    def of(cls, mesh_dataplanes: Iterable[Dataplane], index: EndpointIndex) -> ImpliedOutbounds:
+    def of(cls, index: EndpointIndex) -> ImpliedOutbounds:
         """The shared set of the mesh whose endpoints `index` holds (built on first use)."""
         with cls._lock:
             implied = cls._by_index.get(index)
             if implied is None:
-                implied = cls._by_index[index] = cls(mesh_dataplanes, index)
+                implied = cls._by_index[index] = cls(index)
             return implied
 
     def for_proxy(self, dataplane: Dataplane) -> list[Outbound]:
