@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, StrictInt, field_validator, model_validator
 
 from control_plane.policies.core.fields import Percentage, PositiveDuration
+from control_plane.policies.core.http import HeaderName
 from control_plane.policies.core.spec import TO_KINDS, Sections, policy_model
 from control_plane.resources.common import StrictModel
 
@@ -59,16 +59,6 @@ DEFAULT_HTTP_PATH = "/"
 
 INT32_MAX = 2**31 - 1
 MAX_HEADERS = 16
-# Kuma's HeaderName (api/common/v1alpha1/header.go): an HTTP token in lower case.
-_HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+\-.^_`|~]{1,256}$")
-
-
-def _header_name(value: str) -> str:
-    if not _HEADER_NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a header name: 1-256 lower-case letters, digits or !#$%&'*+-.^_`|~"
-        )
-    return value
 
 
 def _base64(value: str) -> str:
@@ -87,7 +77,6 @@ def _absolute_path(value: str) -> str:
     return value
 
 
-HeaderName = Annotated[str, AfterValidator(_header_name)]
 Base64 = Annotated[str, AfterValidator(_base64)]
 PositiveInt32 = Annotated[int, Field(gt=0, le=INT32_MAX)]
 

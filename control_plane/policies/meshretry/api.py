@@ -40,13 +40,13 @@ retry); `retriableRequestHeaders` and the methods say which requests may be retr
 
 from __future__ import annotations
 
-import re
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from control_plane.policies.core.fields import Duration, PositiveDuration, seconds
+from control_plane.policies.core.http import HeaderMatch, HeaderName
 from control_plane.policies.core.spec import TO_KINDS, Sections, policy_model
 from control_plane.resources.common import StrictModel, validate_tags
 
@@ -133,54 +133,6 @@ def is_status_code(value: str) -> bool:
 
 def is_method(value: str) -> bool:
     return value.startswith(HTTP_METHOD_PREFIX)
-
-
-# Kuma's HeaderName: lower case (matched case-insensitively), the characters of an HTTP token.
-_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+\-.^_`|~]{1,256}$")
-# What Envoy's RE2 refuses and Python's `re` accepts: look-around and back-references.
-_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]")
-
-
-def _header_name(value: str) -> str:
-    if not _HEADER_NAME.match(value):
-        raise ValueError(
-            f"{value!r} is not a header name: 1-256 lower-case letters, digits or !#$%&'*+-.^_`|~"
-        )
-    return value
-
-
-HeaderName = Annotated[str, Field(strict=True), AfterValidator(_header_name)]
-
-
-class HeaderMatch(StrictModel):
-    """Kuma's HeaderMatch: `type` Exact (default), Prefix, RegularExpression (RE2), Present, Absent."""
-
-    type: Literal["Exact", "Prefix", "RegularExpression", "Present", "Absent"] | None = None
-    name: HeaderName
-    value: str | None = None
-
-    @model_validator(mode="after")
-    def _value_fits_type(self) -> HeaderMatch:
-        kind = self.type or "Exact"
-        if kind in ("Present", "Absent"):
-            if self.value is not None:
-                raise ValueError(f"value: must not be set with type {kind} (only the name is matched)")
-        elif kind in ("Prefix", "RegularExpression") and not self.value:
-            raise ValueError(f"value: is required with type {kind}")
-        elif kind == "RegularExpression":
-            _check_regex(self.value or "")
-        return self
-
-
-def _check_regex(pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"value: {pattern!r} is not a regular expression ({exc})") from None
-    if _NOT_RE2.search(pattern):
-        raise ValueError(
-            f"value: {pattern!r} uses look-around or back-references, which Envoy's RE2 does not support"
-        )
 
 
 class BackOff(StrictModel):

@@ -20,14 +20,15 @@ from envoy.config.route.v3 import route_components_pb2 as route_pb
 from envoy.extensions.retry.host.omit_host_metadata.v3 import omit_host_metadata_config_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
 
 from control_plane.policies.core.fields import seconds, set_duration
+from control_plane.policies.core.http import header_matcher
 from control_plane.policies.core.parts import OutboundParts
 from control_plane.policies.core.rules import MergedConf
 from control_plane.policies.meshretry import api
-from control_plane.policies.meshretry.api import Conf, Grpc, HeaderMatch, Http, Predicate
+from control_plane.policies.meshretry.api import Conf, Grpc, Http, Predicate
 from control_plane.xds.generate.endpoints import LB_METADATA
 from control_plane.xds.generate.pack import pack
 from control_plane.xds.generate.protocol import GRPC, is_http
@@ -123,22 +124,6 @@ _RESET_FORMATS = {
     "Seconds": route_pb.RetryPolicy.SECONDS,
     "UnixTimestamp": route_pb.RetryPolicy.UNIX_TIMESTAMP,
 }
-
-
-def header_matcher(match: HeaderMatch) -> route_pb.HeaderMatcher:
-    kind = match.type or "Exact"
-    matcher = route_pb.HeaderMatcher(name=match.name)
-    if kind == "Present":
-        matcher.present_match = True
-    elif kind == "Absent":
-        matcher.present_match = False
-    elif kind == "Prefix":
-        matcher.string_match.prefix = match.value or ""
-    elif kind == "RegularExpression":
-        matcher.string_match.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=match.value or ""))
-    else:
-        matcher.string_match.exact = match.value or ""
-    return matcher
 
 
 def _host_selection(policy: route_pb.RetryPolicy, predicates: list[Predicate]) -> None:
