@@ -12,6 +12,8 @@ from control_plane.policies.core.plugin import PolicyType
 
 POLICY_FOLDERS = (
     "meshtrafficpermission",
+    "meshhttproute",
+    "meshtcproute",
     "meshtimeout",
     "meshcircuitbreaker",
     "meshretry",

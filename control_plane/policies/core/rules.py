@@ -156,6 +156,15 @@ def _dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
+def _entry_conf(entry: BaseModel) -> dict[str, Any]:
+    """What a `to` entry contributes to a merge: its `default`, or (kinds with their own entry
+    shape) every field but the targetRef."""
+    default = getattr(entry, "default", None)
+    if isinstance(default, BaseModel):
+        return _dump(default)
+    return {k: v for k, v in _dump(entry).items() if k != "targetRef"}
+
+
 def outbound_policy(policies: Sequence[PolicyResource], merge: Merge = merge_confs) -> OutboundPolicy | None:
     """`policies` (already sorted, all selecting the proxy) → per-service confs of their `to`."""
     entries = []
@@ -168,12 +177,12 @@ def outbound_policy(policies: Sequence[PolicyResource], merge: Merge = merge_con
     # Kuma's outbound.Sort: the policy's rank, then the entry's kind (a MeshService entry beats a
     # Mesh one whatever the names), then the name.
     entries.sort(key=operator.itemgetter(0))
-    mesh_wide = [(_dump(e.default), o) for _, e, o in entries if e.targetRef.kind == MESH]
+    mesh_wide = [(_entry_conf(e), o) for _, e, o in entries if e.targetRef.kind == MESH]
     named = sorted({e.targetRef.name for _, e, _o in entries if e.targetRef.kind == MESH_SERVICE})
     by_service = {
         service: merged(
             [
-                (_dump(e.default), o)
+                (_entry_conf(e), o)
                 for _, e, o in entries
                 if e.targetRef.kind == MESH or e.targetRef.name == service
             ],

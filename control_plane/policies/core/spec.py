@@ -145,18 +145,25 @@ def policy_model(
     *,
     rule_conf: type[BaseModel] | None = None,
     from_conf: type[BaseModel] | None = None,
+    to_entry: type[BaseModel] | None = None,
     spec_check: Callable[[Any], None] | None = None,
 ) -> type[PolicyResource]:
     """The resource model of policy `kind`: `conf` under every `default` unless `rule_conf`
-    (rules) or `from_conf` (from) differ; `spec_check(spec)` raises ValueError for what only the
-    policy can judge (its message starts with the offending field, e.g. "to[0].default: ...")."""
+    (rules) or `from_conf` (from) differ; `to_entry` replaces Kuma's usual `{targetRef, default}`
+    for kinds whose `to` entries are shaped otherwise (routes: `{targetRef, rules}`; the entry's
+    fields but `targetRef` are then what gets merged); `spec_check(spec)` raises ValueError for
+    what only the policy can judge (its message starts with the offending field, e.g.
+    "to[0].default: ...")."""
     fields: dict[str, Any] = {}
     top_ref = target_ref_model(sections.top, "as the top-level targetRef")
     fields["targetRef"] = (top_ref, Field(default_factory=lambda: top_ref(kind=MESH)))
     if sections.to:
         to_ref = target_ref_model(sections.to, "in 'to'")
-        to_entry = create_model("To", __base__=StrictModel, targetRef=(to_ref, ...), default=(conf, ...))
-        fields["to"] = (list[to_entry] | None, None)
+        if to_entry is None:
+            to_model = create_model("To", __base__=StrictModel, targetRef=(to_ref, ...), default=(conf, ...))
+        else:  # the policy's own entry shape (MeshHTTPRoute: rules); its targetRef takes the kinds
+            to_model = create_model("To", __base__=to_entry, targetRef=(to_ref, ...))
+        fields["to"] = (list[to_model] | None, None)
     if sections.from_:
         from_ref = target_ref_model(sections.from_, "in 'from'")
         from_entry = create_model(
