@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt, model_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from control_plane.policies.core.fields import Percentage
 from control_plane.policies.core.http import HeaderMatch, HeaderName, check_regex
@@ -276,11 +276,12 @@ class To(StrictModel):
     rules: Annotated[list[Rule], Field(min_length=1)]
     hostnames: Any = None
 
-    @model_validator(mode="after")
-    def _no_hostnames(self) -> To:
-        if self.hostnames is not None:
-            raise ValueError("hostnames: are for MeshGateway routes; there are no gateways here")
-        return self
+    @field_validator("hostnames")
+    @classmethod
+    def _no_hostnames(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("are for MeshGateway routes; there are no gateways here")
+        return value
 
 
 class Merged(StrictModel):
