@@ -25,8 +25,13 @@ from labkit.lab import AgentProc, Lab
 
 DATA = "data path"
 FOOTPRINT = "agent footprint"
-WAYS = ("direct", "handwritten", "ours")
-LABELS = {"direct": "direct", "handwritten": "hand-written mTLS pair", "ours": "ours (2 × kuma-dp, mTLS)"}
+WAYS = ("direct", "handwritten", "ours", "routed")
+LABELS = {
+    "direct": "direct",
+    "handwritten": "hand-written mTLS pair",
+    "ours": "ours (2 × kuma-dp, mTLS)",
+    "routed": "ours + MeshHTTPRoute (2 subsets, 80/20) + MeshRateLimit (never reached)",
+}
 ISTIO_AGENT_MB = 50
 ISTIO_P99_OVERHEAD_MS = 2.9
 
@@ -54,9 +59,10 @@ def measure(profile: Profile) -> list[Measure]:
         lab = Lab(Path(tmp))
         try:
             paths = twoproxy.start(lab)
-            urls = {"direct": paths.direct, "handwritten": paths.handwritten, "ours": paths.ours}
+            urls = {way: getattr(paths, way) for way in WAYS}
             fixed, saturated, usage = _repetitions(profile, urls, paths.web_agent)
             _check_mtls(paths.backend_agent)
+            _check_routed(paths.routed_web_agent)
         finally:
             lab.close()
     return _data_path_measures(profile, fixed, saturated) + _footprint_measures(profile, usage)
@@ -75,7 +81,7 @@ def _repetitions(
         cpu, rss = idle.finish()
         usage["idle cpu"].append(cpu)
         usage["idle rss"].append(rss)
-        for way in WAYS[rep % 3 :] + WAYS[: rep % 3]:
+        for way in WAYS[rep % len(WAYS) :] + WAYS[: rep % len(WAYS)]:
             watch = (Usage(agent.proc.popen.pid), Usage(envoy_pid)) if way == "ours" else None
             fixed[way].append(run_fixed_rate(urls[way], profile.fixed_rate, profile.load_seconds))
             if watch:
@@ -100,6 +106,13 @@ def _check_mtls(backend: AgentProc) -> None:
     handshakes = sum(v for k, v in backend.envoy_stats().items() if k.endswith("ssl.handshake"))
     if handshakes == 0:
         raise RuntimeError("the backend's Envoy saw no TLS handshake: our path was not mTLS")
+
+
+def _check_routed(web: AgentProc) -> None:
+    """The routed way must really have gone through the route's subsets."""
+    selected = sum(v for k, v in web.envoy_stats().items() if k.endswith("lb_subsets_selected"))
+    if selected == 0:
+        raise RuntimeError("the routed web Envoy selected no subset: the MeshHTTPRoute did not apply")
 
 
 def _data_path_measures(
@@ -129,8 +142,10 @@ def _data_path_measures(
         ours_p99,
         latency("ours", "handwritten", "p50"),
         hand_p99,
+        latency("routed", "ours", "p99", Target(1.10, on_ratio=True)),
         throughput("ours", "handwritten"),
         throughput("handwritten", "direct"),
+        throughput("routed", "ours"),
     ]
 
 

@@ -1,9 +1,13 @@
-"""Three ways from a client to one responder, on loopback, for the data-path benchmark:
+"""Four ways from a client to one responder, on loopback, for the data-path benchmark:
 
 - direct:       client → responder
 - hand-written: client → Envoy A → (mTLS) → Envoy B → responder, from a minimal static config
 - ours:         client → web's Envoy → (mTLS) → backend's Envoy → responder, each Envoy run by
-                `kuma-dp run` and configured over xDS by our control plane (mesh with builtin mTLS)
+                `kuma-dp run` and configured over xDS by our control plane (mesh with builtin mTLS,
+                its initial policies and an allow-all permission)
+- routed:       the same as ours with a second pair of agents whose calls go through a MeshHTTPRoute
+                (two subsets of the backend, 80/20) and whose backend has a MeshRateLimit set too
+                high ever to trigger (when that policy is registered)
 
 The responder is an Envoy answering every request with a fixed 1 KB body, so it is never the
 bottleneck. Every Envoy runs with the same number of worker threads (ENVOY_WORKERS).
@@ -23,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from control_plane.resources.registry import TYPES
 from labkit.lab import MTLS_MESH, AgentProc, ControlPlaneProc, Lab, Proc, dataplane, wait_for
 from labkit.ports import free_port
 
@@ -100,8 +105,10 @@ class Paths:
     direct: str
     handwritten: str
     ours: str
+    routed: str
     web_agent: AgentProc
     backend_agent: AgentProc
+    routed_web_agent: AgentProc
 
 
 def start(lab: Lab) -> Paths:
@@ -110,9 +117,10 @@ def start(lab: Lab) -> Paths:
     body = {"status": 200, "body": {"inline_string": "x" * BODY_BYTES}}
     _envoy(lab, "responder", envoy_config(responder, {"match": {"prefix": "/"}, "direct_response": body}))
     handwritten = _handwritten_pair(lab, responder)
-    ours, web, backend = _our_mesh(lab, responder)
-    paths = Paths(f"http://127.0.0.1:{responder}/", handwritten, ours, web, backend)
-    for url in (paths.direct, paths.handwritten, paths.ours):
+    cp, ours, web, backend = _our_mesh(lab, responder)
+    routed, routed_web = _routed_pair(lab, cp, responder)
+    paths = Paths(f"http://127.0.0.1:{responder}/", handwritten, ours, routed, web, backend, routed_web)
+    for url in (paths.direct, paths.handwritten, paths.ours, paths.routed):
         wait_for(url, lambda url=url: httpx.get(url, timeout=2).status_code == 200, 30)
     return paths
 
@@ -138,7 +146,7 @@ def _handwritten_pair(lab: Lab, responder: int) -> str:
     return f"http://127.0.0.1:{client_in}/"
 
 
-def _our_mesh(lab: Lab, responder: int) -> tuple[str, AgentProc, AgentProc]:
+def _our_mesh(lab: Lab, responder: int) -> tuple[ControlPlaneProc, str, AgentProc, AgentProc]:
     cp = lab.start_control_plane(KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1s")
     lab.wait_control_plane(cp)
     applied = lab.kumactl(cp, "apply", "-f", "-", input=MTLS_MESH)
@@ -147,7 +155,48 @@ def _our_mesh(lab: Lab, responder: int) -> tuple[str, AgentProc, AgentProc]:
     outbound = free_port()
     backend = _agent(lab, cp, dataplane("backend-1", "backend", free_port(), responder))
     web = _agent(lab, cp, dataplane("web-1", "web", free_port(), free_port(), {"backend": outbound}))
-    return f"http://127.0.0.1:{outbound}/", web, backend
+    return cp, f"http://127.0.0.1:{outbound}/", web, backend
+
+
+ROUTE = """
+type: MeshHTTPRoute
+mesh: default
+name: bench-route
+spec:
+  targetRef: {kind: MeshService, name: web-r}
+  to:
+  - targetRef: {kind: MeshService, name: backend-r}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      default:
+        backendRefs:
+        - {kind: MeshServiceSubset, name: backend-r, tags: {version: v1}, weight: 80}
+        - {kind: MeshServiceSubset, name: backend-r, tags: {region: r1}, weight: 20}
+"""
+RATE_LIMIT = """
+type: MeshRateLimit
+mesh: default
+name: bench-rate-limit
+spec:
+  targetRef: {kind: MeshService, name: backend-r}
+  rules:
+  - default: {local: {http: {requestRate: {num: 1000000, interval: 1s}}}}
+"""
+
+
+def _routed_pair(lab: Lab, cp: ControlPlaneProc, responder: int) -> tuple[str, AgentProc]:
+    """web-r → backend-r, whose one instance is in both subsets the route splits over (so every
+    request succeeds while Envoy picks a subset for each), behind a rate limit never reached."""
+    policies = ROUTE + ("---" + RATE_LIMIT if "MeshRateLimit" in TYPES else "")
+    applied = lab.kumactl(cp, "apply", "-f", "-", input=policies)
+    if applied.returncode != 0:
+        raise RuntimeError(f"kumactl apply (route, rate limit) failed: {applied.stderr}")
+    backend = dataplane("backend-r1", "backend-r", free_port(), responder)
+    backend["networking"]["inbound"][0]["tags"].update(version="v1", region="r1")
+    _agent(lab, cp, backend)
+    outbound = free_port()
+    web = _agent(lab, cp, dataplane("web-r1", "web-r", free_port(), free_port(), {"backend-r": outbound}))
+    return f"http://127.0.0.1:{outbound}/", web
 
 
 def _agent(lab: Lab, cp: ControlPlaneProc, resource: dict) -> AgentProc:
