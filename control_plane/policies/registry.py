@@ -19,6 +19,7 @@ POLICY_FOLDERS = (
     "meshretry",
     "meshhealthcheck",
     "meshloadbalancingstrategy",
+    "meshratelimit",
 )
 
 
