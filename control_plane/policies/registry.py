@@ -20,6 +20,7 @@ POLICY_FOLDERS = (
     "meshhealthcheck",
     "meshloadbalancingstrategy",
     "meshratelimit",
+    "meshfaultinjection",
 )
 
 
