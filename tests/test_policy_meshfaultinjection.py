@@ -13,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from control_plane.policies.meshfaultinjection.plugin import Percent, fractional_percent
 from labkit.waiting import eventually
 from tests.support.kumactl_api import assert_refused, config_file, server  # noqa: F401 - fixtures
 from tests.support.policy_mesh import Proxy, constant, policy_mesh, timed
@@ -155,6 +156,24 @@ async def test_faults_for_one_caller_by_its_mtls_identity(envoy_binary: Path, tm
 
 def prefix(value: str) -> dict[str, Any]:
     return {"spiffeID": {"type": "Prefix", "value": value}}
+
+
+@pytest.mark.parametrize(
+    ("percentage", "numerator", "denominator"),
+    [
+        (0, 0, Percent.HUNDRED),
+        (100, 100, Percent.HUNDRED),
+        ("50", 50, Percent.HUNDRED),
+        (2.5, 250, Percent.TEN_THOUSAND),
+        ("12.5", 1250, Percent.TEN_THOUSAND),
+        ("0.125", 1250, Percent.MILLION),
+        ("33.33335", 333334, Percent.MILLION),  # rounded to a millionth, half up
+    ],
+)
+def test_percentages_become_envoys_fractions_as_kuma_makes_them(
+    percentage: int | float | str, numerator: int, denominator: int
+) -> None:
+    assert fractional_percent(percentage) == Percent(numerator=numerator, denominator=denominator)
 
 
 INVALID = """\

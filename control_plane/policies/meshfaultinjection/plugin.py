@@ -85,18 +85,19 @@ def _fault(fault: Fault) -> fault_pb2.HTTPFault:
     config = fault_pb2.HTTPFault(disable_downstream_cluster_stats=True)
     if fault.abort is not None:
         config.abort.http_status = fault.abort.httpStatus
-        config.abort.percentage.CopyFrom(_percent(fault.abort.percentage))
+        config.abort.percentage.CopyFrom(fractional_percent(fault.abort.percentage))
     if fault.delay is not None:
         set_duration(config.delay.fixed_delay, fault.delay.value, 0)
-        config.delay.percentage.CopyFrom(_percent(fault.delay.percentage))
+        config.delay.percentage.CopyFrom(fractional_percent(fault.delay.percentage))
     if fault.responseBandwidth is not None:
         limit = config.response_rate_limit
         limit.fixed_limit.limit_kbps = bandwidth_kbps(fault.responseBandwidth.limit)
-        limit.percentage.CopyFrom(_percent(fault.responseBandwidth.percentage))
+        limit.percentage.CopyFrom(fractional_percent(fault.responseBandwidth.percentage))
     return config
 
 
-def _percent(value: int | float | str) -> Percent:
+def fractional_percent(value: int | float | str) -> Percent:
+    """Kuma's mapping: a whole number per HUNDRED, two decimals per TEN_THOUSAND, else per MILLION."""
     number = decimal_of(value)
     for denominator, scale in ((Percent.HUNDRED, 1), (Percent.TEN_THOUSAND, 100)):
         if (number * scale) % 1 == 0:
