@@ -44,8 +44,39 @@ async def statuses(proxy: Proxy, service: str, times: int = 10) -> list[int]:
     return [(await proxy.get(service)).status_code for _ in range(times)]
 
 
-async def all_pass(proxy: Proxy, service: str, times: int = 10) -> bool:
-    return await statuses(proxy, service, times) == [200] * times
+async def eventually_all_pass(proxy: Proxy) -> None:
+    """After a change of backend's inbound, the connections web's Envoy pooled under the old filter
+    chain answer once more by it (then close, as the chain drains): wait for a run that all pass."""
+
+    async def all_pass() -> bool:
+        return await statuses(proxy, "backend") == [200] * 10
+
+    await eventually(all_pass, timeout=10, what="10 requests in a row pass")
+
+
+CONFIGURED = {
+    "status": 503,
+    "headers": {
+        "set": [{"name": "x-rate-limited", "value": "true"}],
+        "add": [{"name": "x-limited-by", "value": "mesh"}],
+    },
+}
+
+
+def http_limit(on_limit: dict[str, Any] | None) -> dict[str, Any]:
+    http: dict[str, Any] = {"requestRate": FIVE_PER_10S}
+    if on_limit is not None:
+        http["onRateLimit"] = on_limit
+    return {"http": http}
+
+
+def assert_five_pass_five_refused(responses: list[httpx.Response], on_limit: dict[str, Any] | None) -> None:
+    refused_with = 429 if on_limit is None else on_limit["status"]
+    assert [r.status_code for r in responses] == [200] * 5 + [refused_with] * 5
+    for response in responses:
+        limited = response.status_code == refused_with
+        assert (response.headers.get("x-rate-limited") == "true") == (limited and on_limit is not None)
+        assert (response.headers.get("x-limited-by") == "mesh") == (limited and on_limit is not None)
 
 
 async def raw_tcp(port: int) -> str:
@@ -70,56 +101,41 @@ async def raw_connections(port: int, times: int) -> list[str]:
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("on_limit", [None, CONFIGURED], ids=["429", "configured-status-and-headers"])
 async def test_inbound_limit_refuses_the_excess_requests_and_disabled_lifts_it(
-    envoy_binary: Path, tmp_path: Path
+    envoy_binary: Path, tmp_path: Path, on_limit: dict[str, Any] | None
 ) -> None:
     async with policy_mesh(envoy_binary, tmp_path) as mesh:
         backend, app = await mesh.backend("backend-1", "backend", constant())
         web = await mesh.client("web-1", ["backend"])
-        await mesh.apply(inbound_rules("backend-inbound", MESH, {"http": {"requestRate": FIVE_PER_10S}}))
+        await mesh.apply(inbound_rules("backend-inbound", MESH, http_limit(on_limit)))
 
-        got = await statuses(web, "backend")
-        assert got == [200] * 5 + [429] * 5, got
+        assert_five_pass_five_refused([await web.get("backend") for _ in range(10)], on_limit)
         assert len(app.requests) == 5  # the refused ones never reached the app
         limited = await backend.stats("inbound_127_0_0_1_")
         assert sum(v for k, v in limited.items() if k.endswith("http_local_rate_limit.rate_limited")) == 5
 
         # A more specific policy (MeshService beats Mesh) says `disabled`: the merge lifts the limit.
-        # web's pooled connections opened under the limited chain are drained (closed after their
-        # next answer), so wait for a run of requests that all pass.
         await mesh.apply(inbound_rules("backend-unlimited", BACKEND, {"http": {"disabled": True}}))
         await eventually_all_pass(web)
 
 
-async def eventually_all_pass(proxy: Proxy) -> None:
-    await eventually(lambda: all_pass(proxy, "backend"), timeout=10, what="10 requests in a row pass")
-
-
-async def test_outbound_limit_answers_with_the_configured_status_and_headers(
-    envoy_binary: Path, tmp_path: Path
+@pytest.mark.parametrize("on_limit", [None, CONFIGURED], ids=["429", "configured-status-and-headers"])
+async def test_outbound_limit_refuses_the_excess_requests_and_disabled_lifts_it(
+    envoy_binary: Path, tmp_path: Path, on_limit: dict[str, Any] | None
 ) -> None:
     async with policy_mesh(envoy_binary, tmp_path) as mesh:
         _, app = await mesh.backend("backend-1", "backend", constant())
         web = await mesh.client("web-1", ["backend"])
-        on_limit = {
-            "status": 503,
-            "headers": {
-                "set": [{"name": "x-rate-limited", "value": "true"}],
-                "add": [{"name": "x-limited-by", "value": "mesh"}],
-            },
-        }
-        local = {"http": {"requestRate": FIVE_PER_10S, "onRateLimit": on_limit}}
-        await mesh.apply(outbound("web-to-backend", BACKEND, local))
+        await mesh.apply(outbound("web-to-backend", BACKEND, http_limit(on_limit)))
 
-        responses = [await web.get("backend") for _ in range(10)]
-        assert [r.status_code for r in responses] == [200] * 5 + [503] * 5
+        assert_five_pass_five_refused([await web.get("backend") for _ in range(10)], on_limit)
         assert len(app.requests) == 5
-        for refused in responses[5:]:
-            assert refused.headers["x-rate-limited"] == "true"
-            assert refused.headers["x-limited-by"] == "mesh"
-        assert "x-rate-limited" not in responses[0].headers
+        stats = await web.stats("outbound_127_0_0_1_")
+        assert sum(v for k, v in stats.items() if k.endswith("http_local_rate_limit.rate_limited")) == 5
 
-        # `disabled` for backend in a policy with a smaller name (it wins the merge) lifts it.
+        # `disabled` for backend in a policy with a smaller name (it wins the merge) lifts it; web's
+        # outbound takes each request on a new connection, so the next ones all pass.
         await mesh.apply(outbound("a-unlimited", BACKEND, {"http": {"disabled": True}}))
         assert await statuses(web, "backend") == [200] * 10
 
