@@ -38,7 +38,8 @@ from typing import Annotated
 from envoy.type.v3 import http_status_pb2
 from pydantic import AfterValidator, Field, model_validator
 
-from control_plane.policies.core.fields import Duration, HeaderName, seconds
+from control_plane.policies.core.fields import Duration, seconds
+from control_plane.policies.core.http import HeaderName
 from control_plane.policies.core.spec import TO_KINDS, Sections, policy_model
 from control_plane.policies.core.targetref import MESH
 from control_plane.resources.common import StrictModel
