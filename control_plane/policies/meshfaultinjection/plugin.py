@@ -3,7 +3,7 @@ fault filter (`envoy.filters.http.fault`), in list order, just before the router
 - abort → abort.http_status, delay → delay.fixed_delay, responseBandwidth → response_rate_limit
   (fixed_limit.limit_kbps: Kuma's kbps is Envoy's KiB/s; Mbps x1000, Gbps x1000000), each with its
   own percentage (a whole number per HUNDRED, two decimals per TEN_THOUSAND, finer per MILLION);
-- the faults of one entry are drawn together by Envoy: a request may be delayed, then aborted.
+- each fault of an entry is drawn on its own percentage: a request may be delayed, then aborted.
 Not Kuma's: disable_downstream_cluster_stats, so a caller's `x-envoy-downstream-service-cluster`
 header cannot make Envoy allocate fault stats per value it sends.
 
