@@ -21,6 +21,7 @@ POLICY_FOLDERS = (
     "meshloadbalancingstrategy",
     "meshratelimit",
     "meshfaultinjection",
+    "meshtls",
 )
 
 

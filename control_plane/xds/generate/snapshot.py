@@ -4,11 +4,12 @@ a pure function."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from google.protobuf.message import Message
 
+from control_plane.policies.core.parts import InboundParts
 from control_plane.policies.core.rules import MeshPolicies, OutboundRules
 from control_plane.policies.loading import mesh_policies
 from control_plane.resources.dataplane import Dataplane, Outbound
@@ -97,13 +98,13 @@ def _proxy_resources(
 ) -> Resources:
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
     mtls = _mesh_mtls(dataplane, mesh, context)
-    _add_inbounds(dataplane, resources, mtls, policies)
+    mtls = _shaped_by_inbounds(mtls, _add_inbounds(dataplane, resources, mtls, policies))
     rules = policies.outbound_rules(dataplane)
     if not is_transparent(dataplane):
         _add_outbounds(dataplane, dataplane.networking.outbound, index, resources, mtls, rules)
         return resources
     # The proxy's own resources first: a name taken here is never replaced by an outbound one.
-    add_transparent_proxying(dataplane, mesh, resources)
+    add_transparent_proxying(dataplane, resources, strict=mtls is not None and not mtls.permissive)
     implied = ImpliedOutbounds.of(index)
     tp = dataplane.networking.transparentProxying
     if tp is not None and tp.reachableServices is None:
@@ -135,10 +136,22 @@ def _mesh_mtls(dataplane: Dataplane, mesh: Mesh | None, context: ProxyContext) -
     )
 
 
+def _shaped_by_inbounds(mtls: InboundMtls | None, inbounds: list[InboundParts]) -> InboundMtls | None:
+    """What policies said of the proxy's inbounds that concerns the whole proxy (MeshTLS): its mTLS
+    connections' TLS parameters (the same on every inbound: only mesh-wide policies set them) and,
+    for its inbound passthrough, whether every inbound is permissive (else the mesh's mode holds)."""
+    if mtls is None or not inbounds:
+        return mtls
+    parameters = next((p.tls_parameters for p in inbounds if p.tls_parameters is not None), None)
+    return replace(mtls, permissive=all(p.permissive for p in inbounds), tls_parameters=parameters)
+
+
 def _add_inbounds(
     dataplane: Dataplane, resources: Resources, mtls: InboundMtls | None, policies: MeshPolicies
-) -> None:
+) -> list[InboundParts]:
+    """Each inbound's listener and application cluster, shaped by the inbound policies."""
     clusters = resources[CLUSTER_TYPE]
+    shaped = []
     for inbound in dataplane.networking.inbound:
         protocol = tags_protocol(inbound.tags)
         cluster = local_cluster(inbound, protocol)
@@ -150,6 +163,8 @@ def _add_inbounds(
         resources[LISTENER_TYPE][listener.name] = listener
         if owned is not None:
             clusters[owned.name] = owned
+        shaped.append(parts)
+    return shaped
 
 
 def _add_outbounds(
@@ -183,7 +198,7 @@ def _add_clusters(
         if service in resources[CLUSTER_TYPE]:
             continue
         if mtls is not None:
-            tls = upstream_tls(mtls.mesh, service, mtls.workdir)
+            tls = upstream_tls(mtls.mesh, service, mtls.workdir, mtls.tls_parameters)
             cluster = secure_cluster(cluster, protocols[service], tls, mtls.max_connection_duration_s)
         resources[CLUSTER_TYPE][service] = cluster
         resources[ENDPOINT_TYPE][service] = index.load_assignment(service)
@@ -209,7 +224,7 @@ def _add_mesh_outbounds(
         return
     for service, protocol in shared.protocols.items():  # with mTLS, clusters name the proxy's files
         if service not in dropped:
-            tls = upstream_tls(mtls.mesh, service, mtls.workdir)
+            tls = upstream_tls(mtls.mesh, service, mtls.workdir, mtls.tls_parameters)
             clusters[service] = secure_cluster(
                 shared.clusters[service], protocol, tls, mtls.max_connection_duration_s
             )

@@ -8,7 +8,7 @@ apart by the URI SAN `spiffe://<mesh>/<service>` the mesh CA signed.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -66,7 +66,7 @@ def _common_context(workdir: str, peer: string_pb2.StringMatcher) -> tls_pb2.Com
 
 
 def downstream_tls(
-    mesh: str, workdir: str, parameters: tls_pb2.TlsParameters | None = None
+    mesh: str, workdir: str, parameters: common_pb2.TlsParameters | None = None
 ) -> base_pb2.TransportSocket:
     """Inbound side: a client certificate from this mesh's CA is required; any service of the mesh.
     `parameters`: TLS versions and ciphers (Envoy's defaults without)."""
@@ -84,10 +84,15 @@ def upstream_sni(mesh: str, service: str) -> str:
     return f"{service}{{mesh={mesh}}}"
 
 
-def upstream_tls(mesh: str, service: str, workdir: str) -> base_pb2.TransportSocket:
-    """Outbound side: present our identity, and accept only the exact identity of `service`."""
+def upstream_tls(
+    mesh: str, service: str, workdir: str, parameters: common_pb2.TlsParameters | None = None
+) -> base_pb2.TransportSocket:
+    """Outbound side: present our identity, and accept only the exact identity of `service`.
+    `parameters`: TLS versions and ciphers (Envoy's defaults without)."""
     common = _common_context(workdir, string_pb2.StringMatcher(exact=spiffe_id(mesh, service)))
     common.alpn_protocols.append(KUMA_ALPN)
+    if parameters is not None:
+        common.tls_params.CopyFrom(parameters)
     context = tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=upstream_sni(mesh, service))
     return _transport_socket(context)
 
@@ -99,12 +104,15 @@ def _transport_socket(context: Message) -> base_pb2.TransportSocket:
 @dataclass(frozen=True)
 class InboundMtls:
     """How the proxy's inbounds are protected: the mesh's mode and the certificates' lifetime
-    (who may call is MeshTrafficPermission's business)."""
+    (who may call is MeshTrafficPermission's business). Once policies have shaped the inbounds,
+    `permissive` is whether they all are, and `tls_parameters` the TLS versions and ciphers that
+    every mTLS connection of the proxy uses, outbound too (MeshTLS)."""
 
     mesh: str
     workdir: str
     permissive: bool = False
     certificate_lifetime_s: float = 24 * 3600.0
+    tls_parameters: common_pb2.TlsParameters | None = field(default=None, compare=False)
 
     @property
     def max_connection_duration_s(self) -> float:
@@ -118,7 +126,7 @@ def secure_chain(
     chain: listener_components_pb2.FilterChain,
     mtls: InboundMtls,
     permissive: bool,
-    parameters: tls_pb2.TlsParameters | None = None,
+    parameters: common_pb2.TlsParameters | None = None,
 ) -> None:
     """Make `chain` the mTLS chain of its listener (in PERMISSIVE, the one for mesh peers)."""
     chain.transport_socket.CopyFrom(downstream_tls(mtls.mesh, mtls.workdir, parameters))

@@ -267,9 +267,11 @@ def _extension(name: str, config: Message) -> extension_pb2.TypedExtensionConfig
 
 
 def add_transparent_proxying(
-    dataplane: Dataplane, mesh: Mesh | None, resources: dict[str, dict[str, Message]]
+    dataplane: Dataplane, resources: dict[str, dict[str, Message]], *, strict: bool
 ) -> None:
-    """Turn the proxy's inbound/outbound config (already in `resources`) into its transparent form."""
+    """Turn the proxy's inbound/outbound config (already in `resources`) into its transparent form.
+    `strict`: its inbounds take mTLS only (the mesh's STRICT mode, unless MeshTLS says otherwise for
+    all of them), so redirected traffic for other ports is closed instead of passed through."""
     tp = dataplane.networking.transparentProxying
     if tp is None:
         return
@@ -285,7 +287,7 @@ def add_transparent_proxying(
         inbound = _passthrough_listener(
             inbound_passthrough_name(family), family, tp.redirectPortInbound, base_pb2.INBOUND
         )
-        chain = _default_chain(inbound.name, inbound_passthrough_name(family), not strict_mtls(mesh))
+        chain = _default_chain(inbound.name, inbound_passthrough_name(family), not strict)
         inbound.filter_chains.append(chain)
         listeners[inbound.name] = inbound
         clusters[outbound_passthrough_name(family)] = original_destination_cluster(
@@ -300,11 +302,6 @@ def mesh_passthrough(mesh: Mesh | None) -> bool:
     """Kuma's `Mesh.networking.outbound.passthrough`, on unless set to false."""
     outbound = mesh.networking.outbound if mesh and mesh.networking else None
     return bool((outbound or {}).get("passthrough", True))
-
-
-def strict_mtls(mesh: Mesh | None) -> bool:
-    backend = mesh.mtls.enabled if mesh and mesh.mtls else None
-    return backend is not None and backend.mode == "STRICT"
 
 
 def original_destination_cluster(name: str, source: str | None = None) -> cluster_pb2.Cluster:
