@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from control_plane.policies.core.spec import Sections, policy_model
 from control_plane.policies.core.targetref import DATAPLANE, MESH, MESH_SUBSET
@@ -71,13 +71,13 @@ class Conf(StrictModel):
     tlsVersion: Version | None = None
     tlsCiphers: list[TlsCipher] | None = None
 
-    @model_validator(mode="after")
-    def _no_repeats(self) -> Conf:
-        ciphers = self.tlsCiphers or []
-        repeated = sorted({c for c in ciphers if ciphers.count(c) > 1})
+    @field_validator("tlsCiphers")
+    @classmethod
+    def _no_repeats(cls, ciphers: list[str] | None) -> list[str] | None:
+        repeated = sorted({c for c in ciphers or [] if ciphers.count(c) > 1})
         if repeated:
-            raise ValueError(f"tlsCiphers: {', '.join(repeated)} listed more than once")
-        return self
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        return ciphers
 
 
 MESH_WIDE_FIELDS = ("tlsVersion", "tlsCiphers")

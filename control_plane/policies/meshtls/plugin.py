@@ -7,7 +7,9 @@
   (`InboundParts.tls_parameters`). The generator gives the same parameters to the proxy's outbound
   mTLS clusters (UpstreamTlsContext), as Kuma does: a `min: TLS13` inbound needs callers that
   speak TLS 1.3, and Envoy's clients stop at TLS 1.2 by default.
-Unlike Kuma, ciphers apply even without `tlsVersion` (Kuma drops them on inbounds then).
+Where Kuma falls short: `min: TLS13` without a max leaves Kuma's outbound clusters at Envoy's client
+default maximum, TLS 1.2, so mesh calls fail; here the maximum becomes TLS 1.3 then. Ciphers apply
+even without `tlsVersion` (Kuma drops them on inbounds then).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from control_plane.policies.core.parts import InboundParts
 from control_plane.policies.core.rules import InboundPolicy
 from control_plane.policies.meshtls.api import PERMISSIVE, Conf
 
+TLS_1_3 = common_pb2.TlsParameters.TLSv1_3
 _PROTOCOLS = {
     "TLSAuto": common_pb2.TlsParameters.TLS_AUTO,
     "TLS10": common_pb2.TlsParameters.TLSv1_0,
@@ -49,4 +52,8 @@ def tls_parameters(conf: Conf) -> common_pb2.TlsParameters | None:
         parameters.tls_minimum_protocol_version = _PROTOCOLS[version.min]
     if version is not None and version.max is not None:
         parameters.tls_maximum_protocol_version = _PROTOCOLS[version.max]
+    if parameters.tls_minimum_protocol_version == TLS_1_3 and not parameters.tls_maximum_protocol_version:
+        # Envoy's clients stop at TLS 1.2 unless told otherwise: outbound clusters would offer
+        # nothing a TLS 1.3-only peer takes. Servers already go up to 1.3, so this changes only them.
+        parameters.tls_maximum_protocol_version = TLS_1_3
     return parameters
