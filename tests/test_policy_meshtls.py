@@ -18,7 +18,11 @@ from cryptography.hazmat.primitives import serialization
 
 from control_plane.policies.loading import mesh_policies
 from control_plane.policies.registry import BY_KIND
+from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.mesh import Mesh
 from control_plane.resources.registry import parse_resource
+from control_plane.xds.generate.snapshot import ProxyContext, generate_snapshot
+from control_plane.xds.names import LISTENER_TYPE
 from labkit.waiting import eventually
 from tests.support.kumactl_api import assert_refused, config_file, kumactl, server  # noqa: F401 - fixtures
 from tests.support.mesh_ca import MeshCa
@@ -136,11 +140,6 @@ async def test_permissive_on_one_service_takes_plaintext_while_the_mesh_stays_st
 def test_strict_in_a_permissive_mesh_and_nothing_without_mtls() -> None:
     """The mode overrides the Mesh's either way; without mTLS MeshTLS does nothing (every inbound is
     plaintext: there is no mTLS chain to shape)."""
-    from control_plane.resources.dataplane import Dataplane
-    from control_plane.resources.mesh import Mesh
-    from control_plane.xds.generate.snapshot import ProxyContext, generate_snapshot
-    from control_plane.xds.names import LISTENER_TYPE
-
     proxy = Dataplane.model_validate(
         {
             "type": "Dataplane",
@@ -156,7 +155,9 @@ def test_strict_in_a_permissive_mesh_and_nothing_without_mtls() -> None:
     policies = mesh_policies("default", [strict])
 
     def chains(mesh: Mesh | None) -> list[str]:
-        resources = generate_snapshot(proxy, [proxy], mesh, context=ProxyContext("/w"), policies=policies)
+        resources = generate_snapshot(
+            proxy, [proxy], mesh, context=ProxyContext(workdir="/w"), policies=policies
+        )
         listener = resources[LISTENER_TYPE]["inbound:10.0.0.1:8080"]
         return ["mtls" if c.HasField("transport_socket") else "plaintext" for c in listener.filter_chains]
 
