@@ -27,6 +27,7 @@ from labkit.waiting import eventually
 from tests.support.kumactl_api import assert_refused, config_file, kumactl, server  # noqa: F401 - fixtures
 from tests.support.mesh_ca import MeshCa
 from tests.support.policy_mesh import Proxy, constant, policy_mesh
+from tests.support.policy_mtls import with_mtls
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,13 +86,13 @@ async def inbound_status_is(proxy: Proxy, wanted: type) -> bool:
 async def test_minimum_tls13_refuses_a_tls12_client_and_mesh_traffic_goes_on(
     envoy_binary: Path, tmp_path: Path
 ) -> None:
-    async with policy_mesh(envoy_binary, tmp_path, mtls="STRICT") as mesh:
-        assert mesh.ca is not None
+    async with policy_mesh(envoy_binary, tmp_path) as mesh:
+        ca = await with_mtls(mesh, {"backend-1": "backend", "web-1": "web"}, "STRICT")
         backend, _ = await mesh.backend("backend-1", "backend", constant(b"backend"))
         web = await mesh.client("web-1", ["backend"])
         port = backend.inbound_ports[0]
-        tls12 = client_context(mesh.ca, tmp_path, "web", ssl.TLSVersion.TLSv1_2)
-        tls13 = client_context(mesh.ca, tmp_path, "web", ssl.TLSVersion.TLSv1_3)
+        tls12 = client_context(ca, tmp_path, "web", ssl.TLSVersion.TLSv1_2)
+        tls13 = client_context(ca, tmp_path, "web", ssl.TLSVersion.TLSv1_3)
         assert await asyncio.to_thread(https_get, port, tls12) == "HTTP/1.1 200 OK over TLSv1.2"
 
         await mesh.apply(mesh_tls("tls13", {"tlsVersion": {"min": "TLS13"}}))
@@ -115,7 +116,9 @@ async def _refused(port: int, context: ssl.SSLContext) -> str | None:
 async def test_permissive_on_one_service_takes_plaintext_while_the_mesh_stays_strict(
     envoy_binary: Path, tmp_path: Path
 ) -> None:
-    async with policy_mesh(envoy_binary, tmp_path, mtls="STRICT") as mesh:
+    async with policy_mesh(envoy_binary, tmp_path) as mesh:
+        services = {"backend-1": "backend", "other-1": "other", "web-1": "web"}
+        await with_mtls(mesh, services, "STRICT")
         backend, _ = await mesh.backend("backend-1", "backend", constant(b"backend"))
         other, _ = await mesh.backend("other-1", "other", constant(b"other"))
         web = await mesh.client("web-1", ["backend", "other"])

@@ -2,10 +2,7 @@
 it as kuma-dp's would be, and apps whose behaviour a test scripts (slow, failing, a health endpoint
 that turns bad). Policies go in as `kumactl apply` stores them; `converged()` waits until every
 Envoy has acknowledged the config the control plane built after the change, so assertions run
-against the new config, never against a timing guess. With `mtls="STRICT"` (or "PERMISSIVE") the
-Mesh has mTLS on, every proxy holds a certificate of its service from a test CA (`mesh.ca`),
-written as the agent writes it before its Envoy starts, and an allow-all MeshTrafficPermission
-lets every service call every other.
+against the new config, never against a timing guess.
 
     async with policy_mesh(envoy_binary, tmp_path) as mesh:
         await mesh.backend("backend-1", "backend", app)        # app: Handler, see HttpApp
@@ -29,12 +26,10 @@ import httpx
 import yaml
 
 from control_plane.resources.registry import parse_resource, to_document
-from control_plane.store.base import ResourceKey, mesh_key
+from control_plane.store.base import ResourceKey
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE
-from labkit.lab import ALLOW_ALL_PERMISSION
 from labkit.ports import free_port
 from labkit.waiting import eventually
-from tests.support.mesh_ca import MeshCa
 from tests.support.xds_control_plane import ControlPlane, Envoy, control_plane
 
 
@@ -180,7 +175,6 @@ class PolicyMesh:
     root: Path
     proxies: dict[str, Proxy] = field(default_factory=dict)
     apps: list[HttpApp] = field(default_factory=list)
-    ca: MeshCa | None = None  # the mesh's CA when mTLS is on
 
     async def app(self, handler: Handler) -> HttpApp:
         app = await HttpApp(handler).start()
@@ -229,18 +223,11 @@ class PolicyMesh:
             "name": name,
             "networking": {"address": "127.0.0.1", **networking},
         }
-        if self.ca is not None:  # the agent writes its certificate before Envoy starts
-            self.ca.write_sds_files(self.root / name, networking["inbound"][0]["tags"]["kuma.io/service"])
         envoy = Envoy(self.binary, self.root / name, self.cp.port, resource, concurrency)
         inbound_ports = [inbound["port"] for inbound in networking.get("inbound", [])]
         proxy = self.proxies[name] = Proxy(name, envoy, inbound_ports=inbound_ports)
         await self.converged()
         return proxy
-
-    async def set_mtls(self, mode: str) -> None:
-        """Turn the Mesh's mTLS on in `mode` (STRICT or PERMISSIVE), or off with `mode=""`."""
-        self.cp.store.upsert(mesh_key("default"), mtls_mesh(mode) if mode else {})
-        await self.converged()
 
     async def apply(self, *documents: str | dict[str, Any]) -> None:
         """Store policies (YAML text or documents) as `kumactl apply` does, then wait for Envoy."""
@@ -290,22 +277,10 @@ class PolicyMesh:
         return True
 
 
-def mtls_mesh(mode: str) -> dict[str, Any]:
-    """The default Mesh's spec with its builtin CA's mTLS on in `mode`."""
-    return {
-        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin", "mode": mode}]}
-    }
-
-
 @contextlib.asynccontextmanager
-async def policy_mesh(binary: Path, root: Path, *, mtls: str | None = None) -> AsyncIterator[PolicyMesh]:
-    """`mtls`: STRICT or PERMISSIVE to turn the Mesh's mTLS on from the start (see the module's doc)."""
+async def policy_mesh(binary: Path, root: Path) -> AsyncIterator[PolicyMesh]:
     async with control_plane(debounce_s=0.01) as cp:
         mesh = PolicyMesh(cp, binary, root)
-        if mtls:
-            mesh.ca = MeshCa()
-            cp.store.upsert(mesh_key("default"), mtls_mesh(mtls))
-            await mesh.apply(ALLOW_ALL_PERMISSION)
         try:
             yield mesh
         except BaseException:
