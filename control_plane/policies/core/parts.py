@@ -16,7 +16,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
@@ -56,7 +56,7 @@ class InboundParts:
     cluster: cluster_pb2.Cluster | None
     mtls: bool  # the mesh has mTLS on (callers are identified by their certificate)
     permissive: bool = False
-    tls_parameters: tls_pb2.TlsParameters | None = None
+    tls_parameters: common_pb2.TlsParameters | None = None
 
     @property
     def mesh(self) -> str:

@@ -36,9 +36,8 @@ duration or an unknown `@type` is refused, naming the field); Envoy checks the r
 reaches it. Patch with `value` merges it in as protobuf's merge does (set fields replace, lists are
 appended to, messages merge); `jsonPatches` patch the resource's JSON (a filter's: its typed
 config's) with Kuma's options (see jsonpatch.py).
-Beware: removing a cluster that an HTTP route still names makes Envoy refuse the listener (the
-generator's inline route configs keep Envoy's `validate_clusters` default, true; Kuma sets it
-false), so that proxy keeps its previous config; remove or patch the route too (virtualHost).
+Removing a cluster that an HTTP route still names leaves that route answering 503 (the route
+tables do not validate their clusters, as Kuma's): remove or patch the route too (virtualHost).
 Left out of Kuma's schema: `listener.match.tags` and `listenerTags` (Kuma matches the `io.kuma.tags`
 metadata on listeners; listeners here carry none, so they would match nothing: refused).
 """

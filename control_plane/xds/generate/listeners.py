@@ -14,6 +14,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import wrappers_pb2
 
 from control_plane.policies.core.parts import ChainParts, InboundParts
 from control_plane.resources.dataplane import Dataplane, Inbound, Outbound
@@ -136,6 +137,12 @@ def _http_connection_manager(
     return hcm.HttpConnectionManager(
         stat_prefix=stats,
         codec_type=hcm.HttpConnectionManager.AUTO,
-        route_config=route_pb2.RouteConfiguration(name=route_name, virtual_hosts=[virtual_host]),
+        # As Kuma: a route naming a cluster the proxy lacks answers 503 instead of Envoy refusing
+        # the whole listener update (inline route tables validate their clusters by default).
+        route_config=route_pb2.RouteConfiguration(
+            name=route_name,
+            virtual_hosts=[virtual_host],
+            validate_clusters=wrappers_pb2.BoolValue(value=False),
+        ),
         http_filters=[router],
     )
