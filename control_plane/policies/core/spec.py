@@ -37,7 +37,7 @@ from control_plane.policies.core.targetref import (
     TargetRef,
     mesh_target,
 )
-from control_plane.resources.common import MeshScopedResource, StrictModel
+from control_plane.resources.common import SERVICE_TAG, MeshScopedResource, StrictModel
 
 TOP_LEVEL_KINDS = (MESH, DATAPLANE, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET)
 TO_KINDS = (MESH, MESH_SERVICE)
@@ -129,6 +129,18 @@ def _section_names(spec: PolicySpec) -> str:
 
 def _declared(spec_type: type[BaseModel]) -> set[str]:
     return {field.alias or name for name, field in spec_type.model_fields.items()}
+
+
+def callers_by_service(spec: Any) -> None:
+    """`spec_check` of kinds that tell callers apart by the identity their certificate proves (a
+    service, `spiffe://<mesh>/<service>`): a `from` group named by other tags could never match."""
+    for index, entry in enumerate(spec.entries("from_")):
+        other_tags = sorted(set(entry.targetRef.subset()) - {SERVICE_TAG})
+        if other_tags:
+            raise ValueError(
+                f"from[{index}].targetRef.tags: callers can only be matched by their service "
+                f"({SERVICE_TAG}): certificates prove the service, not {', '.join(other_tags)}"
+            )
 
 
 class PolicyResource(MeshScopedResource):

@@ -39,14 +39,14 @@ application sends to that service.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
 from control_plane.policies.core.fields import Percentage, PositiveDuration
-from control_plane.policies.core.spec import TO_KINDS, Sections, policy_model
+from control_plane.policies.core.spec import TO_KINDS, Sections, callers_by_service, policy_model
 from control_plane.policies.core.targetref import MESH, MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_SUBSET
-from control_plane.resources.common import SERVICE_TAG, StrictModel
+from control_plane.resources.common import StrictModel
 
 KIND = "MeshFaultInjection"
 SECTIONS = Sections(
@@ -117,14 +117,4 @@ class Conf(StrictModel):
     http: list[Fault]
 
 
-def _check_spec(spec: Any) -> None:
-    for index, entry in enumerate(spec.entries("from_")):
-        other_tags = sorted(set(entry.targetRef.subset()) - {SERVICE_TAG})
-        if other_tags:
-            raise ValueError(
-                f"from[{index}].targetRef.tags: callers can only be matched by their service "
-                f"({SERVICE_TAG}): certificates prove the service, not {', '.join(other_tags)}"
-            )
-
-
-MeshFaultInjection = policy_model(KIND, Conf, SECTIONS, spec_check=_check_spec)
+MeshFaultInjection = policy_model(KIND, Conf, SECTIONS, spec_check=callers_by_service)

@@ -52,8 +52,6 @@ from control_plane.resources.common import SERVICE_TAG, StrictModel, validate_ta
 
 KIND = "MeshHTTPRoute"
 SECTIONS = Sections(top=(MESH, DATAPLANE, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET), to=(MESH_SERVICE,))
-METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
-REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
 class PathMatch(StrictModel):

@@ -24,11 +24,11 @@ not other tags (Kuma adds `kuma://<tag>/<value>` SANs; we sign exactly what the 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import model_validator
 
-from control_plane.policies.core.spec import Match, Sections, policy_model
+from control_plane.policies.core.spec import Match, Sections, callers_by_service, policy_model
 from control_plane.policies.core.targetref import (
     DATAPLANE,
     MESH,
@@ -73,14 +73,4 @@ def caller_service(ref: TargetRef) -> str | None:
     return subset.get(SERVICE_TAG)
 
 
-def _check_spec(spec: Any) -> None:
-    for index, entry in enumerate(spec.entries("from_")):
-        other_tags = sorted(set(entry.targetRef.subset()) - {SERVICE_TAG})
-        if other_tags:
-            raise ValueError(
-                f"from[{index}].targetRef.tags: callers can only be matched by their service "
-                f"({SERVICE_TAG}): certificates prove the service, not {', '.join(other_tags)}"
-            )
-
-
-MeshTrafficPermission = policy_model(KIND, Conf, SECTIONS, rule_conf=RuleConf, spec_check=_check_spec)
+MeshTrafficPermission = policy_model(KIND, Conf, SECTIONS, rule_conf=RuleConf, spec_check=callers_by_service)
