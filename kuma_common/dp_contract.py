@@ -105,3 +105,15 @@ MESH_CA_FILE = "ca.yaml"  # in SDS_DIR: the secret MESH_CA_SECRET (the mesh CA b
 IDENTITY_SECRET = "identity"
 MESH_CA_SECRET = "mesh_ca"
 ADMIN_SOCKET_NAME = "envoy-admin.sock"  # Envoy's admin API (0600) unless the Dataplane asks for a port
+
+
+# --- service names: the DNS records the control plane sends, through the proxy's own Envoy -------
+# For a transparent proxy, Envoy listens on `<workdir>/<DNS_RECORDS_SOCKET>` (0600) and answers
+# `GET <DNS_RECORDS_PATH>` with a JSON body
+#   {"domain": "mesh", "records": [{"name": "backend.mesh", "ips": ["240.0.0.3"]}, ...]}
+# (names are lower case, absolute names without the trailing dot; the `ips` are the service's
+# virtual IPs) and an `etag` header that changes when the records do. The agent's DNS server polls
+# it (If-None-Match) and answers A queries for those names from it.
+DNS_RECORDS_SOCKET = "kuma-dns.sock"
+DNS_RECORDS_PATH = "/dns"
+DNS_DOMAIN = "mesh"  # Kuma's KUMA_DNS_SERVER_DOMAIN default
