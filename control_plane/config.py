@@ -10,7 +10,9 @@ and so does a YAML key without a value (as in Kuma's commented defaults file).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,13 @@ DEFAULT_API_HTTP_PORT = defaults.API_HTTP_PORT
 DEFAULT_API_HTTPS_PORT = defaults.API_HTTPS_PORT
 DEFAULT_API_HTTP_INTERFACE = "0.0.0.0"
 DEFAULT_DEREGISTRATION_DELAY = "10s"
+DEFAULT_DNS_DOMAIN = "mesh"
+DEFAULT_DNS_CIDR = "240.0.0.0/4"
+DEFAULT_SERVICE_VIP_PORT = 80
+# Ours (Kuma frees a VIP at once): how long a service without instances keeps its VIP and name, so a
+# redeploy or a VM reboot does not change the address clients cached or flap the name to NXDOMAIN.
+DEFAULT_VIP_RELEASE_GRACE_PERIOD = "10m"
+DEFAULT_VIP_REFRESH_INTERVAL = "500ms"  # Kuma's KUMA_RUNTIME_UNIVERSAL_VIP_REFRESH_INTERVAL
 
 # Top-level sections of Kuma's kuma-cp.yaml that this control plane does not (yet) implement.
 _KUMA_ONLY_SECTIONS = frozenset(
@@ -41,11 +50,9 @@ _KUMA_ONLY_SECTIONS = frozenset(
         "environment",
         "mode",
         "multizone",
-        "runtime",
         "metrics",
         "reports",
         "guiServer",
-        "dnsServer",
         "diagnostics",
         "access",
         "experimental",
@@ -124,6 +131,45 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
+def _nonzero_port(raw: Any) -> int:
+    port = _port(raw)
+    if port == 0:
+        raise ValueError("port can't be 0")
+    return port
+
+
+def _positive_duration(raw: Any) -> float:
+    seconds = _duration(raw)
+    if seconds <= 0:
+        raise ValueError(f"{raw!r} must be a positive duration (e.g. 500ms)")
+    return seconds
+
+
+def _dns_domain(raw: Any) -> str:
+    text = _string(raw).strip().lower()
+    if text.startswith("."):
+        raise ValueError(f"{raw!r}: domain must not start with a dot")
+    if not text or not all(_DNS_LABEL.fullmatch(label) for label in text.rstrip(".").split(".")):
+        raise ValueError(f"{raw!r} is not a DNS domain (e.g. mesh)")
+    return text.rstrip(".")
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _vip_cidr(raw: Any) -> ipaddress.IPv4Network:
+    text = _string(raw).strip()
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a CIDR (e.g. 240.0.0.0/4)") from None
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"{raw!r} is not an IPv4 CIDR: virtual IPs are IPv4 (e.g. 240.0.0.0/4)")
+    if network.prefixlen > 30:
+        raise ValueError(f"{raw!r} holds no room for virtual IPs: use a /30 or larger")
+    return network
+
+
 def _work_dir(raw: Any) -> Path:
     text = _string(raw)
     if not text:
@@ -178,6 +224,27 @@ _SETTINGS: tuple[_Setting, ...] = (
         DEFAULT_DEREGISTRATION_DELAY,
     ),
     _Setting(("defaults", "skipMeshCreation"), "KUMA_DEFAULTS_SKIP_MESH_CREATION", _bool, False),
+    _Setting(("dnsServer", "domain"), "KUMA_DNS_SERVER_DOMAIN", _dns_domain, DEFAULT_DNS_DOMAIN),
+    _Setting(("dnsServer", "CIDR"), "KUMA_DNS_SERVER_CIDR", _vip_cidr, DEFAULT_DNS_CIDR),
+    _Setting(("dnsServer", "serviceVipEnabled"), "KUMA_DNS_SERVER_SERVICE_VIP_ENABLED", _bool, True),
+    _Setting(
+        ("dnsServer", "serviceVipPort"),
+        "KUMA_DNS_SERVER_SERVICE_VIP_PORT",
+        _nonzero_port,
+        DEFAULT_SERVICE_VIP_PORT,
+    ),
+    _Setting(
+        ("dnsServer", "vipReleaseGracePeriod"),
+        "KUMA_DNS_SERVER_VIP_RELEASE_GRACE_PERIOD",
+        _duration,
+        DEFAULT_VIP_RELEASE_GRACE_PERIOD,
+    ),
+    _Setting(
+        ("runtime", "universal", "vipRefreshInterval"),
+        "KUMA_RUNTIME_UNIVERSAL_VIP_REFRESH_INTERVAL",
+        _positive_duration,
+        DEFAULT_VIP_REFRESH_INTERVAL,
+    ),
 )
 _BY_PATH: dict[tuple[str, ...], _Setting] = {s.path: s for s in _SETTINGS}
 _SECTIONS: frozenset[str] = frozenset(s.path[0] for s in _SETTINGS)
@@ -237,6 +304,19 @@ class DefaultsConfig:
 
 
 @dataclass(frozen=True)
+class DnsServerConfig:
+    """Service names: `<service>.<domain>` on a virtual IP from `cidr`, reachable on each port the
+    service's inbounds expose and on `service_vip_port`."""
+
+    domain: str
+    cidr: ipaddress.IPv4Network
+    service_vip_enabled: bool
+    service_vip_port: int
+    vip_release_grace_period: float  # seconds
+    vip_refresh_interval: float  # seconds: how often every mesh's VIPs are recomputed
+
+
+@dataclass(frozen=True)
 class CpConfig:
     general: GeneralConfig
     store: StoreConfig
@@ -244,6 +324,7 @@ class CpConfig:
     api_server: ApiServerConfig
     xds: XdsConfig
     defaults: DefaultsConfig
+    dns_server: DnsServerConfig
     # Keys of the YAML file that Kuma knows but this control plane ignores, e.g. "reports.enabled".
     ignored_keys: tuple[str, ...] = ()
 
@@ -361,5 +442,13 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
         ),
         xds=XdsConfig(dataplane_deregistration_delay=v("xds", "dataplaneDeregistrationDelay")),
         defaults=DefaultsConfig(skip_mesh_creation=v("defaults", "skipMeshCreation")),
+        dns_server=DnsServerConfig(
+            domain=v("dnsServer", "domain"),
+            cidr=v("dnsServer", "CIDR"),
+            service_vip_enabled=v("dnsServer", "serviceVipEnabled"),
+            service_vip_port=v("dnsServer", "serviceVipPort"),
+            vip_release_grace_period=v("dnsServer", "vipReleaseGracePeriod"),
+            vip_refresh_interval=v("runtime", "universal", "vipRefreshInterval"),
+        ),
         ignored_keys=ignored,
     )

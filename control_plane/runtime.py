@@ -12,6 +12,7 @@ import uvicorn
 
 from control_plane.api.app import create_app
 from control_plane.config import CpConfig
+from control_plane.dns.allocator import VipAllocator
 from control_plane.dp_server.authn import DpAuthenticator
 from control_plane.dp_server.bootstrap_api import BootstrapSettings
 from control_plane.dp_server.http_app import create_dp_http_app
@@ -65,12 +66,15 @@ class ControlPlane:
             self.store,
             deregistration_delay_s=cfg.xds.dataplane_deregistration_delay,
             authenticate=authn.authenticate_stream if authn.enabled else None,
+            dns=cfg.dns_server,
         )
         http_app = create_dp_http_app(self.store, BootstrapSettings(dp_server_port=cfg.dp_server.port), authn)
         dp_server = DpServer(self.tls, cfg.dp_server.port, http_app, xds.register)
         api = uvicorn.Server(
             uvicorn.Config(
-                create_app(self.store, localhost_is_admin=cfg.api_server.localhost_is_admin),
+                create_app(
+                    self.store, localhost_is_admin=cfg.api_server.localhost_is_admin, dns=cfg.dns_server
+                ),
                 host=cfg.api_server.http_interface,
                 port=cfg.api_server.http_port,
                 log_level="warning",
@@ -88,6 +92,7 @@ class ControlPlane:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(xds.run())
+                group.create_task(VipAllocator(self.store, cfg.dns_server).run())
                 group.create_task(dp_server.run())
                 group.create_task(_serve_api(api))
         finally:

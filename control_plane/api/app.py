@@ -16,6 +16,8 @@ from control_plane.api.errors import ApiError, handle_api_error, handle_http_exc
 from control_plane.api.inspect import inspect_routes
 from control_plane.api.resources import ResourceEndpoints
 from control_plane.api.tokens import token_routes
+from control_plane.api.vips import vips_routes
+from control_plane.config import DnsServerConfig, default_config
 from control_plane.resources.registry import MESH, TYPES, ResourceType
 from control_plane.store.base import ResourceStore
 from kuma_common.version import BASED_ON_KUMA, __version__
@@ -72,13 +74,17 @@ def resource_routes(endpoints: ResourceEndpoints) -> list[Route]:
     return routes
 
 
-def create_app(store: ResourceStore, *, localhost_is_admin: bool = True) -> Starlette:
+def create_app(
+    store: ResourceStore, *, localhost_is_admin: bool = True, dns: DnsServerConfig | None = None
+) -> Starlette:
+    """`dns`: the service names settings the VIPs view reports with (the defaults if None)."""
     routes = [Route("/", index, methods=["GET"])]
     mesh_lock = asyncio.Lock()
     for rtype in TYPES.values():
         routes.extend(resource_routes(ResourceEndpoints(store, rtype, localhost_is_admin, mesh_lock)))
     routes.extend(token_routes(store, localhost_is_admin))
     routes.extend(inspect_routes(store))
+    routes.extend(vips_routes(store, dns or default_config().dns_server))
     return Starlette(
         routes=routes,
         exception_handlers={

@@ -1,5 +1,6 @@
 """`kumactl inspect dataplane NAME --type=rules`: the policies that apply to one proxy, per inbound
-and outbound, with the conf they merge to and the policies that made it (GET .../_rules)."""
+and outbound, with the conf they merge to and the policies that made it (GET .../_rules).
+`kumactl inspect vips`: each service's virtual IP, names and ports (GET /meshes/{mesh}/vips)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,33 @@ def _origin(origins: list[Mapping[str, Any]]) -> str:
 def _inbound(inbound: Mapping[str, Any]) -> str:
     name = f" ({inbound['name']})" if inbound.get("name") else ""
     return f"inbound {inbound['port']}{name}"
+
+
+VIPS_HEADERS = ("SERVICE", "VIP", "NAMES", "PORTS", "RELEASE AFTER")
+
+
+@inspect.command("vips")
+@click.option("-m", "--mesh", default=DEFAULT_MESH, show_default=True, help="mesh whose VIPs to show")
+@click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.pass_context
+def vips(ctx: click.Context, mesh: str, fmt: str) -> None:
+    """The virtual IP and DNS names of each service of a mesh."""
+    with api_client(ctx) as client:
+        body = client.get(f"/meshes/{mesh}/vips")
+    if fmt != "table":
+        click.echo(render_document(body, fmt))
+        return
+    if not body.get("serviceVipEnabled", True):
+        click.echo("service VIPs are off on this control plane (KUMA_DNS_SERVER_SERVICE_VIP_ENABLED=false)")
+        return
+    rows = [
+        (
+            item["service"],
+            item["ip"],
+            ",".join(item["names"]) or "-",
+            ",".join(map(str, item["ports"])) or "-",
+            item.get("releaseAfter", "-"),
+        )
+        for item in body.get("items", [])
+    ]
+    click.echo(render_rows([VIPS_HEADERS, *rows]) if rows else f'mesh "{mesh}" has no service with a VIP yet')

@@ -9,6 +9,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
+from control_plane.config import DnsServerConfig
 from control_plane.store.base import ResourceStore
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.generate.snapshot import SnapshotGenerator, generate_snapshot
@@ -33,10 +34,13 @@ class XdsComponent:
         generator: SnapshotGenerator = generate_snapshot,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
         startup_grace_s: float = STARTUP_GRACE_S,
+        dns: DnsServerConfig | None = None,
     ) -> None:
+        """`dns`: service names settings (the VIPs a VipAllocator keeps in the store become
+        outbounds and DNS records); None leaves them out."""
         self._authenticate = authenticate
         self.cache = SnapshotCache()
-        self.reconciler = Reconciler(store, self.cache, generator=generator, debounce_s=debounce_s)
+        self.reconciler = Reconciler(store, self.cache, generator=generator, debounce_s=debounce_s, dns=dns)
         self.lifecycle = DataplaneLifecycle(store, deregistration_delay_s, startup_grace_s)
         self.ads = AdsServer(self.cache, hooks=self)
 

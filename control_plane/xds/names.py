@@ -10,7 +10,7 @@ ROUTE_TYPE = TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 
 # ADS ordering: clusters before the endpoints that fill them, both before the listeners using them.
 PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE)
-# Every type the server answers; routes are inline, so RDS is always answered with an empty set.
+# Every type the server answers; outbound and inbound routes are inline, RDS serves the DNS records.
 SERVED_TYPES = (*PUSH_ORDER, ROUTE_TYPE)
 # Types whose requests name the resources wanted (the others are wildcard: "send me all").
 NAMED_TYPES = frozenset({ENDPOINT_TYPE, ROUTE_TYPE})

@@ -16,6 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane.config import DnsServerConfig
+from control_plane.dns.allocator import read_vips
+from control_plane.dns.records import MeshNames
+from control_plane.dns.vips import VIPS_TYPE
 from control_plane.policies.core.rules import MeshPolicies
 from control_plane.policies.loading import load_mesh_policies
 from control_plane.policies.registry import POLICY_TYPES
@@ -40,7 +44,7 @@ DEFAULT_DEBOUNCE_S = 0.05
 RETRY_S = 1.0
 # What the generator reads (see `_view`); changes to anything else (tokens, signing keys, the
 # lifecycle's registration records) leave every proxy's config as it is.
-XDS_INPUTS = frozenset({MESH.name, DATAPLANE.name, *(t.kind for t in POLICY_TYPES)})
+XDS_INPUTS = frozenset({MESH.name, DATAPLANE.name, VIPS_TYPE, *(t.kind for t in POLICY_TYPES)})
 # A view's packer also keeps each proxy's own messages of every pass (~6 per proxy): start afresh
 # when it holds this many per Dataplane (proxies reconnecting many times, the mesh unchanged).
 PACKED_PER_DATAPLANE_LIMIT = 25
@@ -72,8 +76,11 @@ class Reconciler:
         *,
         generator: SnapshotGenerator = generate_snapshot,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
+        dns: DnsServerConfig | None = None,
     ) -> None:
+        """`dns`: service names settings; None or `service_vip_enabled: false` leaves them out."""
         self._store = store
+        self._dns = dns if dns is not None and dns.service_vip_enabled else None
         self._cache = cache
         self._generator = generator
         self._debounce_s = debounce_s
@@ -212,8 +219,14 @@ class Reconciler:
             by_name={dp.name: dp for dp in dataplanes},
             mesh=self._mesh(mesh_name),
             policies=load_mesh_policies(self._store, mesh_name),
-            index=EndpointIndex(dataplanes),
+            index=EndpointIndex(dataplanes, self._names(mesh_name)),
         )
+
+    def _names(self, mesh_name: str) -> MeshNames | None:
+        if self._dns is None:
+            return None
+        vips = read_vips(self._store, mesh_name).ips()
+        return MeshNames.of(vips, self._dns.domain, self._dns.service_vip_port)
 
     def _build_mesh(
         self, view: MeshView, node_ids: Iterable[str], contexts: Mapping[str, ProxyContext]

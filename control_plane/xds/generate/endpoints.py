@@ -9,6 +9,7 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import struct_pb2
 
+from control_plane.dns.records import MeshNames
 from control_plane.resources.dataplane import Dataplane, Inbound
 from control_plane.xds.generate.protocol import common_protocol, tags_protocol
 
@@ -31,9 +32,11 @@ def endpoint_of(dataplane: Dataplane, inbound: Inbound) -> Endpoint:
 
 
 class EndpointIndex:
-    """service → endpoints over all Dataplanes of a mesh; load assignments are built once each."""
+    """service → endpoints over all Dataplanes of a mesh; load assignments are built once each.
+    `names`: the mesh's service names (virtual IPs and DNS records), None when they are off."""
 
-    def __init__(self, dataplanes: Iterable[Dataplane]) -> None:
+    def __init__(self, dataplanes: Iterable[Dataplane], names: MeshNames | None = None) -> None:
+        self.names = names
         by_service: dict[str, list[Endpoint]] = {}
         for dataplane in dataplanes:
             for inbound in dataplane.networking.inbound:

@@ -15,6 +15,7 @@ from control_plane.policies.loading import mesh_policies
 from control_plane.resources.dataplane import Dataplane, Outbound
 from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import local_cluster, secure_cluster
+from control_plane.xds.generate.dns import dns_records_listener
 from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, inbound_parts, outbound_listener
 from control_plane.xds.generate.outbounds import OutboundBuild
@@ -106,6 +107,7 @@ def _proxy_resources(
     # The proxy's own resources first: a name taken here is never replaced by an outbound one.
     add_transparent_proxying(dataplane, resources, strict=mtls is not None and not mtls.permissive)
     implied = ImpliedOutbounds.of(index)
+    _add_dns_records(implied, context, resources)
     tp = dataplane.networking.transparentProxying
     if tp is not None and tp.reachableServices is None:
         _add_mesh_outbounds(dataplane, mesh, implied.every(rules), resources, mtls)
@@ -115,6 +117,16 @@ def _proxy_resources(
     _add_clusters(build, index, resources, mtls)
     resources[LISTENER_TYPE].update(outbound_redirect_listeners(dataplane, mesh, outbounds, build.chains()))
     return resources
+
+
+def _add_dns_records(implied: ImpliedOutbounds, context: ProxyContext, resources: Resources) -> None:
+    """The listener the agent reads the mesh's DNS records from, and the shared records, if the
+    mesh has service names and the proxy said where its agent works."""
+    route = implied.dns_route()
+    listener = dns_records_listener(context.workdir) if route is not None and context.workdir else None
+    if listener is not None and route is not None:
+        resources[LISTENER_TYPE][listener.name] = listener
+        resources[ROUTE_TYPE][route.name] = route
 
 
 def _mesh_mtls(dataplane: Dataplane, mesh: Mesh | None, context: ProxyContext) -> InboundMtls | None:

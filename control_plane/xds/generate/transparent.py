@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
@@ -57,6 +58,7 @@ from control_plane.resources.common import SERVICE_TAG
 from control_plane.resources.dataplane import Dataplane, Outbound, TransparentProxying
 from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import CONNECT_TIMEOUT_S
+from control_plane.xds.generate.dns import dns_records_route
 from control_plane.xds.generate.endpoints import EndpointIndex, socket_address
 from control_plane.xds.generate.listeners import TCP_PROXY_FILTER
 from control_plane.xds.generate.outbounds import OutboundBuild
@@ -116,15 +118,14 @@ class ImpliedOutbounds:
     def __init__(self, index: EndpointIndex) -> None:
         by_address: dict[tuple[str, int], Outbound] = {}
         for service in index.services():
-            for endpoint in index.endpoints(service):
+            for address, port in _destinations(index, service):
                 # Built from already validated Dataplanes: skip validating them once more.
-                outbound = Outbound.model_construct(
-                    port=endpoint.port, address=endpoint.address, tags={SERVICE_TAG: service}
-                )
-                by_address.setdefault((endpoint.address, endpoint.port), outbound)
+                outbound = Outbound.model_construct(port=port, address=address, tags={SERVICE_TAG: service})
+                by_address.setdefault((address, port), outbound)
         self.outbounds = list(by_address.values())
         self._index = index
         self._every: dict[tuple[tuple[str, str], ...], MeshOutbounds] = {}  # outbound rules' key → build
+        self._dns_route: route_pb2.RouteConfiguration | None = None
 
     @classmethod
     def of(cls, index: EndpointIndex) -> ImpliedOutbounds:
@@ -145,6 +146,17 @@ class ImpliedOutbounds:
         reachable = set(tp.reachableServices)
         return [o for o in self.outbounds if o.service in reachable]
 
+    def dns_route(self) -> route_pb2.RouteConfiguration | None:
+        """The mesh's DNS records as the route table every proxy's records listener serves
+        (None when service names are off)."""
+        names = self._index.names
+        if names is None:
+            return None
+        with self._lock:
+            if self._dns_route is None:
+                self._dns_route = dns_records_route(names.records)
+            return self._dns_route
+
     def every(self, rules: OutboundRules) -> MeshOutbounds:
         """Every implied outbound's chain, cluster and load assignment under `rules`, built once
         per mesh and set of outbound policies."""
@@ -155,6 +167,19 @@ class ImpliedOutbounds:
             with self._lock:
                 every = self._every.setdefault(rules.key, every)
         return every
+
+
+def _destinations(index: EndpointIndex, service: str) -> list[tuple[str, int]]:
+    """Where a call reaches `service`: each endpoint's address and port, and its virtual IP (if it
+    has one) on each of those ports and on the mesh's service VIP port (80), as in Kuma."""
+    endpoints = index.endpoints(service)
+    destinations = [(e.address, e.port) for e in endpoints]
+    names = index.names
+    vip = names.vips.get(service) if names is not None else None
+    if vip is not None and names is not None:
+        ports = sorted({e.port for e in endpoints} | {names.vip_port})
+        destinations.extend((vip, port) for port in ports)
+    return destinations
 
 
 @dataclass(frozen=True)
