@@ -19,6 +19,7 @@ from google.protobuf import wrappers_pb2
 from xds.type.matcher.v3 import ip_pb2
 
 from control_plane.api.app import create_app
+from control_plane.dns.records import MeshNames
 from control_plane.dp_server.bootstrap_api import BootstrapSettings, create_bootstrap_app
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.mesh import Mesh
@@ -27,7 +28,7 @@ from control_plane.store.base import mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.snapshot import ProxyContext, Resources, generate_snapshot
-from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from control_plane.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from tests.support.envoy_validate import assert_envoy_accepts
 from tests.support.mesh_ca import MeshCa
 from tests.support.xds_cases import to_json
@@ -202,6 +203,50 @@ def test_ipv6_endpoints_route_through_the_ipv6_listener_only() -> None:
         ("fd00::20", 9000): "outbound:api",
     }
     assert ("fd00::20", 9000) not in outbound_routes(resources, "ipv4")
+
+
+def test_vips_route_on_each_service_port_and_port_80_and_the_records_listener_is_shared() -> None:
+    mesh_dataplanes = [WEB, *OTHERS]
+    names = MeshNames.of({"backend": "240.0.0.1", "db": "240.0.0.2", "web": "240.0.0.3"}, "mesh", 80)
+    index = EndpointIndex(mesh_dataplanes, names)
+    contexts = {d.name: ProxyContext(workdir=f"/tmp/kuma-dp-{d.name}") for d in mesh_dataplanes}
+    web, backend = (
+        generate_snapshot(d, mesh_dataplanes, None, endpoints=index, context=contexts[d.name])
+        for d in (WEB, OTHERS[0])
+    )
+    routes = outbound_routes(web)
+    assert {k: v for k, v in routes.items() if k[0].startswith("240.")} == {
+        ("240.0.0.1", 8080): "outbound:backend",
+        ("240.0.0.1", 80): "outbound:backend",
+        ("240.0.0.2", 5432): "outbound:db",
+        ("240.0.0.2", 80): "outbound:db",
+        ("240.0.0.3", 8080): "outbound:web",
+        ("240.0.0.3", 80): "outbound:web",
+    }
+    records = web[LISTENER_TYPE]["kuma:dns:records"]
+    assert (records.address.pipe.path, records.address.pipe.mode) == (
+        "/tmp/kuma-dp-web-1/kuma-dns.sock",
+        0o600,
+    )
+    assert records.bind_to_port.value
+    # One route table (the records) for every proxy of the mesh; each its own small listener.
+    assert web[ROUTE_TYPE]["kuma:dns:records"] is backend[ROUTE_TYPE]["kuma:dns:records"]
+    body = web[ROUTE_TYPE]["kuma:dns:records"].virtual_hosts[0].routes[1].direct_response.body.inline_bytes
+    assert body == names.records.body
+    # A proxy without transparent proxying, or whose agent sent no work dir, gets no records.
+    plain = dp("web-3", "10.0.0.12", [{"port": 8080, "tags": svc("web", "http")}])
+    assert (
+        "kuma:dns:records"
+        not in generate_snapshot(plain, mesh_dataplanes, None, endpoints=index)[LISTENER_TYPE]
+    )
+    assert (
+        "kuma:dns:records"
+        not in generate_snapshot(WEB, mesh_dataplanes, None, endpoints=index)[LISTENER_TYPE]
+    )
+    # Nor does one whose work dir makes too long a socket path (a warning says so).
+    long_dir = ProxyContext(workdir="/" + "w" * 120)
+    too_long = generate_snapshot(WEB, mesh_dataplanes, None, endpoints=index, context=long_dir)
+    assert "kuma:dns:records" not in too_long[LISTENER_TYPE]
 
 
 def test_outbound_redirect_listener_is_built_once_per_mesh() -> None:
