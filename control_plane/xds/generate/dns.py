@@ -78,9 +78,11 @@ def dns_records_route(records: DnsRecords) -> route_pb2.RouteConfiguration:
     )
 
 
+@lru_cache(maxsize=16384)
 def dns_records_listener(workdir: str) -> listener_pb2.Listener | None:
     """The proxy's listener on `<workdir>/kuma-dns.sock`; None (logged once) if that path is too long
-    for a Unix socket."""
+    for a Unix socket. It depends on the work dir only: one message per proxy, kept across mesh
+    changes (never changed in place: policies edit a copy), so it is built and packed once."""
     path = f"{workdir.rstrip('/')}/{DNS_RECORDS_SOCKET}"
     if len(path.encode()) > _MAX_SOCKET_PATH:
         _warn_path_too_long(path)
