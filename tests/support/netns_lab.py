@@ -21,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -86,9 +87,29 @@ def setns(name: str) -> None:
         os.close(fd)
 
 
-def _preexec(name: str, uid: int | None) -> Callable[[], None]:
+CLONE_NEWNS = 0x00020000
+MS_BIND, MS_REC, MS_SLAVE = 0x1000, 0x4000, 0x80000
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def use_resolv_conf(path: str) -> None:
+    """What `ip netns exec` does with /etc/netns/<name>/resolv.conf: in a mount namespace of the
+    calling process's own (changes below / do not leak out), `path` shows as /etc/resolv.conf."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /")
+    _check(_libc.mount(path.encode(), b"/etc/resolv.conf", None, MS_BIND, None), "bind resolv.conf")
+
+
+def _preexec(name: str, uid: int | None, resolv_conf: str | None = None) -> Callable[[], None]:
     def enter() -> None:
         setns(name)
+        if resolv_conf is not None:
+            use_resolv_conf(resolv_conf)
         if uid is not None:
             os.setgroups([])
             os.setgid(uid)
@@ -103,6 +124,7 @@ class NetnsLab:
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[Any]] = []
         self._count = 0
+        self._resolv_confs: dict[str, str] = {}  # namespace → the resolv.conf its processes see
 
     def __enter__(self) -> NetnsLab:
         return self
@@ -152,6 +174,18 @@ class NetnsLab:
                 ns.addr("add", index=index, address=address, prefixlen=int(prefix), **flags)
             ns.link("set", index=index, state="up")
 
+    def resolv_conf(self, name: str, text: str) -> None:
+        """Processes started in namespace `name` from now on see `text` as /etc/resolv.conf (the
+        file lives in a temporary directory; nothing under /etc changes)."""
+        fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".resolv.conf")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(path, 0o644)
+        self._resolv_confs[name] = path
+
+    def _enter(self, name: str, uid: int | None) -> Callable[[], None]:
+        return _preexec(name, uid, self._resolv_confs.get(name))
+
     # --- running inside ---------------------------------------------------------------------------------
 
     def run(
@@ -159,14 +193,14 @@ class NetnsLab:
     ) -> subprocess.CompletedProcess[str]:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("timeout", 30)
-        return subprocess.run(list(argv), preexec_fn=_preexec(name, uid), text=True, check=check, **kwargs)
+        return subprocess.run(list(argv), preexec_fn=self._enter(name, uid), text=True, check=check, **kwargs)
 
     def popen(
         self, name: str, argv: Sequence[str], uid: int | None = None, **kwargs: Any
     ) -> subprocess.Popen[str]:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
-        proc = subprocess.Popen(list(argv), preexec_fn=_preexec(name, uid), text=True, **kwargs)
+        proc = subprocess.Popen(list(argv), preexec_fn=self._enter(name, uid), text=True, **kwargs)
         self.processes.append(proc)
         return proc
 
@@ -215,6 +249,10 @@ class NetnsLab:
             with contextlib.suppress(Exception):
                 pr_netns.remove(name)
         self.namespaces.clear()
+        for path in self._resolv_confs.values():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._resolv_confs.clear()
 
 
 def _picklable(exc: BaseException) -> BaseException:
