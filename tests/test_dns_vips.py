@@ -4,8 +4,10 @@ the `dnsServer` configuration."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +20,9 @@ from control_plane.dns.allocator import VipAllocator, read_vips, services_of, vi
 from control_plane.dns.records import DnsRecords, service_hostnames
 from control_plane.dns.vips import VipEntry, VipTable, allocate
 from control_plane.store.base import dataplane_key, mesh_key
+from control_plane.store.memory import MemoryStore
 from control_plane.store.sqlite import SqliteStore
+from labkit.waiting import eventually
 from tests.support.kumactl_api import ApiServer, config_file, kumactl, server  # noqa: F401
 
 CIDR = ipaddress.ip_network("240.0.0.0/4")
@@ -128,7 +132,7 @@ def test_services_are_read_from_stored_specs_defensively() -> None:
 # --- the allocator on a real store --------------------------------------------------------------
 
 
-def _dataplane(store: SqliteStore, name: str, service: str, mesh: str = "default") -> None:
+def _dataplane(store: SqliteStore | MemoryStore, name: str, service: str, mesh: str = "default") -> None:
     inbound = [{"port": 8080, "tags": {"kuma.io/service": service}}]
     store.upsert(dataplane_key(name, mesh), {"networking": {"address": "10.0.0.1", "inbound": inbound}})
 
@@ -305,3 +309,30 @@ def test_inspect_vips_shows_addresses_names_ports_and_pending_release(
     missing = kumactl(config_file, "inspect", "vips", "--mesh", "nope")
     assert missing.exit_code != 0 and 'mesh "nope" not found' in missing.output
     assert "Traceback" not in missing.output
+
+
+async def test_a_burst_of_dataplanes_costs_a_pass_per_refresh_interval_not_one_each() -> None:
+    store = MemoryStore()
+    store.upsert(mesh_key("default"), {})
+    config = load_config(None, env={"KUMA_RUNTIME_UNIVERSAL_VIP_REFRESH_INTERVAL": "300ms"}).dns_server
+    passes: list[set[str] | None] = []
+
+    class Counting(VipAllocator):
+        def allocate(self, meshes: set[str] | None = None) -> datetime | None:
+            passes.append(meshes)
+            return super().allocate(meshes)
+
+    task = asyncio.create_task(Counting(store, config).run())
+    try:
+        await asyncio.sleep(0.1)  # the start-up pass
+        started = time.monotonic()
+        for i in range(100):  # a fleet connecting over ~0.5 s
+            _dataplane(store, f"svc-{i}-1", f"svc-{i}")
+            await asyncio.sleep(0.005)
+        await eventually(lambda: len(read_vips(store, "default").entries) == 100, timeout=2)
+        took = time.monotonic() - started
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert passes[0] is None and all(p == {"default"} for p in passes[1:])
+    assert len(passes) - 1 <= took / 0.3 + 2, f"{len(passes) - 1} passes in {took:.2f} s"

@@ -2,9 +2,10 @@
 
 A pass over a mesh reads its Dataplanes' services and its stored table, applies `vips.allocate`
 and writes the table back only if it changed, with the version it read: two control planes
-sharing a store cannot both win; the loser reads the winner's table and tries again. Passes run
-shortly after a Dataplane or Mesh changes, when a service's grace period ends, and every
-`vip_refresh_interval` for every mesh (what another control plane wrote is picked up so).
+sharing a store cannot both win; the loser reads the winner's table and tries again. A pass runs
+for the meshes whose Dataplanes changed, at most once per `vip_refresh_interval` (Kuma's
+KUMA_RUNTIME_UNIVERSAL_VIP_REFRESH_INTERVAL, 500 ms: a new service has its VIP within it), for
+every mesh when a service's grace period ends, and every FULL_PASS_S.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from control_plane.store.base import ChangeEvent, ConflictError, ResourceKey, Re
 log = logging.getLogger(__name__)
 
 DEBOUNCE_S = 0.05
+# Every mesh is read again this often even without a change seen here: what another control plane
+# on the same store wrote just before it stopped, or a pass that failed.
+FULL_PASS_S = 30.0
 CONFLICT_RETRIES = 5
 
 
@@ -94,33 +98,45 @@ class VipAllocator:
 
         unsubscribe = self._store.subscribe(on_change)
         try:
-            next_release = await self._pass(None)
-            while True:
-                wait = self._config.vip_refresh_interval
-                if next_release is not None:
-                    wait = min(wait, max((next_release - self._clock()).total_seconds(), 0.0))
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                    await asyncio.sleep(DEBOUNCE_S)  # a burst of changes: one pass
-                    meshes: set[str] | None = self._dirty
-                except TimeoutError:
-                    meshes = None  # every mesh
-                self._wake.clear()
-                self._dirty = set()
-                next_release = await self._pass(meshes)
+            await self._loop(loop.time)
         finally:
             unsubscribe()
+
+    async def _loop(self, now: Callable[[], float]) -> None:
+        interval = self._config.vip_refresh_interval
+        ok, next_release = await self._pass(None)
+        last = now()
+        next_full = last + (FULL_PASS_S if ok else interval)
+        while True:
+            deadline = next_full
+            if next_release is not None:
+                until_release = (next_release - self._clock()).total_seconds()
+                deadline = min(deadline, now() + max(until_release, 0.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(deadline - now(), 0.0))
+            # At most one pass per refresh interval: a burst of changes (a fleet of proxies
+            # connecting) costs one read of the mesh, not one per Dataplane.
+            await asyncio.sleep(max(DEBOUNCE_S, last + interval - now()))
+            full = now() >= deadline  # every mesh is due, or a grace period ended
+            meshes = None if full else self._dirty
+            self._wake.clear()
+            self._dirty = set()
+            ok, next_release = await self._pass(meshes)
+            last = now()
+            if full or not ok:
+                next_full = last + (FULL_PASS_S if ok else interval)
 
     def _mark(self, mesh: str) -> None:
         self._dirty.add(mesh)
         self._wake.set()
 
-    async def _pass(self, meshes: set[str] | None) -> datetime | None:
+    async def _pass(self, meshes: set[str] | None) -> tuple[bool, datetime | None]:
+        """(whether it worked, when a grace period ends next)."""
         try:
-            return await asyncio.to_thread(self.allocate, meshes)
-        except Exception:  # e.g. the store is unreachable: the next pass tries again
+            return True, await asyncio.to_thread(self.allocate, meshes)
+        except Exception:  # e.g. the store is unreachable: a full pass follows after an interval
             log.exception("could not allocate virtual IPs; retrying")
-            return None
+            return False, None
 
     # --- worker thread -------------------------------------------------------------------------
     def allocate(self, meshes: set[str] | None = None) -> datetime | None:
