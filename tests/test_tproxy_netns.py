@@ -118,7 +118,7 @@ def test_dns_capture_sends_the_apps_queries_to_the_dns_proxy(world: World) -> No
     start_udp_servers(world.lab, world.peer, "resolver:0.0.0.0:53")
     # as Kuma's DNS proxy: on 127.0.0.1 (where REDIRECT sends it), running as the proxy user
     start_udp_servers(world.lab, world.app, f"uid={PROXY_UID}", "dns-proxy:127.0.0.1:15053")
-    world.install(config(redirect_dns=True))
+    world.install(config(dns_capture_all=True))
     assert ask_udp(world.lab, world.app, PEER_V4, 53, uid=APP_UID) == "dns-proxy"
     # the DNS proxy itself (the proxy UID) reaches the real resolver
     assert ask_udp(world.lab, world.app, PEER_V4, 53, uid=PROXY_UID) == "resolver"
@@ -136,7 +136,7 @@ def test_uninstall_restores_the_tables_and_double_install_is_idempotent(world: W
                 world.app, [tool, "-t", table, "-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"], check=True
             )
     before = world.save()
-    full = config(exclude_outbound_ips="10.9.9.9,fd00::9", redirect_dns=True, drop_invalid_packets=True)
+    full = config(exclude_outbound_ips="10.9.9.9,fd00::9", dns_capture_all=True, drop_invalid_packets=True)
     world.install(full)
     once = world.save()
     world.install(full)
@@ -152,7 +152,7 @@ def test_uninstall_restores_the_tables_and_double_install_is_idempotent(world: W
 
 def test_uninstall_in_a_fresh_namespace_leaves_it_as_found(world: World) -> None:
     before = world.save()
-    world.install(config(redirect_dns=True))
+    world.install(config(dns_capture_all=True))
     world.uninstall()
     after = world.save()
     if world.backend.name == "legacy":  # the kernel keeps a legacy table once used; it stays empty
