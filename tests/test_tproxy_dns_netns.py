@@ -102,9 +102,15 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
 def _host_rules(world: World) -> None:
     """Rules of the host's own in every table we touch, so 'as before' is not just 'empty'."""
     for tool in (world.backend.tool(False, ""), world.backend.tool(True, "")):
-        world.lab.run(world.app, [tool, "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "ACCEPT"], check=True)
         world.lab.run(
-            world.app, [tool, "-t", "raw", "-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"], check=True
+            world.app,
+            [tool, "-w", "10", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "ACCEPT"],
+            check=True,
+        )
+        world.lab.run(
+            world.app,
+            [tool, "-w", "10", "-t", "raw", "-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"],
+            check=True,
         )
 
 

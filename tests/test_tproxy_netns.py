@@ -128,12 +128,20 @@ def test_uninstall_restores_the_tables_and_double_install_is_idempotent(world: W
     # a host that already has rules of its own, in every table we touch
     for tool in (world.backend.tool(False, ""), world.backend.tool(True, "")):
         world.lab.run(
-            world.app, [tool, "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "ACCEPT"], check=True
+            world.app,
+            [tool, "-w", "10", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "ACCEPT"],
+            check=True,
         )
-        world.lab.run(world.app, [tool, "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "ACCEPT"], check=True)
+        world.lab.run(
+            world.app,
+            [tool, "-w", "10", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "ACCEPT"],
+            check=True,
+        )
         for table in ("raw", "mangle"):
             world.lab.run(
-                world.app, [tool, "-t", table, "-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"], check=True
+                world.app,
+                [tool, "-w", "10", "-t", table, "-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"],
+                check=True,
             )
     before = world.save()
     full = config(exclude_outbound_ips="10.9.9.9,fd00::9", dns_capture_all=True, drop_invalid_packets=True)
@@ -196,10 +204,18 @@ def test_a_failing_ipv6_step_rolls_back_ipv4(world: World, tmp_path) -> None:
 def test_detection_follows_the_backend_that_holds_rules(world: World) -> None:
     lab, ns = world.lab, world.app
     assert lab.call(ns, backend.detect) == Backend(backend.DEFAULT)
-    lab.run(ns, [world.backend.tool(False, ""), "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"], check=True)
+    lab.run(
+        ns,
+        [world.backend.tool(False, ""), "-w", "10", "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"],
+        check=True,
+    )
     assert lab.call(ns, backend.detect) == world.backend
     other = "nft" if world.backend.name == "legacy" else "legacy"
-    lab.run(ns, [Backend(other).tool(False, ""), "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"], check=True)
+    lab.run(
+        ns,
+        [Backend(other).tool(False, ""), "-w", "10", "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"],
+        check=True,
+    )
     warnings: list[str] = []
     assert lab.call(ns, _detect_with_warnings, warnings) == (Backend("nft"), True)
 
