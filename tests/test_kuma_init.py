@@ -162,6 +162,22 @@ def test_kumactl_install_dry_run_then_install_and_uninstall(lab) -> None:
     assert "nothing to remove" in again.stdout
 
 
+def test_kumactl_redirect_dns_reads_etc_resolv_conf_by_default(lab) -> None:
+    """As on a VM: no path given, the nameservers of /etc/resolv.conf (the namespace's own, as
+    `ip netns exec` shows it) are the ones whose queries go to the DNS proxy."""
+    lab, app, peer = lab
+    lab.resolv_conf(app, f"search example.org\nnameserver {PEER_V4}\n")
+    done = lab.run(app, [KUMACTL, "install", "transparent-proxy", "--redirect-dns", "--kuma-dp-user", "5678"])
+    assert done.returncode == 0, done.stderr
+    assert f"DNS: queries (UDP/TCP 53) to {PEER_V4} (the nameservers of /etc/resolv.conf)" in done.stdout
+    start_dns_responder(lab, peer, ("resolver", PEER_V4, 53))
+    start_dns_responder(lab, app, ("dns-proxy", "127.0.0.1", 15053), uid=5678)
+    for proto in ("udp", "tcp"):
+        assert dns_query(lab, app, proto, PEER_V4, uid=1000).startswith("dns-proxy ")
+        assert dns_query(lab, app, proto, PEER_V4, uid=5678) == f"resolver {PEER_V4}:53"
+    assert lab.run(app, [KUMACTL, "uninstall", "transparent-proxy"]).returncode == 0
+
+
 def test_kumactl_dry_run_shows_each_dns_mode(lab, tmp_path: Path) -> None:
     lab, app, _ = lab
     resolv_conf = tmp_path / "resolv.conf"
