@@ -85,6 +85,17 @@ def test_pod_settings_override_node_settings_and_name_their_source() -> None:
         settings.tproxy_config({"transparent_proxy": {"redirect": {"inbound": {"prot": 1}}}}, {})
 
 
+def test_the_builtin_dns_annotation_captures_every_query_of_the_pod() -> None:
+    """As Kuma's CNI: a pod's resolv.conf is not the node's, so `kuma.io/builtin-dns` means captureAll."""
+    node = {"transparent_proxy": {"redirect": {"dns": {"enabled": True, "resolvConfigPath": "/r.conf"}}}}
+    assert settings.tproxy_config(node, {}).dns_capture_all is False
+    args = {"kuma.io/builtin-dns": "enabled", "kuma.io/builtin-dns-port": "16053"}
+    config = settings.tproxy_config(node, settings.pod_overrides(args, None))
+    assert (config.redirect_dns, config.dns_capture_all, config.dns_port) == (True, True, 16053)
+    off = settings.tproxy_config(node, settings.pod_overrides({"kuma.io/builtin-dns": "disabled"}, None))
+    assert (off.redirect_dns, off.dns_capture_all) == (False, False)
+
+
 def test_pods_outside_the_mesh() -> None:
     conf = {"exclude_namespaces": ["kube-system"]}
     assert "kube-system" in str(settings.skip_reason(conf, {"K8S_POD_NAMESPACE": "kube-system"}, {}))
@@ -198,6 +209,45 @@ def test_pod_settings_and_older_versions(runtime: Runtime) -> None:
     assert runtime.call("CHECK", ns, conf, args)[0] == 0
     code, out, _ = runtime.call("CHECK", ns, {**conf, "cniVersion": "0.3.1"}, args)
     assert code != 0 and out["code"] == spec.INCOMPATIBLE_VERSION  # CHECK came with 0.4.0
+
+
+def test_dns_capture_per_pod_and_per_node(runtime: Runtime, tmp_path: Path) -> None:
+    ns = runtime.lab.namespace()  # lo only: IPv4 rules alone
+    # the pod's annotations: every DNS query, UDP and TCP, to its own port
+    args = "K8S_POD_NAMESPACE=web;kuma.io/builtin-dns=enabled;kuma.io/builtin-dns-port=16053"
+    assert runtime.call("ADD", ns, runtime.conf(), args)[:2] == (0, PREV_1_0)
+    saved = runtime.saved(ns)
+    for proto in ("udp", "tcp"):
+        assert f"-A OUTPUT -p {proto} -m {proto} --dport 53 -m owner --uid-owner 5678 " in saved
+        everything = f"-A OUTPUT -p {proto} -m {proto} --dport 53 -m comment"  # no -d: every address
+        assert f'{everything} --comment "kuma/mesh/transparent/proxy/redirect all' in saved
+    assert saved.count("-j REDIRECT --to-ports 16053") == 2 and "CT --zone 2" in saved
+    assert runtime.call("CHECK", ns, runtime.conf(), args)[0] == 0
+    assert runtime.call("CHECK", ns, runtime.conf(), "K8S_POD_NAMESPACE=web")[0] != 0  # without DNS: differs
+    assert runtime.call("DEL", ns, runtime.conf(), args)[:2] == (0, None)
+    # the node's config: only queries to the nameservers of the node file it names
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 10.96.0.10\n")
+    dns = {"enabled": True, "resolvConfigPath": str(resolv_conf)}
+    node = runtime.conf(transparent_proxy={"redirect": {"dns": dns}})
+    assert runtime.call("ADD", ns, node)[:2] == (0, PREV_1_0)
+    saved = runtime.saved(ns)
+    assert "-A OUTPUT -d 10.96.0.10/32 -p udp -m udp --dport 53 " in saved
+    assert "-A OUTPUT -d 10.96.0.10/32 -p tcp -m tcp --dport 53 " in saved and "redirect all" not in saved
+    assert runtime.call("CHECK", ns, node)[0] == 0
+    # a node file without nameserver: a config error before the pod is touched
+    before = _rules(runtime.saved(ns))
+    resolv_conf.write_text("search example.org\n")
+    code, out, _ = runtime.call("ADD", ns, node)
+    assert code != 0 and out["code"] == spec.INVALID_CONFIG
+    assert str(resolv_conf) in out["msg"] and "--redirect-all-dns-traffic" in out["msg"]
+    assert _rules(runtime.saved(ns)) == before
+    assert runtime.call("DEL", ns, node)[:2] == (0, None)  # DEL does not need the file
+    assert "KUMA_MESH" not in runtime.saved(ns)
+
+
+def _rules(saved: str) -> list[str]:
+    return [line for line in saved.splitlines() if not line.startswith("#")]
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def test_dns_capture_sends_the_apps_queries_to_the_dns_proxy(world: World) -> No
     start_udp_servers(world.lab, world.peer, "resolver:0.0.0.0:53")
     # as Kuma's DNS proxy: on 127.0.0.1 (where REDIRECT sends it), running as the proxy user
     start_udp_servers(world.lab, world.app, f"uid={PROXY_UID}", "dns-proxy:127.0.0.1:15053")
-    world.install(config(redirect_dns=True))
+    world.install(config(dns_capture_all=True))
     assert ask_udp(world.lab, world.app, PEER_V4, 53, uid=APP_UID) == "dns-proxy"
     # the DNS proxy itself (the proxy UID) reaches the real resolver
     assert ask_udp(world.lab, world.app, PEER_V4, 53, uid=PROXY_UID) == "resolver"
@@ -128,15 +128,23 @@ def test_uninstall_restores_the_tables_and_double_install_is_idempotent(world: W
     # a host that already has rules of its own, in every table we touch
     for tool in (world.backend.tool(False, ""), world.backend.tool(True, "")):
         world.lab.run(
-            world.app, [tool, "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "ACCEPT"], check=True
+            world.app,
+            [tool, "-w", "10", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "ACCEPT"],
+            check=True,
         )
-        world.lab.run(world.app, [tool, "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "ACCEPT"], check=True)
+        world.lab.run(
+            world.app,
+            [tool, "-w", "10", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "ACCEPT"],
+            check=True,
+        )
         for table in ("raw", "mangle"):
             world.lab.run(
-                world.app, [tool, "-t", table, "-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"], check=True
+                world.app,
+                [tool, "-w", "10", "-t", table, "-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"],
+                check=True,
             )
     before = world.save()
-    full = config(exclude_outbound_ips="10.9.9.9,fd00::9", redirect_dns=True, drop_invalid_packets=True)
+    full = config(exclude_outbound_ips="10.9.9.9,fd00::9", dns_capture_all=True, drop_invalid_packets=True)
     world.install(full)
     once = world.save()
     world.install(full)
@@ -152,7 +160,7 @@ def test_uninstall_restores_the_tables_and_double_install_is_idempotent(world: W
 
 def test_uninstall_in_a_fresh_namespace_leaves_it_as_found(world: World) -> None:
     before = world.save()
-    world.install(config(redirect_dns=True))
+    world.install(config(dns_capture_all=True))
     world.uninstall()
     after = world.save()
     if world.backend.name == "legacy":  # the kernel keeps a legacy table once used; it stays empty
@@ -196,10 +204,18 @@ def test_a_failing_ipv6_step_rolls_back_ipv4(world: World, tmp_path) -> None:
 def test_detection_follows_the_backend_that_holds_rules(world: World) -> None:
     lab, ns = world.lab, world.app
     assert lab.call(ns, backend.detect) == Backend(backend.DEFAULT)
-    lab.run(ns, [world.backend.tool(False, ""), "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"], check=True)
+    lab.run(
+        ns,
+        [world.backend.tool(False, ""), "-w", "10", "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"],
+        check=True,
+    )
     assert lab.call(ns, backend.detect) == world.backend
     other = "nft" if world.backend.name == "legacy" else "legacy"
-    lab.run(ns, [Backend(other).tool(False, ""), "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"], check=True)
+    lab.run(
+        ns,
+        [Backend(other).tool(False, ""), "-w", "10", "-t", "nat", "-A", "OUTPUT", "-j", "ACCEPT"],
+        check=True,
+    )
     warnings: list[str] = []
     assert lab.call(ns, _detect_with_warnings, warnings) == (Backend("nft"), True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,9 @@ OPTION_SETS: dict[str, dict[str, object]] = {
         "exclude_outbound_ips": "192.168.1.1,fd00::1",
     },
     "uids": {"exclude_outbound_ports_for_uids": ("tcp:22,80-90:0,1000-2000", "udp:*:33")},
-    "dns": {"redirect_dns": True},
+    "dns": {"redirect_dns": True},  # only queries to the nameservers of the resolv.conf
+    "dns-all": {"dns_capture_all": True},
+    "dns-all-no-ct-zones": {"dns_capture_all": True, "skip_dns_conntrack_zone_split": True},
     "full": {
         "inbound_port": "16006",
         "outbound_port": "16001",
@@ -56,6 +59,11 @@ OPTION_SETS: dict[str, dict[str, object]] = {
 }
 
 
+# What a resolv.conf lists (`--redirect-dns` reads it at install time): a remote and a local resolver
+# (systemd-resolved's stub) for IPv4, one for IPv6.
+NAMESERVERS = ("10.96.0.10", "127.0.0.53", "fd00:10:96::a")
+
+
 def config_of(options: dict[str, object]) -> TProxyConfig:
     return build_config({"proxy_uid": (c.DEFAULT_PROXY_UID, "test")}, flag_layer(options))
 
@@ -63,7 +71,7 @@ def config_of(options: dict[str, object]) -> TProxyConfig:
 @pytest.mark.parametrize("family", [IPV4, IPV6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("case", sorted(OPTION_SETS))
 def test_rules_match_golden_file(case: str, family) -> None:
-    text = render(build(config_of(OPTION_SETS[case]), family))
+    text = render(build(config_of(OPTION_SETS[case]), family, NAMESERVERS))
     path = GOLDEN / f"{case}.{'ipv6' if family.ipv6 else 'ipv4'}.rules"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(text)
@@ -107,14 +115,21 @@ configs = st.builds(
     exclude_outbound_ips=st.lists(nets, max_size=4).map(tuple),
     exclude_outbound_ports_for_uids=st.lists(uid_exclusions, max_size=3).map(tuple),
     redirect_dns=st.booleans(),
+    dns_capture_all=st.booleans(),
+    skip_dns_conntrack_zone_split=st.booleans(),
     drop_invalid_packets=st.booleans(),
 )
+addresses = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
 
 
 @settings(max_examples=150, deadline=None)
-@given(config=configs, ipv6=st.booleans())
-def test_every_rule_stays_in_our_chains_and_exclusions_come_first(config: TProxyConfig, ipv6: bool) -> None:
-    for table in build(config, IPV6 if ipv6 else IPV4):
+@given(config=configs, ipv6=st.booleans(), nameservers=st.lists(addresses, max_size=4))
+def test_every_rule_stays_in_our_chains_and_exclusions_come_first(
+    config: TProxyConfig, ipv6: bool, nameservers: list[str]
+) -> None:
+    tables = build(config, IPV6 if ipv6 else IPV4, nameservers)
+    _dns_rules_only_where_asked(config, tables, ipv6, nameservers)
+    for table in tables:
         declared = set(table.chains)
         assert all(ch.startswith(c.CHAIN_PREFIX) for ch in declared)
         for rule in table.rules:
@@ -131,6 +146,24 @@ def test_every_rule_stays_in_our_chains_and_exclusions_come_first(config: TProxy
             returns = [i for i, s in enumerate(specs) if "skip" in s and s.endswith("-j RETURN")]
             redirect_all = [i for i in jumps if "TCP traffic to" in specs[i]]
             assert all(r < min(redirect_all) for r in returns if redirect_all), chain
+
+
+def _dns_rules_only_where_asked(config: TProxyConfig, tables, ipv6: bool, nameservers: list[str]) -> None:
+    """The proxy user's DNS is exempt first; then every query, or only those to this family's
+    nameservers; no DNS rule at all without capture or without a nameserver of this family."""
+    output = [r.spec for t in tables if t.table == "nat" for r in t.rules if r.chain == "OUTPUT"]
+    dns = [spec for spec in output if f"--dport {c.DNS_PORT} " in spec]
+    own = [n for n in nameservers if (":" in n) == ipv6]
+    if not config.redirect_dns or not (config.dns_capture_all or own):
+        assert not dns and not [t for t in tables if t.table == "raw"]
+        return
+    assert [f"--uid-owner {config.proxy_uid} " in spec for spec in dns[:2]] == [True, True]
+    redirects = [spec for spec in dns if "-j REDIRECT" in spec]
+    if config.dns_capture_all:
+        assert len(redirects) == 2 and not any(" -d " in f" {spec}" for spec in redirects)
+    else:
+        assert {spec.split()[1] for spec in redirects} == {str(ip_network(n)) for n in own}
+    assert any(t.table == "raw" for t in tables) is not config.skip_dns_conntrack_zone_split
 
 
 def _multiport_slots(spec: str) -> int:
@@ -151,6 +184,7 @@ def test_flags_env_yaml_annotations_build_the_same_config() -> None:
         exclude_outbound_ips=("10.0.0.0/8",),
         exclude_outbound_ports_for_uids=(UidPortExclusion(("tcp",), ((22, 22),), ((0, 0), (1000, 2000))),),
         redirect_dns=True,
+        dns_capture_all=True,
         dns_port=16053,
     )
     flags = flag_layer(
@@ -163,6 +197,7 @@ def test_flags_env_yaml_annotations_build_the_same_config() -> None:
             "exclude_outbound_ips": "10.0.0.0/8",
             "exclude_outbound_ports_for_uids": ("tcp:22:0,1000-2000",),
             "redirect_dns": True,
+            "dns_capture_all": True,
             "dns_port": "16053",
         }
     )
@@ -175,7 +210,7 @@ redirect:
     excludePorts: ["80-90"]
     excludePortsForIPs: [10.0.0.0/8]
     excludePortsForUIDs: ["tcp:22:0,1000-2000"]
-  dns: {enabled: true, port: 16053}
+  dns: {enabled: true, captureAll: true, port: 16053}
 """
     env = {
         "KUMA_TRANSPARENT_PROXY_REDIRECT_INBOUND_PORT": "16006",
@@ -186,6 +221,7 @@ redirect:
         "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_EXCLUDE_PORTS_FOR_IPS": "10.0.0.0/8",
         "KUMA_TRANSPARENT_PROXY_REDIRECT_OUTBOUND_EXCLUDE_PORTS_FOR_UIDS": "tcp:22:0,1000-2000",
         "KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_ENABLED": "true",
+        "KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_CAPTURE_ALL": "true",
         "KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_PORT": "16053",
     }
     annotations = {
@@ -196,7 +232,7 @@ redirect:
         "traffic.kuma.io/exclude-outbound-ports": "80-90",
         "traffic.kuma.io/exclude-outbound-ips": "10.0.0.0/8",
         "traffic.kuma.io/exclude-outbound-ports-for-uids": "tcp:22:0,1000-2000",
-        "kuma.io/builtin-dns": "enabled",
+        "kuma.io/builtin-dns": "enabled",  # Kuma's CNI: every query of the pod (captureAll)
         "kuma.io/builtin-dns-port": "16053",
         "kuma.io/unrelated": "ignored",
     }
@@ -232,6 +268,16 @@ def test_later_layers_win() -> None:
         (flag_layer({"ip_family_mode": "ipv6"}), "--ip-family-mode"),
         (flag_layer({"wait_s": "soon"}), '--wait: invalid value "soon": expected whole seconds'),
         (flag_layer({"redirect_dns": "maybe"}), "--redirect-dns"),
+        (flag_layer({"dns_capture_all": "all"}), '--redirect-all-dns-traffic: invalid value "all"'),
+        (flag_layer({"resolv_config_path": " "}), "--redirect-dns-resolv-config-path: invalid value"),
+        (
+            annotation_layer({"kuma.io/builtin-dns": "sometimes"}),
+            'annotation kuma.io/builtin-dns: invalid value "sometimes"',
+        ),
+        (
+            env_layer({"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_SKIP_CONNTRACK_ZONE_SPLIT": "x"}),
+            "KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_SKIP_CONNTRACK_ZONE_SPLIT",
+        ),
         (
             env_layer({"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_PORT": "0"}),
             "KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_PORT",

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from transparent_proxy import constants as c
-from transparent_proxy import netns
+from transparent_proxy import netns, resolv
 from transparent_proxy.backend import Backend, detect
 from transparent_proxy.config import TProxyConfig
-from transparent_proxy.rules import IPV4, IPV6, Family, TableRules, build, render_table
+from transparent_proxy.rules import IPV4, IPV6, Family, TableRules, build, dns_servers, render_table
 from transparent_proxy.saved import SavedRules, parse_save
 
 Log = Callable[[str], None]
@@ -34,6 +34,7 @@ class TProxyError(RuntimeError):
 class Report:
     backend: Backend
     texts: dict[str, str] = field(default_factory=dict)  # family name → the restore input
+    nameservers: tuple[str, ...] = ()  # the resolv.conf's, when `--redirect-dns` captures only those
     changed: list[str] = field(default_factory=list)  # families actually written
     elapsed_s: float = 0.0
 
@@ -112,6 +113,39 @@ def wanted_families(config: TProxyConfig, ipv6: bool | None = None) -> list[Fami
     return [IPV4, IPV6] if with_v6 else [IPV4]
 
 
+def nameservers_for(
+    config: TProxyConfig, families: Sequence[Family], given: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The nameservers whose queries `--redirect-dns` redirects: `given`, or those of the config's
+    resolv.conf (read now). Nothing to read without DNS capture or with captureAll. TProxyError, before
+    anything is changed, when the file cannot be read or lists no nameserver of `families`."""
+    if not config.redirect_dns or config.dns_capture_all:
+        return ()
+    path = config.resolv_config_path
+    try:
+        servers = tuple(given) if given is not None else resolv.read_nameservers(path)
+    except resolv.ResolvConfError as exc:
+        raise TProxyError(str(exc)) from None
+    if not any(dns_servers(config, fam, servers) for fam in families):
+        names = " or ".join(fam.name for fam in families)
+        raise TProxyError(
+            f"--redirect-dns: {path} lists no {names} nameserver (it lists {', '.join(servers) or 'none'}), "
+            f"so there are no DNS queries to redirect; {resolv.OTHER_FILE_HINT}, {resolv.CAPTURE_ALL_HINT}"
+        )
+    return servers
+
+
+def dns_summary(config: TProxyConfig, report: Report) -> str | None:
+    """One line on what DNS capture catches (for the CLIs), or None when it is off."""
+    if not config.redirect_dns:
+        return None
+    to = "any address"
+    if not config.dns_capture_all:
+        to = f"{', '.join(report.nameservers)} (the nameservers of {config.resolv_config_path})"
+    who = f"every user but UID {config.proxy_uid}"
+    return f"queries (UDP/TCP 53) to {to}, of {who}, go to port {config.dns_port}"
+
+
 def restore_text(tables: Sequence[TableRules], current: SavedRules) -> str:
     """Removal of whatever we installed before, then the new rules, one block per table."""
     removal = current.removal_lines()
@@ -145,13 +179,20 @@ def verify(tables: Sequence[TableRules], saved: SavedRules) -> list[str]:
     return problems
 
 
-def check(config: TProxyConfig, *, backend: Backend | None = None, ipv6: bool | None = None) -> list[str]:
+def check(
+    config: TProxyConfig,
+    *,
+    backend: Backend | None = None,
+    ipv6: bool | None = None,
+    nameservers: Sequence[str] | None = None,
+) -> list[str]:
     """What differs between the rules `config` builds and this namespace's tables; changes nothing."""
-    backend = backend or detect()
     families = wanted_families(config, ipv6)
+    servers = nameservers_for(config, families, nameservers)
+    backend = backend or detect()
     problems: list[str] = []
     for fam in (IPV4, IPV6):
-        plan = build(config, fam) if fam in families else ()
+        plan = build(config, fam, servers) if fam in families else ()
         saved = save(backend, fam, missing_ok=fam not in families)
         problems += [f"{fam.name}: {p}" for p in verify(plan, saved)]
     return problems
@@ -166,19 +207,25 @@ def install(
     backend: Backend | None = None,
     ipv6: bool | None = None,
     dry_run: bool = False,
+    nameservers: Sequence[str] | None = None,
     log: Log = _quiet,
 ) -> Report:
+    """Replace any earlier install with the rules of `config`, all or nothing. `ipv6` / `nameservers`
+    stand in for what the namespace has / the resolv.conf lists (None: look now)."""
     started = time.perf_counter()
-    backend = backend or detect(warn=log)
     families = wanted_families(config, ipv6)
-    report = Report(backend)
+    servers = nameservers_for(config, families, nameservers)  # a bad resolv.conf stops us here
+    backend = backend or detect(warn=log)
+    report = Report(backend, nameservers=servers)
+    if servers:
+        log(f"DNS: redirecting queries for {', '.join(servers)} (from {config.resolv_config_path})")
     snapshots: dict[Family, SavedRules] = {}
     plans: dict[Family, tuple[TableRules, ...]] = {}
     for fam in (IPV4, IPV6):
         wanted = fam in families
         # A dry run may run without root, where iptables-save cannot read the tables.
         snapshots[fam] = save(backend, fam, missing_ok=dry_run or not wanted)
-        plans[fam] = build(config, fam) if wanted else ()
+        plans[fam] = build(config, fam, servers) if wanted else ()
         text = restore_text(plans[fam], snapshots[fam])
         if text:
             report.texts[fam.name] = text

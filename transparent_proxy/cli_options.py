@@ -48,9 +48,27 @@ _OPTIONS = [
         help="[proto:]ports:uids reached directly by those UIDs, e.g. tcp:22,80-90:0,1000-2000 (repeatable)",
     ),
     click.option(
-        "--redirect-dns/--no-redirect-dns", default=None, help="send DNS (UDP/TCP 53) to the DNS proxy"
+        "--redirect-dns/--no-redirect-dns",
+        default=None,
+        help="send DNS queries (UDP/TCP 53) addressed to the nameservers of the resolv.conf to the DNS proxy",
+    ),
+    click.option(
+        "--redirect-all-dns-traffic/--no-redirect-all-dns-traffic",
+        default=None,
+        help="send every DNS query (UDP/TCP 53), whatever its address, to the DNS proxy "
+        "(implies --redirect-dns)",
     ),
     click.option("--redirect-dns-port", help=f"DNS proxy port [default: {c.DNS_PROXY_PORT}]"),
+    click.option(
+        "--redirect-dns-resolv-config-path",
+        help=f"the resolv.conf whose nameservers --redirect-dns redirects queries for, read at install "
+        f"[default: {c.DEFAULT_RESOLV_CONFIG_PATH}]",
+    ),
+    click.option(
+        "--skip-dns-conntrack-zone-split/--no-skip-dns-conntrack-zone-split",
+        default=None,
+        help="do not keep the proxy's and the applications' DNS flows in separate conntrack zones",
+    ),
     click.option(
         "--ip-family-mode", help="dualstack (IPv6 too, when the host has IPv6) or ipv4 [default: dualstack]"
     ),
@@ -102,7 +120,10 @@ def _flag_values(p: Mapping[str, Any]) -> dict[str, object | None]:
         "exclude_outbound_ips": ",".join(p.get("exclude_outbound_ips") or ()) or None,
         "exclude_outbound_ports_for_uids": tuple(p.get("exclude_outbound_ports_for_uids") or ()) or None,
         "redirect_dns": p.get("redirect_dns"),
+        "dns_capture_all": p.get("redirect_all_dns_traffic"),
         "dns_port": p.get("redirect_dns_port"),
+        "resolv_config_path": p.get("redirect_dns_resolv_config_path"),
+        "skip_dns_conntrack_zone_split": p.get("skip_dns_conntrack_zone_split"),
         "ip_family_mode": p.get("ip_family_mode"),
         "drop_invalid_packets": p.get("drop_invalid_packets"),
         "wait_s": p.get("wait_s"),

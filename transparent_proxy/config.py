@@ -42,10 +42,17 @@ class TProxyConfig:
     exclude_inbound_ips: tuple[str, ...] = ()  # normalized CIDRs, both families mixed
     exclude_outbound_ips: tuple[str, ...] = ()
     exclude_outbound_ports_for_uids: tuple[UidPortExclusion, ...] = ()
-    redirect_dns: bool = False
+    redirect_dns: bool = False  # Kuma's redirect.dns.enabled: queries to the resolv.conf nameservers
+    dns_capture_all: bool = False  # Kuma's redirect.dns.captureAll: every port-53 query (implies the above)
     dns_port: int = c.DNS_PROXY_PORT
+    resolv_config_path: str = c.DEFAULT_RESOLV_CONFIG_PATH
+    skip_dns_conntrack_zone_split: bool = False
     drop_invalid_packets: bool = False
     wait_s: int = c.XTABLES_WAIT_S
+
+    def __post_init__(self) -> None:
+        if self.dns_capture_all and not self.redirect_dns:  # Kuma: captureAll turns DNS redirection on
+            object.__setattr__(self, "redirect_dns", True)
 
 
 # --- value parsers: text in, typed value out, TProxyConfigError naming `where` otherwise -------------
@@ -139,6 +146,13 @@ def parse_ip_family_mode(value: object, where: str) -> str:
     text = str(value).strip().lower()
     if text not in c.IP_FAMILY_MODES:
         raise _bad(where, value, f"expected one of {', '.join(c.IP_FAMILY_MODES)}")
+    return text
+
+
+def parse_path(value: object, where: str) -> str:
+    text = str(value).strip()
+    if not text or "\0" in text:
+        raise _bad(where, value, "expected a file path")
     return text
 
 

@@ -8,6 +8,9 @@ REDIRECT_PORT_INBOUND = defaults.REDIRECT_PORT_INBOUND
 REDIRECT_PORT_OUTBOUND = defaults.REDIRECT_PORT_OUTBOUND
 DNS_PROXY_PORT = defaults.DNS_PROXY_PORT
 DNS_PORT = 53
+# Kuma's `redirect.dns.resolvConfigPath`: `--redirect-dns` (without capturing everything) redirects
+# only the queries addressed to the nameservers listed here, read at install time.
+DEFAULT_RESOLV_CONFIG_PATH = "/etc/resolv.conf"
 
 DEFAULT_PROXY_USER = "kuma-dp"
 DEFAULT_PROXY_UID = 5678

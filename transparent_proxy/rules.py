@@ -96,7 +96,7 @@ def _multiport_groups(ports: Sequence[PortRange]) -> list[str]:
 # --- nat ----------------------------------------------------------------------------------------------
 
 
-def _output_top(config: TProxyConfig, fam: Family) -> list[Rule]:
+def _output_top(config: TProxyConfig, fam: Family, nameservers: Sequence[str]) -> list[Rule]:
     """RETURN rules ahead of everything in OUTPUT: excluded IPs, per-UID ports, DNS capture."""
     rules = [
         _r("OUTPUT", f"-d {ip}", f"skip outbound traffic to excluded address {ip}", "RETURN", True)
@@ -114,24 +114,50 @@ def _output_top(config: TProxyConfig, fam: Family) -> list[Rule]:
                     rules.append(
                         _r("OUTPUT", f"-p {proto} {ports} {owner}".replace("  ", " "), what, "RETURN", True)
                     )
-    if config.redirect_dns:
-        uid = config.proxy_uid
-        rules += [
-            _r(
-                "OUTPUT",
-                f"-p udp -m udp --dport {c.DNS_PORT} -m owner --uid-owner {uid}",
-                f"skip DNS queries of the proxy user (UID {uid})",
-                "RETURN",
-                True,
-            ),
-            _r(
-                "OUTPUT",
-                f"-p udp -m udp --dport {c.DNS_PORT}",
-                f"redirect DNS queries to the DNS proxy on port {config.dns_port}",
-                f"REDIRECT --to-ports {config.dns_port}",
-                True,
-            ),
-        ]
+    return rules + _dns_redirects(config, fam, nameservers)
+
+
+def dns_servers(config: TProxyConfig, fam: Family, nameservers: Sequence[str]) -> list[str] | None:
+    """Where this family's DNS capture applies: None = no capture, [] = every address (captureAll),
+    else the resolv.conf nameservers of this family (none of them: no capture in this family)."""
+    if not config.redirect_dns:
+        return None
+    if config.dns_capture_all:
+        return []
+    return fam.own(nameservers) or None
+
+
+def _dns_redirects(config: TProxyConfig, fam: Family, nameservers: Sequence[str]) -> list[Rule]:
+    """The proxy user's own queries go out untouched (they are the DNS proxy's forwards to the real
+    resolvers, a local one included); the others', UDP and TCP, go to the DNS proxy: all of them, or
+    only those addressed to a nameserver."""
+    servers = dns_servers(config, fam, nameservers)
+    if servers is None:
+        return []
+    uid, dns, port = config.proxy_uid, c.DNS_PORT, config.dns_port
+    rules = [
+        _r(
+            "OUTPUT",
+            f"-p {proto} -m {proto} --dport {dns} -m owner --uid-owner {uid}",
+            f"skip {proto.upper()} DNS queries of the proxy user (UID {uid})",
+            "RETURN",
+            True,
+        )
+        for proto in ("udp", "tcp")
+    ]
+    for server in servers or [""]:
+        dest = f"-d {server} " if server else ""
+        for proto in ("udp", "tcp"):
+            what = f"{proto.upper()} DNS queries for the nameserver {server}" if server else None
+            rules.append(
+                _r(
+                    "OUTPUT",
+                    f"{dest}-p {proto} -m {proto} --dport {dns}",
+                    f"redirect {what or f'all {proto.upper()} DNS queries'} to the DNS proxy on port {port}",
+                    f"REDIRECT --to-ports {port}",
+                    True,
+                )
+            )
     return rules
 
 
@@ -158,8 +184,6 @@ def _inbound_chain(config: TProxyConfig, fam: Family) -> list[Rule]:
 
 def _outbound_chain(config: TProxyConfig, fam: Family) -> list[Rule]:
     chain, uid, lo = c.CHAIN_OUTBOUND, config.proxy_uid, c.LOOPBACK_INTERFACE
-    # With DNS capture on, TCP DNS to a local resolver must still reach the DNS rule below.
-    not_dns = f" -m tcp ! --dport {c.DNS_PORT}" if config.redirect_dns else ""
     rules = [
         _r(
             chain,
@@ -178,13 +202,13 @@ def _outbound_chain(config: TProxyConfig, fam: Family) -> list[Rule]:
         ),
         _r(
             chain,
-            f"! -d {fam.localhost} -o {lo} -p tcp{not_dns} -m owner --uid-owner {uid}",
+            f"! -d {fam.localhost} -o {lo} -p tcp -m owner --uid-owner {uid}",
             f"send traffic of the proxy user (UID {uid}) to local addresses through the inbound listener",
             c.CHAIN_INBOUND_REDIRECT,
         ),
         _r(
             chain,
-            f"-o {lo} -p tcp{not_dns} -m owner ! --uid-owner {uid}",
+            f"-o {lo} -p tcp -m owner ! --uid-owner {uid}",
             f"skip local traffic of other users than the proxy (UID {uid})",
             "RETURN",
         ),
@@ -195,15 +219,6 @@ def _outbound_chain(config: TProxyConfig, fam: Family) -> list[Rule]:
             "RETURN",
         ),
     ]
-    if config.redirect_dns:
-        rules.append(
-            _r(
-                chain,
-                f"-p tcp -m tcp --dport {c.DNS_PORT}",
-                f"redirect DNS over TCP to the DNS proxy on port {config.dns_port}",
-                f"REDIRECT --to-ports {config.dns_port}",
-            )
-        )
     rules += [
         _r(chain, f"-d {fam.localhost}", "skip traffic to localhost", "RETURN"),
         _r(chain, "", "redirect outbound TCP traffic to the outbound listener", c.CHAIN_OUTBOUND_REDIRECT),
@@ -211,11 +226,11 @@ def _outbound_chain(config: TProxyConfig, fam: Family) -> list[Rule]:
     return rules
 
 
-def nat_table(config: TProxyConfig, fam: Family) -> TableRules:
+def nat_table(config: TProxyConfig, fam: Family, nameservers: Sequence[str] = ()) -> TableRules:
     inbound, outbound = config.inbound_port, config.outbound_port
     rules = [
         _r("PREROUTING", "-p tcp", f"send inbound TCP traffic to {c.CHAIN_INBOUND}", c.CHAIN_INBOUND),
-        *_output_top(config, fam),
+        *_output_top(config, fam, nameservers),
         _r("OUTPUT", "-p tcp", f"send outbound TCP traffic to {c.CHAIN_OUTBOUND}", c.CHAIN_OUTBOUND),
         *_inbound_chain(config, fam),
         *_outbound_chain(config, fam),
@@ -239,15 +254,12 @@ def nat_table(config: TProxyConfig, fam: Family) -> TableRules:
 # --- raw (DNS conntrack zones) and mangle (invalid packets) ---------------------------------------------
 
 
-def raw_table(config: TProxyConfig) -> TableRules:
+def raw_table(config: TProxyConfig, fam: Family, servers: Sequence[str]) -> TableRules:
+    """Conntrack zones (Kuma's split): the proxy user's queries and the answers to them in zone 1,
+    the application's queries and the DNS proxy's answers to them in zone 2, so the two flows of one
+    lookup never share a conntrack entry. `servers`: as `dns_servers` ([] = every address)."""
     uid, dns, zp, za = config.proxy_uid, c.DNS_PORT, c.DNS_CT_ZONE_PROXY, c.DNS_CT_ZONE_APP
-    rules = (
-        _r(
-            "PREROUTING",
-            f"-p udp -m udp --sport {dns}",
-            f"conntrack zone {zp} for DNS responses",
-            f"CT --zone {zp}",
-        ),
+    output = [
         _r(
             "OUTPUT",
             f"-p udp -m udp --dport {dns} -m owner --uid-owner {uid}",
@@ -260,14 +272,38 @@ def raw_table(config: TProxyConfig) -> TableRules:
             f"conntrack zone {za} for answers of the DNS proxy",
             f"CT --zone {za}",
         ),
-        _r(
-            "OUTPUT",
-            f"-p udp -m udp --dport {dns}",
-            f"conntrack zone {za} for DNS queries of the application",
-            f"CT --zone {za}",
-        ),
-    )
-    return TableRules("raw", (), rules)
+    ]
+    prerouting = []
+    for server in servers or [""]:
+        dest, src = (f"-d {server} ", f"-s {server} ") if server else ("", "")
+        of, to = (f" of {server}", f" to {server}") if server else ("", "")
+        output.append(
+            _r(
+                "OUTPUT",
+                f"{dest}-p udp -m udp --dport {dns}",
+                f"conntrack zone {za} for DNS queries of the application{to}",
+                f"CT --zone {za}",
+            )
+        )
+        if server and ipaddress.ip_network(server).network_address.is_loopback:
+            # A local resolver answers through OUTPUT, where no rule above knows its answers.
+            output.append(
+                _r(
+                    "OUTPUT",
+                    f"-s {server} -d {fam.localhost} -p udp",
+                    f"conntrack zone {zp} for DNS responses of the local resolver {server}",
+                    f"CT --zone {zp}",
+                )
+            )
+        prerouting.append(
+            _r(
+                "PREROUTING",
+                f"{src}-p udp -m udp --sport {dns}",
+                f"conntrack zone {zp} for DNS responses{of}",
+                f"CT --zone {zp}",
+            )
+        )
+    return TableRules("raw", (), (*prerouting, *output))
 
 
 def mangle_table() -> TableRules:
@@ -275,11 +311,13 @@ def mangle_table() -> TableRules:
     return TableRules("mangle", (), (rule,))
 
 
-def build(config: TProxyConfig, fam: Family) -> tuple[TableRules, ...]:
-    """Every table the config needs for one IP family, in a stable order."""
-    tables = [nat_table(config, fam)]
-    if config.redirect_dns:
-        tables.append(raw_table(config))
+def build(config: TProxyConfig, fam: Family, nameservers: Sequence[str] = ()) -> tuple[TableRules, ...]:
+    """Every table the config needs for one IP family, in a stable order. `nameservers`: the
+    resolv.conf's, both families mixed (used by `--redirect-dns` without capturing everything)."""
+    tables = [nat_table(config, fam, nameservers)]
+    servers = dns_servers(config, fam, nameservers)
+    if servers is not None and not config.skip_dns_conntrack_zone_split:
+        tables.append(raw_table(config, fam, servers))
     if config.drop_invalid_packets:
         tables.append(mangle_table())
     return tuple(tables)

@@ -114,6 +114,16 @@ FIELDS: tuple[Field, ...] = (
         _dns_switch,
         "kuma.io/builtin-dns",
     ),
+    # Kuma's CNI and injector read `kuma.io/builtin-dns` as "capture every query" (a pod's resolv.conf
+    # is not visible to the node), so the annotation sets both switches, `disabled` turning both off.
+    Field(
+        "dns_capture_all",
+        "--redirect-all-dns-traffic",
+        "redirect.dns.captureAll",
+        "REDIRECT_DNS_CAPTURE_ALL",
+        cfg.parse_bool,
+        "kuma.io/builtin-dns",
+    ),
     Field(
         "dns_port",
         "--redirect-dns-port",
@@ -121,6 +131,20 @@ FIELDS: tuple[Field, ...] = (
         "REDIRECT_DNS_PORT",
         cfg.parse_port,
         "kuma.io/builtin-dns-port",
+    ),
+    Field(  # Kuma has the key and the variable; the flag is ours, named like --redirect-dns-port
+        "resolv_config_path",
+        "--redirect-dns-resolv-config-path",
+        "redirect.dns.resolvConfigPath",
+        "REDIRECT_DNS_RESOLV_CONFIG_PATH",
+        cfg.parse_path,
+    ),
+    Field(
+        "skip_dns_conntrack_zone_split",
+        "--skip-dns-conntrack-zone-split",
+        "redirect.dns.skipConntrackZoneSplit",
+        "REDIRECT_DNS_SKIP_CONNTRACK_ZONE_SPLIT",
+        cfg.parse_bool,
     ),
     Field(
         "drop_invalid_packets",

@@ -113,6 +113,19 @@ def _enter(netns: str) -> None:
         ) from None
 
 
+def _nameservers(config: Any) -> tuple[str, ...] | None:
+    """`--redirect-dns` without captureAll: the nameservers of the node's resolv.conf file named by
+    `redirect.dns.resolvConfigPath`, read before the pod is touched (None: not needed)."""
+    from transparent_proxy import resolv  # noqa: PLC0415
+
+    if not config.redirect_dns or config.dns_capture_all:
+        return None
+    try:
+        return resolv.read_nameservers(config.resolv_config_path)
+    except resolv.ResolvConfError as exc:
+        raise CniError(spec.INVALID_CONFIG, str(exc)) from None
+
+
 def _not_applied(verb: str, exc: Exception) -> CniError:
     return CniError(spec.RULES_NOT_APPLIED, f"could not {verb} the transparent-proxy rules", str(exc))
 
@@ -127,9 +140,10 @@ def add(conf: Mapping[str, Any], environ: Mapping[str, str], log: Log) -> dict[s
         log(f"not in the mesh ({skipped}): passed through untouched")
         return result
     config = settings.tproxy_config(conf, overrides)  # every input checked before any change
+    nameservers = _nameservers(config)
     _enter(environ["CNI_NETNS"])
     try:
-        report = apply.install(config, log=log)
+        report = apply.install(config, nameservers=nameservers, log=log)
     except apply.TProxyError as exc:
         raise _not_applied("install", exc) from None
     log(f"rules installed ({', '.join(report.changed) or 'unchanged'}) in {report.elapsed_s * 1000:.0f} ms")
@@ -171,9 +185,10 @@ def check(conf: Mapping[str, Any], environ: Mapping[str, str], log: Log) -> None
         log(f"not in the mesh ({skipped}): nothing to check")
         return None
     config = settings.tproxy_config(conf, overrides)
+    nameservers = _nameservers(config)
     _enter(environ["CNI_NETNS"])
     try:
-        problems = apply.check(config)
+        problems = apply.check(config, nameservers=nameservers)
     except apply.TProxyError as exc:
         raise CniError(spec.RULES_NOT_IN_PLACE, "could not read the firewall rules", str(exc)) from None
     if problems:

@@ -23,7 +23,9 @@ def _log(verbose: bool) -> Log:
     return (lambda msg: click.echo(f"# {msg}", err=True)) if verbose else (lambda _msg: None)
 
 
-def _print_dry_run(report: Report) -> None:
+def _print_dry_run(report: Report, dns: str | None = None) -> None:
+    if dns:
+        click.echo(f"# DNS: {dns}")
     for family, text in report.texts.items():
         click.echo(f"# {family}: {report.backend.tool(family == 'IPv6', 'restore')} --noflush")
         click.echo(text, nl=False)
@@ -37,7 +39,9 @@ def install_transparent_proxy(**params: Any) -> None:
     """Redirect this host's TCP traffic through the proxy (iptables; needs root).
 
     Inbound TCP goes to the inbound listener (15006), outbound TCP of every user but the proxy's
-    to the outbound listener (15001); exclusions go direct. Install twice = install once.
+    to the outbound listener (15001); exclusions go direct. With --redirect-dns, DNS queries to the
+    nameservers of /etc/resolv.conf (with --redirect-all-dns-traffic: every DNS query) of every user
+    but the proxy's go to the DNS proxy (15053). Install twice = install once.
     """
     from transparent_proxy import apply
 
@@ -48,13 +52,16 @@ def install_transparent_proxy(**params: Any) -> None:
         report = apply.install(config, dry_run=params["dry_run"], log=_log(params["verbose"]))
     except apply.TProxyError as exc:
         raise click.ClickException(str(exc)) from None
+    dns = apply.dns_summary(config, report)
     if params["dry_run"]:
-        _print_dry_run(report)
+        _print_dry_run(report, dns)
         return
     click.echo(
         f"transparent proxy installed ({', '.join(report.changed)}; iptables {report.backend.name}; "
         f"inbound {config.inbound_port}, outbound {config.outbound_port}, proxy UID {config.proxy_uid})"
     )
+    if dns:
+        click.echo(f"DNS: {dns}")
 
 
 @click.command("transparent-proxy")

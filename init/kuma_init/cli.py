@@ -44,12 +44,17 @@ def main(skip_validation: bool, validation_timeout: float, **params: Any) -> Non
         report = apply.install(config, dry_run=params["dry_run"], log=log)
     except TProxyError as exc:
         raise click.ClickException(f"could not install the transparent proxy: {exc}") from None
+    dns = apply.dns_summary(config, report)
     if params["dry_run"]:
+        if dns:
+            click.echo(f"# DNS: {dns}")
         for family, text in report.texts.items():
             click.echo(f"# {family}\n{text}", nl=False)
         return
     families = ", ".join(report.changed)
     _say(f"rules installed ({families}, iptables {report.backend.name}) in {report.elapsed_s * 1000:.0f} ms")
+    if dns:
+        _say(f"DNS: {dns}")
     if skip_validation:
         return
     outbound = validate.outbound_probe_for(config)
