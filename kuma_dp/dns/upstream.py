@@ -89,9 +89,19 @@ class Forwarder:
         return full if len(full) <= query.max_udp else answer
 
     async def _tcp(self, upstream: Upstream, query: Forward) -> bytes:
-        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
-        port = writer.get_extra_info("sockname")[1]
-        self.local_ports.add(port)
+        sock = socket.socket(upstream.family, socket.SOCK_STREAM)
+        port = -1
+        try:
+            sock.setblocking(False)
+            sock.bind(("::" if upstream.family == socket.AF_INET6 else "0.0.0.0", 0))
+            port = sock.getsockname()[1]  # known before connecting: the server may see it arrive first
+            self.local_ports.add(port)
+            await asyncio.get_running_loop().sock_connect(sock, (upstream.host, upstream.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            self.local_ports.discard(port)
+            sock.close()
+            raise
         try:
             writer.write(struct.pack("!H", len(query.wire)) + query.wire)
             await writer.drain()
