@@ -6,13 +6,11 @@ which another agent on this machine may hold."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dns.message
 import dns.query
@@ -22,8 +20,8 @@ import psutil
 from labkit.ports import free_port
 from labkit.waiting import wait_until
 from tests.support.agent_process import Agent, app, cp, pki, start_agent
-from tests.support.dns_lab import records_body, records_listener
-from tests.support.fake_control_plane import FakeControlPlane, static_bootstrap
+from tests.support.dns_lab import bootstrap_with_records
+from tests.support.fake_control_plane import FakeControlPlane
 
 __all__ = ["app", "cp", "pki", "start_agent"]  # fixtures
 
@@ -40,16 +38,6 @@ networking:
   transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}
 """
 RECORDS = {"backend.mesh": ["240.0.0.3"], "my.service.mesh": ["240.0.0.4"]}
-
-
-def with_records(cp: FakeControlPlane) -> Callable[[dict[str, Any]], str]:
-    def bootstrap(body: dict[str, Any]) -> str:
-        document = json.loads(static_bootstrap(cp.listener_port, cp.app_port, cp.admin_port))
-        sock = Path(body["workdir"]) / "kuma-dns.sock"
-        document["static_resources"]["listeners"].append(records_listener(sock, records_body(RECORDS), "r1"))
-        return json.dumps(document)
-
-    return bootstrap
 
 
 def ask(port: int, name: str, tcp: bool = False) -> dns.message.Message:
@@ -73,7 +61,7 @@ def dns_port_free(port: int) -> bool:
 def test_agent_answers_mesh_names_from_envoy(
     start_agent: StartAgent, cp: FakeControlPlane, tmp_path: Path
 ) -> None:
-    cp.bootstrap_override = with_records(cp)
+    cp.bootstrap_override = bootstrap_with_records(cp, RECORDS)
     dp_file = tmp_path / "dp.yaml"
     dp_file.write_text(TRANSPARENT)
     port = free_port()

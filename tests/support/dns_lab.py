@@ -16,11 +16,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kuma_common.dp_contract import DNS_RECORDS_SOCKET
 from labkit.ports import free_port
 from labkit.waiting import wait_until
+
+if TYPE_CHECKING:  # not imported at run time: the server process (`serve`) does without uvicorn & co
+    from tests.support.fake_control_plane import FakeControlPlane
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 DNSMASQ_HOSTS = {
@@ -47,6 +52,7 @@ class Dnsmasq:
         self.binary = require_dnsmasq()
         self.hosts_file = tmp / "dnsmasq.hosts"
         entries = hosts or DNSMASQ_HOSTS
+        self.probe_name = next(iter(entries))
         self.hosts_file.write_text("".join(f"{ip} {name}\n" for name, ips in entries.items() for ip in ips))
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -71,7 +77,7 @@ class Dnsmasq:
         import dns.message  # noqa: PLC0415
         import dns.query  # noqa: PLC0415
 
-        answer = dns.query.udp(dns.message.make_query("example.test", "A"), "127.0.0.1", 0.5, self.port)
+        answer = dns.query.udp(dns.message.make_query(self.probe_name, "A"), "127.0.0.1", 0.5, self.port)
         return bool(answer.answer)
 
     def stop(self) -> None:
@@ -150,6 +156,23 @@ def records_listener(socket_path: Path, body: str, etag: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def bootstrap_with_records(
+    cp: FakeControlPlane, records: dict[str, list[str]]
+) -> Callable[[dict[str, Any]], str]:
+    """For `FakeControlPlane.bootstrap_override`: its static bootstrap plus the records listener on
+    `<the agent's workdir>/kuma-dns.sock`, as the control plane will send it."""
+
+    from tests.support.fake_control_plane import static_bootstrap  # noqa: PLC0415
+
+    def bootstrap(body: dict[str, Any]) -> str:
+        document = json.loads(static_bootstrap(cp.listener_port, cp.app_port, cp.admin_port))
+        sock = Path(body["workdir"]) / DNS_RECORDS_SOCKET
+        document["static_resources"]["listeners"].append(records_listener(sock, records_body(records), "r1"))
+        return json.dumps(document)
+
+    return bootstrap
 
 
 class RecordsEnvoy:
