@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kuma_dp.config import RunFlags, build_run_config
-from kuma_dp.dns.answers import Drop, Forward, Reply, handle, matches, servfail_for
+from kuma_dp.dns.answers import AnswerCache, Drop, Forward, Reply, handle, matches, servfail_for
 from kuma_dp.dns.component import dns_wanted, is_transparent
 from kuma_dp.dns.records import Records, RecordsError, parse_records
 from kuma_dp.dns.resolv import Upstream, parse_resolv_conf
@@ -315,3 +315,26 @@ def test_dns_runs_for_transparent_dataplanes_only() -> None:
     assert not dns_wanted(build_run_config(RunFlags(), {}, plain))
     assert not dns_wanted(build_run_config(RunFlags(), {"KUMA_DNS_ENABLED": "false"}, transparent))
     assert not dns_wanted(build_run_config(RunFlags(name="a"), {}))  # no resource: nothing says transparent
+
+
+def test_answer_cache_puts_the_new_id_in_front_and_stays_bounded() -> None:
+    cache = AnswerCache(size=2)
+    first = dns.message.make_query("backend.mesh", "A")
+    reply = handle(first.to_wire(), RECORDS, True, 30)
+    assert isinstance(reply, Reply)
+    cache.put(first.to_wire(), reply)
+    again = dns.message.make_query("backend.mesh", "A")
+    again.id = (first.id + 1) % 65536
+    hit = dns.message.from_wire(cache.get(again.to_wire()) or b"")
+    assert hit.id == again.id and texts(hit) == ["240.0.0.3"]
+    assert cache.get(dns.message.make_query("BACKEND.mesh", "A").to_wire()) is None  # other bytes
+    bad = handle(first.to_wire()[:-2], RECORDS, True, 30)
+    assert isinstance(bad, Reply) and bad.rcode == dns.rcode.FORMERR
+    cache.put(first.to_wire()[:-2], bad)
+    assert len(cache) == 1  # errors are not kept
+    for name in ("a.mesh", "b.mesh", "c.mesh"):
+        wire = dns.message.make_query(name, "A").to_wire()
+        cache.put(wire, handle(wire, RECORDS, True, 30))  # type: ignore[arg-type]
+    assert len(cache) <= 2
+    cache.clear()
+    assert len(cache) == 0

@@ -185,3 +185,30 @@ def matches(answer: bytes, query: bytes, question: bytes) -> bool:
     if answer[4:6] == b"\0\0":
         return True
     return answer[HEADER_SIZE : HEADER_SIZE + len(question)].lower() == question.lower()
+
+
+class AnswerCache:
+    """Local answers (NOERROR, NXDOMAIN) by the bytes of the query after its id: a repeated query
+    (resolvers ask the same few names again and again) is answered without parsing, its id put in
+    front of the stored answer. Bounded: emptied when full. Empty it when the records change."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._answers: dict[bytes, bytes] = {}
+
+    def get(self, wire: bytes) -> bytes | None:
+        found = self._answers.get(wire[2:])
+        return None if found is None else wire[:2] + found
+
+    def put(self, wire: bytes, reply: Reply) -> None:
+        if reply.rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN) or len(wire) < HEADER_SIZE:
+            return
+        if len(self._answers) >= self.size:
+            self._answers.clear()
+        self._answers[wire[2:]] = reply.wire[2:]
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+    def __len__(self) -> int:
+        return len(self._answers)

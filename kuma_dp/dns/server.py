@@ -24,12 +24,13 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from kuma_dp.dns.answers import Drop, Forward, Reply, handle, servfail_for
+from kuma_dp.dns.answers import AnswerCache, Drop, Forward, Reply, handle, servfail_for
 from kuma_dp.dns.records import Records
 from kuma_dp.dns.upstream import Forwarder
 
 log = logging.getLogger("dns")
 _MAX_MESSAGE = 65535
+_CACHE_SIZE = 1024
 _LOOP_HINT = (
     "a query this agent forwarded came back to it: its DNS is redirected to itself. Run kuma-dp as "
     "the proxy's UID (the one the transparent proxy exempts, 5678 by default)"
@@ -64,7 +65,7 @@ class DnsStats:
     dropped_overload: int = 0  # forwards beyond max_forwards, answers beyond udp_send_limit
     tcp_refused: int = 0  # connections beyond max_tcp
     loops: int = 0  # our own forwarded queries that came back
-    rcodes: dict[int, int] = field(default_factory=dict)
+    rcodes: dict[int, int] = field(default_factory=dict)  # of the answers made (not the cached)
 
 
 class DnsServer:
@@ -88,10 +89,12 @@ class DnsServer:
         self._tasks: asyncio.TaskGroup | None = None
         self._forwards = 0
         self._tcp_open = 0
+        self._cache = AnswerCache(_CACHE_SIZE)  # UDP answers only: TCP ones differ (no truncation)
         self.bound_port = port  # the port taken (the kernel's pick when `port` is 0)
 
     def set_records(self, records: Records) -> None:
         self.records = records
+        self._cache.clear()
 
     @property
     def bound(self) -> list[str]:
@@ -161,6 +164,11 @@ class DnsServer:
         if addr[1] in self.forwarder.local_ports:
             self._loop_detected()
             return
+        cached = self._cache.get(data)
+        if cached is not None:
+            self.stats.answered += 1
+            self._send(transport, cached, addr)
+            return
         outcome = handle(data, self.records, self.ipv6, self.limits.ttl, udp=True)
         if isinstance(outcome, Forward):
             if not self._take_forward_slot():
@@ -170,6 +178,7 @@ class DnsServer:
             return
         self._count(outcome)
         if isinstance(outcome, Reply):
+            self._cache.put(data, outcome)
             self._send(transport, outcome.wire, addr)
 
     async def _forward_udp(self, transport: asyncio.DatagramTransport, query: Forward, addr: tuple) -> None:
