@@ -338,3 +338,19 @@ def test_answer_cache_puts_the_new_id_in_front_and_stays_bounded() -> None:
     assert len(cache) <= 2
     cache.clear()
     assert len(cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--dns-enabled"], True),  # as cobra's bool flags: bare, =false, or a separate value
+        (["--dns-enabled=false"], False),
+        (["--dns-enabled", "false"], False),
+        (["--dns-enabled=0"], False),
+        ([], None),  # not given: KUMA_DNS_ENABLED, else true
+    ],
+)
+def test_dns_enabled_flag_forms(args: list[str], expected: bool | None) -> None:
+    from kuma_dp.cli import run  # noqa: PLC0415
+
+    assert run.make_context("run", [*args, "--name", "x"]).params["dns_enabled"] is expected
