@@ -36,7 +36,8 @@ import sys, dns.message, dns.query
 name, how = sys.argv[1], sys.argv[2]
 send = dns.query.tcp if how == "tcp" else dns.query.udp
 try:
-    answer = send(dns.message.make_query(name, "A"), sys.argv[3], timeout=3, port=53)
+    rdtype = sys.argv[4] if len(sys.argv) > 4 else "A"
+    answer = send(dns.message.make_query(name, rdtype), sys.argv[3], timeout=3, port=53)
 except Exception as exc:
     sys.exit(print("ERROR", type(exc).__name__))
 print(dns.rcode.to_text(answer.rcode()), " ".join(sorted(rd.to_text() for r in answer.answer for rd in r)))
@@ -116,3 +117,24 @@ def _loops_seen(proc: subprocess.Popen[str]) -> dict | None:
 def _stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     proc.wait(10)
+
+
+def test_agent_answers_the_real_control_planes_records() -> None:
+    """The whole chain: kuma-cp allocates the VIPs and sends each transparent proxy's Envoy the
+    records listener; `kuma-dp run` (as UID 5678, in its namespace) polls it and answers."""
+    require_root()
+    from tests.support.transparent_mesh import transparent_mesh  # noqa: PLC0415
+
+    with transparent_mesh() as mesh:
+
+        def ask(name: str, rdtype: str = "A") -> str:
+            code = ASK.replace("port=53", "port=15053")
+            done = mesh.lab.run(mesh.a.ns, [sys.executable, "-c", code, name, "udp", "127.0.0.1", rdtype],
+                                uid=APP_UID, cwd=ROOT)  # fmt: skip
+            return done.stdout.strip()
+
+        vips = json.loads(mesh.kumactl("inspect", "vips", "-o", "json"))["items"]
+        backend = next(item["ip"] for item in vips if item["service"] == "backend")
+        wait_until(lambda: ask("backend.mesh") == f"NOERROR {backend}", timeout=10, what="backend.mesh")
+        assert ask("backend.mesh", "AAAA") in (f"NOERROR ::ffff:{backend}", "NOERROR")
+        assert ask("nope.mesh") == "NXDOMAIN"
