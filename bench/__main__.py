@@ -42,6 +42,7 @@ SECTIONS = (
     Section("tproxy", "bench.tproxy_install", needs_root=True),
     Section("cni", "bench.cni_add", needs_root=True),
     Section("identity", "bench.csr_signing"),
+    Section("dns", "bench.dns"),
 )
 
 

@@ -17,6 +17,7 @@ import yaml
 from kuma_dp import bootstrap_client as bc
 from kuma_dp.config import RunConfig
 from kuma_dp.constants import BOOTSTRAP_FILE_MODE, BOOTSTRAP_FILE_NAME, DEFAULT_PROXY_TYPE
+from kuma_dp.dns.component import dns_wanted, start_dns
 from kuma_dp.drain import drain_and_stop, drain_inbound
 from kuma_dp.envoy.admin import AdminAddress, EnvoyAdmin, admin_address_from_bootstrap
 from kuma_dp.envoy.binary import EnvoyVersion, VersionProbe
@@ -67,16 +68,24 @@ async def run_agent(
             server = await start_readiness_server(readiness, config.readiness_address, config.readiness_port)
             log.info("readiness on http://%s:%d/ready", config.readiness_address, config.readiness_port)
             try:
+                dns = start_dns(config, workdir) if dns_wanted(config) else None
+            except AgentError:
+                server.close()
+                raise
+            try:
                 async with server, asyncio.TaskGroup() as tasks:
                     inbound_drains = tasks
-                    serving = tasks.create_task(server.serve_forever())
+                    serving = [tasks.create_task(server.serve_forever())]
+                    if dns is not None:
+                        serving.append(tasks.create_task(dns.run()))
                     try:
                         await _bootstrap_and_run(
                             config, binary, envoy_version, ca, tokens, workdir, readiness, shutdown, first_key
                         )
                     finally:
                         inbound_drains = None
-                        serving.cancel()
+                        for task in serving:
+                            task.cancel()
             except BaseExceptionGroup as group:
                 raise _first_agent_error(group) from None
 

@@ -38,6 +38,7 @@ class Duration(click.ParamType):
 
 
 DURATION = Duration()
+PORT_OR_ZERO = click.IntRange(0, 65535)
 
 
 def _fail(message: str) -> None:
@@ -91,6 +92,24 @@ def main() -> None:
 )
 @click.option(
     "--envoy-restart-window", type=DURATION, default=c.DEFAULT_ENVOY_RESTART_WINDOW, show_default=True
+)
+@click.option(
+    "--dns-enabled",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value="true",
+    help=f"Answer DNS for mesh names (transparent proxies) [env {c.ENV_DNS_ENABLED}; default true]",
+)
+@click.option(
+    "--dns-coredns-port",
+    type=PORT_OR_ZERO,
+    help=f"Port of the DNS server, where iptables redirects DNS [env {c.ENV_DNS_CORE_DNS_PORT}; "
+    f"default {c.DEFAULT_DNS_PORT}]",
+)
+@click.option(
+    "--dns-proxy-port",
+    type=PORT_OR_ZERO,
+    help=f"Port of the DNS server, over --dns-coredns-port unless 0 [env {c.ENV_DNS_PROXY_PORT}]",
 )
 def run(
     dataplane_inline: str | None,

@@ -36,6 +36,9 @@ class RunFlags:
     log_level: str = c.DEFAULT_LOG_LEVEL
     max_envoy_restarts: int = c.DEFAULT_MAX_ENVOY_RESTARTS
     envoy_restart_window_s: float | None = None
+    dns_enabled: bool | None = None
+    dns_proxy_port: int | None = None
+    dns_coredns_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class RunConfig:
     retry_max_duration_s: float = 300.0
     max_envoy_restarts: int = c.DEFAULT_MAX_ENVOY_RESTARTS
     envoy_restart_window_s: float = 60.0
+    dns_enabled: bool = True
+    dns_port: int = c.DEFAULT_DNS_PORT
+    dns_port_source: str = "the default"  # "from <flag or variable>", for error messages
 
 
 def build_run_config(
@@ -75,6 +81,7 @@ def build_run_config(
     name, mesh, resource = _identity(flags, env, dataplane)
     binary = _pick(flags.binary_path, env, c.ENV_BINARY_PATH)
     work_dir = flags.work_dir
+    dns_port, dns_port_source = _dns_port(flags, env)
     return RunConfig(
         cp_address=cp_address,
         name=name,
@@ -97,6 +104,9 @@ def build_run_config(
         retry_max_duration_s=_env_duration(env, c.ENV_RETRY_MAX_DURATION, c.DEFAULT_RETRY_MAX_DURATION),
         max_envoy_restarts=flags.max_envoy_restarts,
         envoy_restart_window_s=_flag_duration(flags.envoy_restart_window_s, c.DEFAULT_ENVOY_RESTART_WINDOW),
+        dns_enabled=_dns_enabled(flags, env),
+        dns_port=dns_port,
+        dns_port_source=dns_port_source,
     )
 
 
@@ -190,10 +200,50 @@ def _env_duration(env: Mapping[str, str], var: str, default: str) -> float:
         raise ConfigError(f"{var}: {exc}") from None
 
 
-def _env_port(env: Mapping[str, str], var: str, default: int) -> int:
+def _env_port(env: Mapping[str, str], var: str, default: int, allow_zero: bool = False) -> int:
     text = env.get(var)
     if not text:
         return default
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ConfigError(f'{var}: expected a port number 1-65535, got "{text}"')
+    lowest = 0 if allow_zero else 1
+    if not text.isdigit() or not lowest <= int(text) < 65536:
+        raise ConfigError(f'{var}: expected a port number {lowest}-65535, got "{text}"')
     return int(text)
+
+
+_TRUE = ("1", "t", "true")
+_FALSE = ("0", "f", "false")
+
+
+def parse_bool(text: str, what: str) -> bool:
+    """Go's strconv.ParseBool, as Kuma reads its boolean variables."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ConfigError(f'{what}: expected true or false, got "{text}"')
+
+
+def _dns_enabled(flags: RunFlags, env: Mapping[str, str]) -> bool:
+    if flags.dns_enabled is not None:
+        return flags.dns_enabled
+    text = env.get(c.ENV_DNS_ENABLED)
+    return parse_bool(text, c.ENV_DNS_ENABLED) if text else True
+
+
+def _dns_port(flags: RunFlags, env: Mapping[str, str]) -> tuple[int, str]:
+    """Kuma 2.14's rule: the embedded proxy's port (KUMA_DNS_PROXY_PORT) when it is not 0, else the
+    CoreDNS port (the one iptables redirects DNS to), 15053 by default; each flag over its variable."""
+    candidates = (
+        (flags.dns_proxy_port, "--dns-proxy-port", c.ENV_DNS_PROXY_PORT),
+        (flags.dns_coredns_port, "--dns-coredns-port", c.ENV_DNS_CORE_DNS_PORT),
+    )
+    for flag_value, flag_name, var in candidates:
+        if flag_value is not None:
+            value, source = flag_value, f"from {flag_name}"
+        elif env.get(var):
+            value, source = _env_port(env, var, 0, allow_zero=True), f"from {var}"
+        else:
+            continue
+        if value != 0:
+            return value, source
+    return c.DEFAULT_DNS_PORT, "the default"

@@ -80,3 +80,27 @@ ENV_READINESS_PORT = "KUMA_READINESS_PORT"
 ENV_READINESS_ADDRESS = "KUMA_READINESS_ADDRESS"
 ENV_RETRY_BACKOFF = "KUMA_CONTROL_PLANE_RETRY_BACKOFF"
 ENV_RETRY_MAX_DURATION = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION"
+
+# The agent's DNS server (kuma_dp/dns/; docs/dns.md). Kuma 2.14's settings: `--dns-enabled` /
+# KUMA_DNS_ENABLED (default true); the port is KUMA_DNS_PROXY_PORT (Kuma's embedded DNS proxy, which
+# this server is) when non-zero, else `--dns-coredns-port` / KUMA_DNS_CORE_DNS_PORT (the port the
+# iptables rules redirect DNS to), 15053 by default.
+DEFAULT_DNS_PORT = defaults.DNS_PROXY_PORT
+DNS_LISTEN_ADDRESSES = ("127.0.0.1", "::1")  # where the REDIRECT of locally sent packets lands
+DNS_RESOLV_CONF = "/etc/resolv.conf"
+DNS_TTL_S = 30  # of the answers for mesh names: short, a VIP can change when a service is re-created
+DNS_RECORDS_POLL_INTERVAL_S = 1.0
+DNS_RECORDS_REQUEST_TIMEOUT_S = 2.0
+DNS_RECORDS_MAX_BYTES = 16 << 20  # a mesh of ~100,000 names; a larger body is refused, not read
+# Forwarding: each upstream gets at most DNS_UPSTREAM_TIMEOUT_S, the whole query DNS_FORWARD_DEADLINE_S
+# (below glibc's 5 s, so the client sees our SERVFAIL rather than its own timeout).
+DNS_UPSTREAM_TIMEOUT_S = 2.0
+DNS_FORWARD_DEADLINE_S = 4.0
+DNS_MAX_FORWARDS_IN_FLIGHT = 256  # beyond: UDP queries dropped (and counted), TCP ones get SERVFAIL
+DNS_UDP_SEND_BUFFER_LIMIT = 256 << 10  # answers beyond what the kernel did not take yet are dropped
+DNS_MAX_TCP_CONNECTIONS = 64  # beyond: new connections are closed at once
+DNS_TCP_IDLE_TIMEOUT_S = 10.0  # a connection with no complete query for this long is closed
+
+ENV_DNS_ENABLED = "KUMA_DNS_ENABLED"
+ENV_DNS_PROXY_PORT = "KUMA_DNS_PROXY_PORT"
+ENV_DNS_CORE_DNS_PORT = "KUMA_DNS_CORE_DNS_PORT"

@@ -13,9 +13,11 @@ PYTHON="${PYTHON:-python3}"
 # curl/iproute2/iptables/nftables: the network tests and the demo's checks; python3-venv: the venv;
 # containernetworking-plugins: the reference CNI plugins (/usr/lib/cni) the kuma-cni chain tests run;
 # shellcheck/vagrant: the lab's provisioning scripts and Vagrantfile are checked by the tests;
-# hey/wrk: the benchmarks' fixed-rate and saturation load.
+# hey/wrk: the benchmarks' fixed-rate and saturation load; dnsmasq-base: the real upstream resolver
+# of the DNS tests (the binary only: the `dnsmasq` package would also start a resolver on port 53);
+# dnsperf: the DNS benchmark's load.
 SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates containernetworking-plugins
-  shellcheck vagrant hey wrk)
+  shellcheck vagrant hey wrk dnsmasq-base dnsperf)
 
 install_system_packages() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0

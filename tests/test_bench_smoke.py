@@ -27,7 +27,7 @@ def test_smoke_run_produces_every_section(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["profile"] == "smoke" and report["machine"]["cores"] == os.cpu_count()
     sections = {m["section"] for m in report["measures"]}
-    expected = {"time to ready", "data path", "agent footprint", "control-plane scale", "identity"}
+    expected = {"time to ready", "data path", "agent footprint", "control-plane scale", "identity", "DNS"}
     if os.geteuid() == 0:
         expected |= {"transparent proxy", "CNI"}
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import Measure, Target
+from bench.dns import DnsperfError, parse_dnsperf
 from bench.load import LoadError, parse_hey, parse_wrk
 from bench.report import README_BEGIN, README_END, markdown_table, replace_readme_block, text_table
 
@@ -67,3 +68,16 @@ def test_readme_block_is_replaced_in_place() -> None:
     assert replace_readme_block(readme, "new") == f"intro\n{README_BEGIN}\nnew\n{README_END}\nrest\n"
     with pytest.raises(ValueError):
         replace_readme_block("no markers", "new")
+
+
+def test_dnsperf_output_gives_rate_and_percentiles_of_the_per_query_latencies() -> None:
+    result = parse_dnsperf((GOLDEN / "dnsperf-v.txt").read_text())
+    assert result.queries_per_s == pytest.approx(9.99777) and (result.completed, result.lost) == (10, 0)
+    assert result.p50_ms == pytest.approx(0.062) and result.p99_ms == pytest.approx(2.628)
+
+
+def test_dnsperf_failed_lookups_are_not_figures() -> None:
+    with pytest.raises(DnsperfError, match="SERVFAIL 420"):
+        parse_dnsperf((GOLDEN / "dnsperf-servfail.txt").read_text())
+    with pytest.raises(DnsperfError, match="no statistics"):
+        parse_dnsperf("Error: socket: Address family not supported\n")
