@@ -89,7 +89,7 @@ DEFAULT_DNS_PORT = defaults.DNS_PROXY_PORT
 DNS_LISTEN_ADDRESSES = ("127.0.0.1", "::1")  # where the REDIRECT of locally sent packets lands
 DNS_RESOLV_CONF = "/etc/resolv.conf"
 DNS_TTL_S = 30  # of the answers for mesh names: short, a VIP can change when a service is re-created
-DNS_RECORDS_POLL_INTERVAL_S = 1.0
+DNS_RECORDS_POLL_INTERVAL_S = 0.5
 DNS_RECORDS_REQUEST_TIMEOUT_S = 2.0
 DNS_RECORDS_MAX_BYTES = 16 << 20  # a mesh of ~100,000 names; a larger body is refused, not read
 # Forwarding: each upstream gets at most DNS_UPSTREAM_TIMEOUT_S, the whole query DNS_FORWARD_DEADLINE_S

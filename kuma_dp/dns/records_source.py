@@ -1,5 +1,5 @@
 """The records source: polls `GET /dns` on Envoy's Unix socket in the work dir (the control plane
-configures that listener; kuma_common/dp_contract.py) every second, with If-None-Match.
+configures that listener; kuma_common/dp_contract.py) every 0.5 s, with If-None-Match.
 
 A missing socket, a refused connection, an HTTP error or a body that is not the contract's keep the
 last records (none at first) and are logged once per streak of failures: at debug level while
