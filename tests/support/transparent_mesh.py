@@ -9,8 +9,9 @@ import contextlib
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +50,11 @@ class Host:
 
 
 class TransparentMesh:
-    def __init__(self, lab: NetnsLab, root: Path) -> None:
+    def __init__(self, lab: NetnsLab, root: Path, cp_env: dict[str, str] | None = None) -> None:
+        """`cp_env`: the control plane's settings over the defaults here (memory store, ...)."""
         self.lab, self.root = lab, root
+        self.cp_env = {"KUMA_STORE_TYPE": "memory", **(cp_env or {})}
+        self.cp: subprocess.Popen[str] | None = None
         subnet = f"10.252.{secrets.randbelow(250) + 1}"
         a, b = lab.namespace(), lab.namespace()
         lab.veth(a, f"{subnet}.1/24", b, f"{subnet}.2/24")
@@ -69,14 +73,25 @@ class TransparentMesh:
         key.write_bytes(key_pem)
         os.chmod(cert, 0o644)
         os.chmod(key, 0o600)
+        self._run_control_plane()
+
+    def restart_control_plane(self) -> None:
+        """Stop kuma-cp (SIGTERM, as systemd would) and start it again with the same settings."""
+        assert self.cp is not None
+        self.cp.terminate()
+        self.cp.wait(30)
+        self._run_control_plane()
+
+    def _run_control_plane(self) -> None:
         env = {
             **os.environ,
             "KUMA_GENERAL_WORK_DIR": str(self.root / "cp"),
-            "KUMA_GENERAL_TLS_CERT_FILE": str(cert),
-            "KUMA_GENERAL_TLS_KEY_FILE": str(key),
-            "KUMA_STORE_TYPE": "memory",
+            "KUMA_GENERAL_TLS_CERT_FILE": str(self.root / "cp.crt"),
+            "KUMA_GENERAL_TLS_KEY_FILE": str(self.root / "cp.key"),
+            **self.cp_env,
         }
-        self.lab.popen(self.a.ns, [str(BIN / "kuma-cp"), "run"], env=env, stdout=self.log("cp"), stderr=-2)
+        log = (self.root / "cp.log").open("a")
+        self.cp = self.lab.popen(self.a.ns, [str(BIN / "kuma-cp"), "run"], env=env, stdout=log, stderr=-2)
         wait_until(lambda: self.curl(self.a, "http://127.0.0.1:5681/").returncode == 0, timeout=30)
 
     def kumactl(self, *args: str, stdin: str | None = None) -> str:
@@ -185,16 +200,29 @@ def _stop() -> bool:
 
 
 @contextlib.contextmanager
-def transparent_mesh() -> Iterator[TransparentMesh]:
-    """Host a (control plane, web-1) and host b (backend-1), both with transparent proxying."""
+def transparent_mesh(
+    cp_env: dict[str, str] | None = None,
+    prepare: Callable[[TransparentMesh], None] | None = None,
+    a_flags: Sequence[str] = (),
+) -> Iterator[TransparentMesh]:
+    """Host a (control plane, web-1) and host b (backend-1), both with transparent proxying.
+    `cp_env`: control-plane settings; `prepare`: called before anything starts (e.g. to give a
+    namespace its resolv.conf); `a_flags`: more `kumactl install transparent-proxy` flags for a."""
     # Not pytest's tmp_path: it is private to root, and the agent runs as the proxy's UID.
     root = Path(tempfile.mkdtemp(prefix="kuma-e2e-tp-"))
     lab = NetnsLab(prefix="e2etp")
     try:
-        mesh = TransparentMesh(lab, root)
+        mesh = TransparentMesh(lab, root, cp_env)
+        if prepare is not None:
+            prepare(mesh)
         mesh.start_control_plane()
         mesh.install_transparent_proxy(
-            mesh.a, "--exclude-inbound-ports", "5678,5681", "--exclude-outbound-ports", str(EXCLUDED_PORT)
+            mesh.a,
+            "--exclude-inbound-ports",
+            "5678,5681",
+            "--exclude-outbound-ports",
+            str(EXCLUDED_PORT),
+            *a_flags,
         )
         mesh.install_transparent_proxy(mesh.b, "--exclude-inbound-ports", str(EXCLUDED_PORT))
         mesh.start_app(mesh.a, APP_PORT)
