@@ -1,6 +1,7 @@
 """The one-machine lab (`python -m demo.hostlab`): its pure parts, then the real thing as root —
-up with 3 hosts carries mTLS traffic web -> backend by IP, and down leaves nothing behind: no
-namespace, link, firewall rule or process (compared with what was there before up)."""
+up with 3 hosts carries mTLS traffic web -> backend.mesh (by name: web's agent answers its VIP),
+and down leaves nothing behind: no namespace, link, firewall rule or process (compared with what
+was there before up)."""
 
 from __future__ import annotations
 
@@ -58,16 +59,17 @@ def test_percentile_nearest_rank() -> None:
 def test_table_rendering() -> None:
     rows = [
         Row("cp", "control-plane", "10.213.0.10", "kuma-cp up"),
-        Row("web", "web", "10.213.0.11", "READY", "spiffe://default/web", "2026-11-27 11:00:00",
-            Traffic(4, 4, 4, [1.0, 2.0, 3.0, 10.0])),
+        Row("web", "web", "10.213.0.11", "READY", "web.mesh", "240.0.0.2", "spiffe://default/web",
+            "2026-11-27 11:00:00", Traffic(4, 4, 4, [1.0, 2.0, 3.0, 10.0])),
     ]  # fmt: skip
     lines = render(rows).splitlines()
     assert lines[0].split() == [
-        "host", "role", "address", "proxy", "identity", "cert", "expires", "(UTC)",
+        "host", "role", "name", "VIP", "address", "proxy", "identity", "cert", "expires", "(UTC)",
         "sent", "ok", "mTLS", "p50", "ms", "p99", "ms",
     ]  # fmt: skip
     assert set(lines[1]) == {"-", " "}
-    assert lines[2].split() == ["cp", "control-plane", "10.213.0.10", "kuma-cp", "up"] + ["-"] * 7
+    assert lines[2].split() == ["cp", "control-plane", "-", "-", "10.213.0.10", "kuma-cp", "up"] + ["-"] * 7
+    assert lines[3].split()[:4] == ["web", "web", "web.mesh", "240.0.0.2"]
     assert lines[3].split()[-5:] == ["4", "4", "4", "2.00", "10.00"]
     assert lines[3].index("spiffe") == lines[0].index("identity")
 
@@ -152,11 +154,16 @@ def test_up_carries_mtls_traffic_then_down_leaves_nothing(
     assert up.returncode == 0, up.stdout + up.stderr
     rows = table_rows(up.stdout)
     assert set(rows) == {"cp", "web", "backend-1"}, up.stdout
-    assert rows["cp"][3:5] == ["kuma-cp", "up"]
+    assert rows["cp"][5:7] == ["kuma-cp", "up"]
+    vips = {}
     for host, service in (("web", "web"), ("backend-1", "backend")):
-        host_, role, _address, state, identity, _day, _time, sent, ok, mtls, *_ = rows[host]
+        host_, role, name, vip, _address, state, identity, _day, _time, sent, ok, mtls, *_ = rows[host]
         assert (role, state, identity) == (service, "READY", f"spiffe://default/{service}"), up.stdout
+        assert name == f"{service}.mesh" and ipaddress.ip_address(vip) in ipaddress.ip_network("240.0.0.0/4")
         assert int(sent) > 0 and int(ok) == int(sent) and int(mtls) == int(sent), up.stdout
+        vips[name] = vip
+    assert f"[lab] web resolves backend.mesh to {vips['backend.mesh']}" in up.stdout
+    assert "traffic: web -> http://backend.mesh:8080/ by name" in up.stdout
     assert re.search(r"\[lab\] all 2 proxies READY [\d.]+ s after `up`", up.stdout)
     # progress: which host, which step
     assert "[web] transparent proxy: iptables redirect to Envoy" in up.stdout

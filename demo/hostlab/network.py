@@ -91,6 +91,9 @@ def create_host(host: HostPlan, prefixlen: int = SUBNET.prefixlen) -> None:
     ip("-n", ns, "link", "add", HOST_IFNAME, "type", "veth", "peer", "name", host.peer, "netns", BRIDGE_NS)
     ip("-n", ns, "addr", "add", f"{host.address}/{prefixlen}", "dev", HOST_IFNAME)
     ip("-n", ns, "link", "set", HOST_IFNAME, "up")
+    # As every VM has one: a default route, so a connection to a service's VIP reaches iptables
+    # (and the proxy) instead of failing with "network unreachable". It ends on the lab's bridge.
+    ip("-n", ns, "route", "add", "default", "dev", HOST_IFNAME)
     ip("-n", BRIDGE_NS, "link", "set", host.peer, "master", BRIDGE, "up")
 
 

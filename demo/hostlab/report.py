@@ -1,4 +1,5 @@
-"""The lab's table: per host, proxy state, certificate identity and expiry, traffic figures.
+"""The lab's table: per host, its service's name and VIP, proxy state, certificate identity and
+expiry, traffic figures.
 
 `percentile` and `render` are pure; `envoy_certificate` reads what Envoy actually serves from its
 admin API (a Unix socket in the agent's work dir).
@@ -16,6 +17,8 @@ import httpx
 COLUMNS = (
     ("host", "host"),
     ("role", "role"),
+    ("name", "name"),
+    ("VIP", "vip"),
     ("address", "address"),
     ("proxy", "state"),
     ("identity", "identity"),
@@ -52,6 +55,8 @@ class Row:
     role: str
     address: str
     state: str
+    name: str = "-"  # the service's DNS name (`backend.mesh`)
+    vip: str = "-"  # its virtual IP, what the name resolves to
     identity: str = "-"
     expires: str = "-"
     traffic: Traffic | None = None

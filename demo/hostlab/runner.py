@@ -3,7 +3,8 @@
 `up` makes the network (network.py), then runs the Vagrant provisioning scripts inside each host's
 namespace in foreground mode (`ip netns exec <ns> bash vagrant/provision/<role>.sh --foreground`),
 shows their step lines prefixed with the host, waits until every proxy is READY, sends traffic
-from web to the backends by IP and prints the table. `down` needs no state: it kills every
+from web to `backend.mesh` (resolved by web's agent, balanced over the backends by web's Envoy)
+and prints the table. `down` needs no state: it kills every
 process in the `kuma-lab-*` namespaces, deletes them and removes the state dir.
 """
 
@@ -34,10 +35,12 @@ STATE_DIR = Path("/run/kuma-lab")
 PROJECT = Path(__file__).resolve().parents[2]
 SCRIPTS = PROJECT / "vagrant" / "provision"
 APP_PORT = 8080
+BACKEND_NAME = "backend.mesh"  # the backends' service name: its VIP, resolved by the agent
 CP_API_PORT = 5681
 READINESS_PORT = 9902
 LOAD_UID = 65534  # an ordinary UID: its traffic is redirected through Envoy
 UP_TIMEOUT_S = 120.0
+NAME_TIMEOUT_S = 20.0
 STOP_GRACE_S = 8.0
 DRAIN_TIME = "1s"
 
@@ -76,6 +79,7 @@ def up(backends: int, detach: bool, rate: float, duration: float) -> int:
     try:
         procs = bring_up(plan)
         say("lab", f"all {len(plan) - 1} proxies READY {time.monotonic() - started:.1f} s after `up`")
+        wait_resolvable(plan)
         traffic = send_traffic(plan, rate, duration)
         print("\n" + render(rows(plan, traffic)) + "\n", flush=True)
         if detach:
@@ -134,10 +138,9 @@ def start_host(host: HostPlan, plan: list[HostPlan]) -> HostProc:
         workloads = " ".join(h.name for h in plan if h.role == "workload")
         argv = [str(SCRIPTS / "control-plane.sh"), *common, "--workloads", workloads]
     else:
-        first_backend = next(h for h in plan if h.service == "backend")
         argv = [str(SCRIPTS / "workload.sh"), *common, "--cp-address", cp.address, "--service", host.service]
         argv += ["--app-port", str(APP_PORT), "--drain-time", DRAIN_TIME]
-        argv += ["--upstream", f"http://{first_backend.address}:{APP_PORT}"]
+        argv += ["--upstream", f"http://{BACKEND_NAME}:{APP_PORT}"]
     log = STATE_DIR / "logs" / f"{host.name}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(
@@ -187,16 +190,29 @@ def proxy_ready(host: HostPlan) -> bool:
     return curl(host, f"http://127.0.0.1:{READINESS_PORT}/ready") == "READY"
 
 
-def send_traffic(plan: list[HostPlan], rate: float, duration: float) -> dict[str, Traffic]:
-    """Requests from web to each backend by IP, as an ordinary UID: transparent, mTLS."""
+def wait_resolvable(plan: list[HostPlan]) -> None:
+    """Until web's agent answers the backends' name (its records follow the VIP's allocation)."""
     web = next(h for h in plan if h.name == network.WEB_HOST)
-    backends = [h for h in plan if h.service == "backend"]
-    targets = ", ".join(f"{h.address}:{APP_PORT}" for h in backends)
-    say("lab", f"traffic: web -> {targets} by IP, {duration:g} s at {rate:g} requests/s")
+    deadline = time.monotonic() + NAME_TIMEOUT_S
+    while True:
+        found = in_namespace(web, "getent", "ahostsv4", BACKEND_NAME).stdout.split()
+        if found:
+            say("lab", f"web resolves {BACKEND_NAME} to {found[0]} (its VIP, answered by web's agent)")
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"web could not resolve {BACKEND_NAME} within {NAME_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
+
+
+def send_traffic(plan: list[HostPlan], rate: float, duration: float) -> dict[str, Traffic]:
+    """Requests from web to the backends by name, as an ordinary UID: its DNS query answered by
+    web's agent, the requests through web's Envoy (transparent, mTLS). Per answering instance."""
+    web = next(h for h in plan if h.name == network.WEB_HOST)
+    target = f"{BACKEND_NAME}:{APP_PORT}"
+    say("lab", f"traffic: web -> http://{target}/ by name, {duration:g} s at {rate:g} requests/s")
     argv = ["setpriv", f"--reuid={LOAD_UID}", f"--regid={LOAD_UID}", "--clear-groups", "--"]
     argv += [sys.executable, "-m", "demo.hostlab.load", "--rate", str(rate), "--duration", str(duration)]
-    for host in backends:
-        argv += ["--target", f"{host.address}:{APP_PORT}"]
+    argv += ["--target", target]
     res = subprocess.run(
         ["ip", "netns", "exec", web.namespace, *argv],
         capture_output=True,
@@ -206,7 +222,7 @@ def send_traffic(plan: list[HostPlan], rate: float, duration: float) -> dict[str
     )
     if res.returncode != 0:
         raise LabError(f"the traffic client failed ({res.returncode}): {res.stderr.strip()[-800:]}")
-    return {address: Traffic(**figures) for address, figures in json.loads(res.stdout).items()}
+    return {instance: Traffic(**figures) for instance, figures in json.loads(res.stdout).items()}
 
 
 def stay_up(procs: list[HostProc]) -> None:
@@ -235,6 +251,7 @@ def load_plan() -> list[HostPlan] | None:
 
 def rows(plan: list[HostPlan], traffic: dict[str, Traffic] | None = None) -> list[Row]:
     result = []
+    names = service_names(plan[0])
     for host in plan:
         if host.role == "control-plane":
             up_ = curl(host, f"http://127.0.0.1:{CP_API_PORT}/") != ""
@@ -243,15 +260,25 @@ def rows(plan: list[HostPlan], traffic: dict[str, Traffic] | None = None) -> lis
             )
             continue
         row = Row(host.name, host.service, host.address, "READY" if proxy_ready(host) else "not ready")
+        row.name, row.vip = names.get(host.service, ("-", "-"))
         sock = STATE_DIR / "hosts" / host.name / "dp" / "work" / ADMIN_SOCKET_NAME
         try:
             row.identity, row.expires = envoy_certificate(sock)
         except (httpx.HTTPError, OSError, ValueError):  # a table cell, never a traceback
             row.identity = "(admin unreachable)"
         if traffic is not None:
-            row.traffic = merged(traffic.values()) if host.service == "web" else traffic.get(host.address)
+            row.traffic = merged(traffic.values()) if host.service == "web" else traffic.get(host.name)
         result.append(row)
     return result
+
+
+def service_names(cp: HostPlan) -> dict[str, tuple[str, str]]:
+    """service → (its DNS name, its VIP), from the control plane's API (empty if unreachable)."""
+    try:
+        body = json.loads(curl(cp, f"http://127.0.0.1:{CP_API_PORT}/meshes/default/vips"))
+        return {i["service"]: (i["names"][0] if i["names"] else "-", i["ip"]) for i in body["items"]}
+    except (ValueError, KeyError, TypeError, IndexError):
+        return {}
 
 
 def merged(parts: Iterable[Traffic]) -> Traffic:

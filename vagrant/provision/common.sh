@@ -47,7 +47,7 @@ usage: $0 [options]
   --service NAME      kuma.io/service (default: NAME without -N)    [KUMA_LAB_SERVICE]
   --app-port PORT     the app's port (8080)                         [KUMA_LAB_APP_PORT]
   --app-role ROLE     demo app: web|backend (default: web for service web) [KUMA_LAB_APP_ROLE]
-  --upstream URL      the web app's backend URL, e.g. http://IP:8080 [KUMA_LAB_UPSTREAM]
+  --upstream URL      the web app's backend URL, e.g. http://backend.mesh:8080 [KUMA_LAB_UPSTREAM]
   --workloads "A B"   Dataplane names to issue tokens for (CP)      [KUMA_LAB_WORKLOADS]
   --token-valid-for D validity of those tokens (24h)                [KUMA_LAB_TOKEN_VALID_FOR]
   --drain-time D      kuma-dp's drain time (5s)                     [KUMA_LAB_DRAIN_TIME]
@@ -176,8 +176,11 @@ service_env() {
 
 # Installing the transparent proxy: once at provisioning, and before every agent start under
 # systemd (iptables rules do not survive a reboot). SSH stays direct so `vagrant ssh` keeps working.
+# --redirect-dns: queries to the host's resolvers go to the agent, which answers <service>.mesh
+# (the apps call backend.mesh) and forwards the rest to those resolvers.
 tproxy_argv() {
-  ARGV=("$PREFIX/bin/kumactl" install transparent-proxy --kuma-dp-user "$PROXY_UID" --exclude-inbound-ports 22)
+  ARGV=("$PREFIX/bin/kumactl" install transparent-proxy --kuma-dp-user "$PROXY_UID" --exclude-inbound-ports 22
+    --redirect-dns)
 }
 
 write_env() { # write_env SERVICE...

@@ -29,7 +29,7 @@ main() {
     test -s "$SHARED_DIR/ca.crt" -a -s "$SHARED_DIR/tokens/$NAME.token"
   place_identity_files
   write_dataplane
-  step "transparent proxy: iptables redirect to Envoy (UID $PROXY_UID excluded)"
+  step "transparent proxy: iptables redirect to Envoy (UID $PROXY_UID excluded), DNS to the agent"
   tproxy_argv
   "${ARGV[@]}" >/dev/null
   write_env kuma-app kuma-dp
