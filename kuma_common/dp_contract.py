@@ -59,6 +59,8 @@ class BootstrapRequest:
 # The response: {"bootstrap": <base64 of the Envoy bootstrap YAML>, "kumaSidecarConfiguration": {...}}.
 BOOTSTRAP_FIELD = "bootstrap"
 SIDECAR_CONFIGURATION_FIELD = "kumaSidecarConfiguration"
+# In the sidecar configuration's `networking`: whether the Dataplane uses transparent proxying.
+TRANSPARENT_PROXY_FIELD = "isUsingTransparentProxy"
 
 
 # --- POST /certificate (docs/identity.md) -------------------------------------------------------

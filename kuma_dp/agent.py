@@ -17,7 +17,7 @@ import yaml
 from kuma_dp import bootstrap_client as bc
 from kuma_dp.config import RunConfig
 from kuma_dp.constants import BOOTSTRAP_FILE_MODE, BOOTSTRAP_FILE_NAME, DEFAULT_PROXY_TYPE
-from kuma_dp.dns.component import dns_wanted, start_dns
+from kuma_dp.dns.component import dns_wanted, dns_wanted_by_sidecar, start_dns
 from kuma_dp.drain import drain_and_stop, drain_inbound
 from kuma_dp.envoy.admin import AdminAddress, EnvoyAdmin, admin_address_from_bootstrap
 from kuma_dp.envoy.binary import EnvoyVersion, VersionProbe
@@ -67,8 +67,9 @@ async def run_agent(
         with work_dir(config.work_dir) as workdir:
             server = await start_readiness_server(readiness, config.readiness_address, config.readiness_port)
             log.info("readiness on http://%s:%d/ready", config.readiness_address, config.readiness_port)
+            wanted = dns_wanted(config)
             try:
-                dns = start_dns(config, workdir) if dns_wanted(config) else None
+                dns = start_dns(config, workdir) if wanted else None
             except AgentError:
                 server.close()
                 raise
@@ -78,10 +79,17 @@ async def run_agent(
                     serving = [tasks.create_task(server.serve_forever())]
                     if dns is not None:
                         serving.append(tasks.create_task(dns.run()))
+
+                    def on_sidecar(sidecar: dict[str, Any]) -> None:
+                        """A Dataplane given by name: DNS once the control plane says it is transparent."""
+                        if wanted is None and dns_wanted_by_sidecar(sidecar) and len(serving) == 1:
+                            serving.append(tasks.create_task(start_dns(config, workdir).run()))
+
                     try:
                         await _bootstrap_and_run(
-                            config, binary, envoy_version, ca, tokens, workdir, readiness, shutdown, first_key
-                        )
+                            config, binary, envoy_version, ca, tokens, workdir, readiness, shutdown,
+                            first_key, on_sidecar,
+                        )  # fmt: skip
                     finally:
                         inbound_drains = None
                         for task in serving:
@@ -100,13 +108,16 @@ async def _bootstrap_and_run(
     readiness: ReadinessState,
     shutdown: Shutdown,
     first_key: EarlyKeygen | None,
+    on_sidecar: Callable[[dict[str, Any]], None],
 ) -> None:
+    """`on_sidecar` is given each bootstrap response's sidecar configuration."""
     bootstrap_path = workdir / BOOTSTRAP_FILE_NAME
 
     async def fetch_and_write_bootstrap() -> bytes:
         body = bc.request_body(config, tokens.current(), envoy_version, ca, workdir)
         response = await bc.fetch_bootstrap(config, body, ca)
         write_private_file(bootstrap_path, response.bootstrap_yaml, BOOTSTRAP_FILE_MODE)
+        on_sidecar(response.sidecar_configuration)
         return response.bootstrap_yaml
 
     certificates = CertificateClient(config.cp_address, ca, config.mesh, config.name, tokens)

@@ -6,17 +6,21 @@ which another agent on this machine may hold."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
 import psutil
+import yaml
 
+from labkit.lab import BIN, AgentProc, Lab
 from labkit.ports import free_port
 from labkit.waiting import wait_until
 from tests.support.agent_process import Agent, app, cp, pki, start_agent
@@ -131,3 +135,45 @@ def test_dns_off_or_not_transparent_leaves_the_port_alone(
         assert "DNS" not in agent.log()
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit() == 0
+
+
+def test_a_dataplane_given_by_name_gets_dns_once_the_control_plane_says_it_is_transparent(
+    lab: Lab,
+) -> None:
+    """`kumactl apply` of a transparent Dataplane, then `kuma-dp run --name` (no resource): the
+    real control plane's bootstrap answer says `isUsingTransparentProxy`, so the agent starts its
+    DNS server and answers the mesh's names from the records the control plane sends."""
+    cp = lab.start_control_plane()
+    lab.wait_control_plane(cp)
+    doc = {
+        "type": "Dataplane", "mesh": "default", "name": "web-1",
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [{"port": free_port(), "tags": {"kuma.io/service": "web"}}],
+            "transparentProxying": {"redirectPortInbound": free_port(), "redirectPortOutbound": free_port()},
+        },
+    }  # fmt: skip
+    applied = lab.kumactl(cp, "apply", "-f", "-", input=yaml.safe_dump(doc))
+    assert applied.returncode == 0, applied.stderr
+    port, readiness = free_port(), free_port()
+    argv = [
+        str(BIN / "kuma-dp"), "run", "--name", "web-1", "--mesh", "default",
+        "--cp-address", cp.dp_url, "--ca-cert-file", str(cp.ca_cert),
+        "--dataplane-token-file", str(lab.dataplane_token(cp, "web-1")),
+        "--work-dir", str(lab.root / "web-1-dp"),
+    ]  # fmt: skip
+    proc = lab.spawn(
+        "web-1-dp", argv, {"KUMA_READINESS_PORT": str(readiness), "KUMA_DNS_PROXY_PORT": str(port)}
+    )
+    agent = AgentProc(proc, "web-1", lab.root / "web-1-dp", readiness)
+    lab.wait_ready(agent)
+    vips = json.loads(lab.kumactl(cp, "inspect", "vips", "-o", "json").stdout)["items"]
+    web = next(item["ip"] for item in vips if item["service"] == "web")
+
+    def answered() -> list[str]:
+        try:
+            return addresses(ask(port, "web.mesh"))
+        except (dns.exception.Timeout, OSError):
+            return []
+
+    assert wait_until(answered, timeout=10, what="web.mesh from the agent") == [web]

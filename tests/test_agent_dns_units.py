@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kuma_dp.config import RunFlags, build_run_config
 from kuma_dp.dns.answers import AnswerCache, Drop, Forward, Reply, handle, matches, servfail_for
-from kuma_dp.dns.component import dns_wanted, is_transparent
+from kuma_dp.dns.component import dns_wanted, dns_wanted_by_sidecar, is_transparent
 from kuma_dp.dns.records import Records, RecordsError, parse_records
 from kuma_dp.dns.resolv import Upstream, parse_resolv_conf
 from kuma_dp.errors import ConfigError
@@ -314,7 +314,12 @@ def test_dns_runs_for_transparent_dataplanes_only() -> None:
     assert dns_wanted(build_run_config(RunFlags(), {}, transparent))
     assert not dns_wanted(build_run_config(RunFlags(), {}, plain))
     assert not dns_wanted(build_run_config(RunFlags(), {"KUMA_DNS_ENABLED": "false"}, transparent))
-    assert not dns_wanted(build_run_config(RunFlags(name="a"), {}))  # no resource: nothing says transparent
+    # No resource: not known until the control plane answers the bootstrap request.
+    assert dns_wanted(build_run_config(RunFlags(name="a"), {})) is None
+    assert dns_wanted(build_run_config(RunFlags(name="a"), {"KUMA_DNS_ENABLED": "false"})) is False
+    assert dns_wanted_by_sidecar({"networking": {"address": "10.0.0.1", "isUsingTransparentProxy": True}})
+    assert not dns_wanted_by_sidecar({"networking": {"isUsingTransparentProxy": False}})
+    assert not dns_wanted_by_sidecar({})
 
 
 def test_answer_cache_puts_the_new_id_in_front_and_stays_bounded() -> None:

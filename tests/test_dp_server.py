@@ -91,7 +91,10 @@ async def test_bootstrap_over_tls_renders_a_config_envoy_accepts(
         )
     assert resp.status_code == 200, resp.text
     payload = resp.json()
-    assert payload["kumaSidecarConfiguration"]["networking"]["address"] == "127.0.0.1"
+    assert payload["kumaSidecarConfiguration"]["networking"] == {
+        "address": "127.0.0.1",
+        "isUsingTransparentProxy": False,
+    }
     text = base64.b64decode(payload["bootstrap"]).decode()
     doc = yaml.safe_load(text)
     assert doc["node"]["id"] == "default.web-1"

@@ -81,7 +81,12 @@ def create_bootstrap_app(
             recent.remember(dataplane)
         encoded = base64.b64encode(yaml_text.encode()).decode()
         sidecar = {
-            "networking": {"address": dataplane.networking.address},
+            # Kuma's field: an agent started with --name only learns here that it is transparent
+            # (and so runs its DNS server).
+            "networking": {
+                "address": dataplane.networking.address,
+                contract.TRANSPARENT_PROXY_FIELD: dataplane.networking.transparentProxying is not None,
+            },
             "metrics": {"aggregate": []},
         }
         return JSONResponse(

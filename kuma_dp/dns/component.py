@@ -2,7 +2,9 @@
 
 It runs when `--dns-enabled` (KUMA_DNS_ENABLED, default true, as Kuma) and the proxy is a Dataplane
 with `networking.transparentProxying`: only then does anything send it queries (the iptables rules
-redirect port 53 to it) and does the control plane serve it records. Kuma also starts it for
+redirect port 53 to it) and does the control plane serve it records. An agent given its Dataplane
+by name only learns that from the bootstrap response (`isUsingTransparentProxy`, Kuma's field) and
+starts the server then. Kuma also starts it for
 Dataplanes without transparent proxying, where it only takes port 15053 away from a second agent
 on the same host.
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
-from kuma_common.dp_contract import DATAPLANE_PROXY_TYPE, DNS_RECORDS_SOCKET
+from kuma_common.dp_contract import DATAPLANE_PROXY_TYPE, DNS_RECORDS_SOCKET, TRANSPARENT_PROXY_FIELD
 from kuma_dp import constants as c
 from kuma_dp.config import RunConfig
 from kuma_dp.dns.records_source import RecordsSource
@@ -42,12 +45,20 @@ def is_transparent(dataplane_json: str | None) -> bool:
     return bool(networking.get("transparentProxying"))
 
 
-def dns_wanted(config: RunConfig) -> bool:
-    return (
-        config.dns_enabled
-        and config.proxy_type == DATAPLANE_PROXY_TYPE
-        and is_transparent(config.dataplane_json)
-    )
+def dns_wanted(config: RunConfig) -> bool | None:
+    """Whether to run the DNS server; None: the Dataplane is not known yet (given by name only),
+    ask `dns_wanted_by_sidecar` once the control plane has answered the bootstrap request."""
+    if not config.dns_enabled or config.proxy_type != DATAPLANE_PROXY_TYPE:
+        return False
+    if not config.dataplane_json:
+        return None
+    return is_transparent(config.dataplane_json)
+
+
+def dns_wanted_by_sidecar(sidecar_configuration: dict[str, Any]) -> bool:
+    """For a Dataplane given by name: what the bootstrap response's sidecar configuration says."""
+    networking = sidecar_configuration.get("networking")
+    return isinstance(networking, dict) and networking.get(TRANSPARENT_PROXY_FIELD) is True
 
 
 class DnsComponent:
