@@ -36,17 +36,6 @@ ENVOY_FILTER = "backend.mesh through Envoy's DNS filter"
 BASELINE = "dnsmasq, a hosts-file name"
 MAX_LOAD_SECONDS = 5.0
 OUTSTANDING = 100
-TRANSPARENT_DATAPLANE = """\
-type: Dataplane
-mesh: default
-name: web-1
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: 18080
-    tags: {kuma.io/service: web}
-  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}
-"""
 
 
 class DnsperfError(Exception):
@@ -183,7 +172,7 @@ def agent_and_dnsmasq(tmp: Path) -> Iterator[DnsLab]:
     from labkit.ports import free_port  # noqa: PLC0415 - test-support imports, only when measuring
     from labkit.waiting import wait_until  # noqa: PLC0415
     from tests.support.agent_process import Agent  # noqa: PLC0415
-    from tests.support.dns_lab import Dnsmasq, bootstrap_with_records  # noqa: PLC0415
+    from tests.support.dns_lab import TRANSPARENT_DATAPLANE, Dnsmasq, bootstrap_with_records  # noqa: PLC0415
     from tests.support.fake_control_plane import FakeControlPlane, make_pki  # noqa: PLC0415
 
     ca, cert, key = make_pki(tmp)

@@ -24,23 +24,12 @@ from labkit.lab import BIN, AgentProc, Lab
 from labkit.ports import free_port
 from labkit.waiting import wait_until
 from tests.support.agent_process import Agent, app, cp, pki, start_agent
-from tests.support.dns_lab import bootstrap_with_records
+from tests.support.dns_lab import TRANSPARENT_DATAPLANE, bootstrap_with_records
 from tests.support.fake_control_plane import FakeControlPlane
 
 __all__ = ["app", "cp", "pki", "start_agent"]  # fixtures
 
 StartAgent = Callable[..., Agent]
-TRANSPARENT = """\
-type: Dataplane
-mesh: default
-name: web-1
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: 18080
-    tags: {kuma.io/service: web}
-  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}
-"""
 RECORDS = {"backend.mesh": ["240.0.0.3"], "my.service.mesh": ["240.0.0.4"]}
 
 
@@ -67,7 +56,7 @@ def test_agent_answers_mesh_names_from_envoy(
 ) -> None:
     cp.bootstrap_override = bootstrap_with_records(cp, RECORDS)
     dp_file = tmp_path / "dp.yaml"
-    dp_file.write_text(TRANSPARENT)
+    dp_file.write_text(TRANSPARENT_DATAPLANE)
     port = free_port()
     agent = start_agent(cp, "-d", str(dp_file), env={"KUMA_DNS_PROXY_PORT": str(port)})
     agent.wait_ready()
@@ -104,7 +93,7 @@ def test_taken_port_stops_the_start_naming_the_settings(
     start_agent: StartAgent, cp: FakeControlPlane, tmp_path: Path
 ) -> None:
     dp_file = tmp_path / "dp.yaml"
-    dp_file.write_text(TRANSPARENT)
+    dp_file.write_text(TRANSPARENT_DATAPLANE)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
@@ -125,8 +114,8 @@ def test_dns_off_or_not_transparent_leaves_the_port_alone(
     start_agent: StartAgent, cp: FakeControlPlane, tmp_path: Path
 ) -> None:
     transparent, plain = tmp_path / "tp.yaml", tmp_path / "plain.yaml"
-    transparent.write_text(TRANSPARENT)
-    plain.write_text(TRANSPARENT.replace("web-1", "web-2").split("  transparentProxying")[0])
+    transparent.write_text(TRANSPARENT_DATAPLANE)
+    plain.write_text(TRANSPARENT_DATAPLANE.replace("web-1", "web-2").split("  transparentProxying")[0])
     port = free_port()
     for args in (["-d", str(transparent), "--dns-enabled=false"], ["-d", str(plain)]):
         agent = start_agent(cp, *args, env={"KUMA_DNS_PROXY_PORT": str(port)})

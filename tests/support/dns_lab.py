@@ -28,6 +28,18 @@ if TYPE_CHECKING:  # not imported at run time: the server process (`serve`) does
     from tests.support.fake_control_plane import FakeControlPlane
 
 DNSMASQ = "/usr/sbin/dnsmasq"
+# The agent runs its DNS server for a transparent Dataplane only.
+TRANSPARENT_DATAPLANE = """\
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: 18080
+    tags: {kuma.io/service: web}
+  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}
+"""
 DNSMASQ_HOSTS = {
     "example.test": ["192.0.2.10"],  # TEST-NET-1: an answer only, never contacted
     "other.test": ["192.0.2.11"],

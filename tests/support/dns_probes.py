@@ -11,12 +11,11 @@ so a redirected query says where it was going.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 import subprocess
 
-from tests.support.netns_lab import NetnsLab
+from tests.support.netns_lab import NetnsLab, probe_as
 
 # argv[1]: JSON {"uid": N or null, "listen": [[tag, host, port], ...]}; UDP and TCP on each.
 DNS_RESPONDER = r"""
@@ -92,28 +91,6 @@ def start_dns_responder(
     )
 
 
-def _query_as(uid: int, proto: str, host: str, port: int, timeout_s: float) -> str:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        answer = ""
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            answer = _query(proto, host, port, timeout_s)
-        except OSError as exc:
-            answer = f"error {exc.strerror or exc}"
-        finally:
-            os.write(write_fd, answer.encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
-    return answer
-
-
 def _query(proto: str, host: str, port: int, timeout_s: float) -> str:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     query_id = secrets.token_bytes(2)
@@ -149,4 +126,4 @@ def dns_query(
 ) -> str:
     """Who answers one DNS query from `ns` as `uid` to host:port over `proto` (udp/tcp), and where
     the query was going: e.g. "dns-proxy 10.77.0.2:53" over TCP; "error ..." when none does."""
-    return lab.call(ns, _query_as, uid, proto, host, port, timeout_s)
+    return lab.call(ns, probe_as, uid, _query, proto, host, port, timeout_s)

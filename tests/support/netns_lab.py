@@ -118,6 +118,18 @@ def _preexec(name: str, uid: int | None, resolv_conf: str | None = None) -> Call
     return enter
 
 
+def probe_as(uid: int, probe: Callable[..., str], *args: Any) -> str:
+    """For `NetnsLab.call` (its child is a throwaway process): become `uid`, then `probe(*args)`;
+    an OSError is what the probe saw, as "error <reason>"."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    try:
+        return probe(*args)
+    except OSError as exc:
+        return f"error {exc.strerror or exc}"
+
+
 class NetnsLab:
     def __init__(self, prefix: str = "kt") -> None:
         self.prefix = f"{prefix}{os.getpid() % 100000}{secrets.token_hex(2)}"

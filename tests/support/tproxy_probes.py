@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 
-from tests.support.netns_lab import NetnsLab
+from tests.support.netns_lab import NetnsLab, probe_as
 
 # Serves `tag:port` pairs on 0.0.0.0 and [::]; answers "<tag> <original destination ip>:<port>".
 ORIGINAL_DST_SERVER = r"""
@@ -65,37 +65,19 @@ def start_servers(lab: NetnsLab, ns: str, *specs: str) -> subprocess.Popen[str]:
     return proc
 
 
-def _connect_as(uid: int, host: str, port: int, source: str | None) -> str:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        answer = ""
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family) as s:
-                s.settimeout(2)
-                if source:
-                    s.bind((source, 0))
-                s.connect((host, port))
-                answer = s.recv(200).decode().strip()
-        except OSError as exc:
-            answer = f"error {exc.strerror or exc}"
-        finally:
-            os.write(write_fd, answer.encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
-    return answer
+def _connect(host: str, port: int, source: str | None) -> str:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.settimeout(2)
+        if source:
+            s.bind((source, 0))
+        s.connect((host, port))
+        return s.recv(200).decode().strip()
 
 
 def connect(lab: NetnsLab, ns: str, host: str, port: int, uid: int, source: str | None = None) -> str:
     """Who answers a connection from `ns` as `uid` to host:port: e.g. "outbound 10.1.0.2:8080"."""
-    return lab.call(ns, _connect_as, uid, host, port, source)
+    return lab.call(ns, probe_as, uid, _connect, host, port, source)
 
 
 def save(lab: NetnsLab, ns: str, tool: str) -> list[str]:
