@@ -67,7 +67,11 @@ def test_redirected_queries_are_answered_and_forwarded_without_looping(shared_di
                     "--no-hosts", f"--addn-hosts={hosts}", "--port=53", f"--listen-address={UPSTREAM_V4}",
                     "--bind-interfaces", f"--user={pwd.getpwuid(os.getuid()).pw_name}"]  # fmt: skip
         lab.popen(peer, upstream)
-        config = build_config({"proxy_uid": (PROXY_UID, "test")}, flag_layer({"redirect_dns": True}))
+        # Kuma's --redirect-dns catches queries to the resolv.conf's nameservers: the app's is dnsmasq.
+        resolv_conf = shared_dir / "resolv.conf"
+        resolv_conf.write_text(f"nameserver {UPSTREAM_V4}\n")
+        flags = flag_layer({"redirect_dns": True, "resolv_config_path": str(resolv_conf)})
+        config = build_config({"proxy_uid": (PROXY_UID, "test")}, flags)
         lab.call(app, apply.install, config)
 
         def ask(name: str, how: str = "udp") -> str:

@@ -33,8 +33,8 @@ class CniMesh(TransparentMesh):
     `a` is the node (control plane), the pods are hosts whose address the bridge plugin gave."""
 
     def __init__(self, lab: NetnsLab, root: Path, node: Host) -> None:
-        self.lab, self.root, self.a = lab, root, node
-        os.chmod(root, 0o755)
+        self._settle(lab, root, None)
+        self.a = node
 
 
 @pytest.fixture

@@ -69,9 +69,10 @@ class NamedMesh:
 
 
 def add_resolver_and_routes(mesh: TransparentMesh) -> str:
-    """dnsmasq in a namespace of its own, host a's only resolver; default routes between a and b
-    (as any VM or pod has one: a connect() to a VIP then reaches iptables instead of failing with
-    "network unreachable"). Returns the resolver's address."""
+    """dnsmasq in a namespace of its own, host a's only resolver and its default gateway (as any VM
+    or pod has one: a connect() to a VIP then reaches iptables instead of failing with "network
+    unreachable", and what the proxy lets through is dropped there as by a real gateway). Returns
+    the resolver's address."""
     lab = mesh.lab
     resolver = lab.namespace()
     subnet = f"10.253.{secrets.randbelow(250) + 1}"
@@ -86,8 +87,7 @@ def add_resolver_and_routes(mesh: TransparentMesh) -> str:
     ]  # fmt: skip
     lab.popen(resolver, argv)
     lab.resolv_conf(mesh.a.ns, f"nameserver {subnet}.2\n")
-    for host, peer in ((mesh.a, mesh.b), (mesh.b, mesh.a)):
-        lab.run(host.ns, ["ip", "route", "add", "default", "via", peer.ip], check=True)
+    lab.run(mesh.a.ns, ["ip", "route", "add", "default", "via", f"{subnet}.2"], check=True)
     return f"{subnet}.2"
 
 
@@ -147,6 +147,12 @@ def dataplane(name: str, service: str, address: str, port: int) -> str:
     return yaml.safe_dump(doc)
 
 
+def refused_at_once(mesh: TransparentMesh, url: str) -> bool:
+    started = time.monotonic()
+    failed = mesh.curl(mesh.a, url, uid=USER_UID).returncode != 0
+    return failed and time.monotonic() - started < 1
+
+
 def test_names_follow_services_and_their_vips_survive_a_restart(named: NamedMesh) -> None:
     mesh = named.mesh
     before = named.vips()
@@ -173,6 +179,8 @@ def test_names_follow_services_and_their_vips_survive_a_restart(named: NamedMesh
     mesh.kumactl("delete", "dataplane", "db-1")
     gone = time.monotonic()
     assert named.getent("db.mesh") == [db_vip]
+    # Meanwhile a call to it is refused by the proxy at once rather than left hanging on the VIP.
+    wait_until(lambda: refused_at_once(mesh, "http://db.mesh/"), timeout=GRACE_S - 1, what="db.mesh refused")
     assert "releaseAfter" in next(
         i for i in json.loads(mesh.kumactl("inspect", "vips", "-o", "json"))["items"] if i["service"] == "db"
     )

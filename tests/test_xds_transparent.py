@@ -223,6 +223,12 @@ def test_vips_route_on_each_service_port_and_port_80_and_the_records_listener_is
         ("240.0.0.3", 8080): "outbound:web",
         ("240.0.0.3", 80): "outbound:web",
     }
+    # A service in its grace period (a VIP, no endpoint): its VIP on port 80 reaches its chain, whose
+    # cluster has no endpoint (the proxy refuses the call at once).
+    grace = EndpointIndex(mesh_dataplanes, MeshNames.of({**names.vips, "gone": "240.0.0.9"}, "mesh", 80))
+    with_gone = generate_snapshot(WEB, mesh_dataplanes, None, endpoints=grace, context=contexts["web-1"])
+    assert outbound_routes(with_gone)[("240.0.0.9", 80)] == "outbound:gone"
+    assert not with_gone[ENDPOINT_TYPE]["gone"].endpoints
     records = web[LISTENER_TYPE]["kuma:dns:records"]
     assert (records.address.pipe.path, records.address.pipe.mode) == (
         "/tmp/kuma-dp-web-1/kuma-dns.sock",

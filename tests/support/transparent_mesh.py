@@ -52,14 +52,18 @@ class Host:
 class TransparentMesh:
     def __init__(self, lab: NetnsLab, root: Path, cp_env: dict[str, str] | None = None) -> None:
         """`cp_env`: the control plane's settings over the defaults here (memory store, ...)."""
-        self.lab, self.root = lab, root
-        self.cp_env = {"KUMA_STORE_TYPE": "memory", **(cp_env or {})}
-        self.cp: subprocess.Popen[str] | None = None
+        self._settle(lab, root, cp_env)
         subnet = f"10.252.{secrets.randbelow(250) + 1}"
         a, b = lab.namespace(), lab.namespace()
         lab.veth(a, f"{subnet}.1/24", b, f"{subnet}.2/24")
         self.a = Host(a, f"{subnet}.1", root / "a-dp")
         self.b = Host(b, f"{subnet}.2", root / "b-dp")
+
+    def _settle(self, lab: NetnsLab, root: Path, cp_env: dict[str, str] | None) -> None:
+        """What every mesh of namespaces has, whoever made the namespaces (see test_cni_chain)."""
+        self.lab, self.root = lab, root
+        self.cp_env = {"KUMA_STORE_TYPE": "memory", **(cp_env or {})}
+        self.cp: subprocess.Popen[str] | None = None
         os.chmod(root, 0o755)
 
     # --- parts ------------------------------------------------------------------------------------

@@ -117,7 +117,10 @@ class ImpliedOutbounds:
 
     def __init__(self, index: EndpointIndex) -> None:
         by_address: dict[tuple[str, int], Outbound] = {}
-        for service in index.services():
+        # A service in its VIP's grace period (no endpoint left) keeps an outbound on its VIP: a
+        # call to it is refused at once by the proxy instead of hanging on a VIP nobody routes.
+        vip_only = set(index.names.vips) - set(index.services()) if index.names is not None else set()
+        for service in sorted({*index.services(), *vip_only}):
             for address, port in _destinations(index, service):
                 # Built from already validated Dataplanes: skip validating them once more.
                 outbound = Outbound.model_construct(port=port, address=address, tags={SERVICE_TAG: service})
@@ -171,7 +174,8 @@ class ImpliedOutbounds:
 
 def _destinations(index: EndpointIndex, service: str) -> list[tuple[str, int]]:
     """Where a call reaches `service`: each endpoint's address and port, and its virtual IP (if it
-    has one) on each of those ports and on the mesh's service VIP port (80), as in Kuma."""
+    has one) on each of those ports and on the mesh's service VIP port (80), as in Kuma (on 80
+    only while the service has no endpoint)."""
     endpoints = index.endpoints(service)
     destinations = [(e.address, e.port) for e in endpoints]
     names = index.names
