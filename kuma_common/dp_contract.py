@@ -119,3 +119,19 @@ ADMIN_SOCKET_NAME = "envoy-admin.sock"  # Envoy's admin API (0600) unless the Da
 DNS_RECORDS_SOCKET = "kuma-dns.sock"
 DNS_RECORDS_PATH = "/dns"
 DNS_DOMAIN = "mesh"  # Kuma's KUMA_DNS_SERVER_DOMAIN default
+
+
+# --- metrics: the merged Prometheus endpoint (MeshMetric, docs/metrics.md) -------------------------
+# Envoy's listener on the MeshMetric backend's port routes the scrape path to the agent's metrics
+# hijacker on `<workdir>/<METRICS_HIJACKER_SOCKET>` (0600), path rewritten to METRICS_HIJACKER_PATH
+# (the scraper's query string kept). What to merge comes from the control plane through the proxy's
+# own Envoy: `<workdir>/<METRICS_CONFIG_SOCKET>` answers `GET <METRICS_CONFIG_PATH>` (Kuma's dynconf
+# path) with an etag and a JSON body
+#   {"observability": {"metrics": {"applications": [{"name", "path", "port", "address"}],
+#                                  "sidecar": {"profiles": {...}, "includeUnused": false}}}}
+# (Kuma's dpapi shape; `sidecar` as the MeshMetric conf has it), and 404 when no MeshMetric selects
+# the proxy.
+METRICS_HIJACKER_SOCKET = "kuma-metrics-hijacker.sock"
+METRICS_HIJACKER_PATH = "/meshmetric"
+METRICS_CONFIG_SOCKET = "kuma-meshmetric-config.sock"
+METRICS_CONFIG_PATH = "/meshmetric"

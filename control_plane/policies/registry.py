@@ -22,6 +22,7 @@ POLICY_FOLDERS = (
     "meshratelimit",
     "meshfaultinjection",
     "meshtls",
+    "meshmetric",
     "meshproxypatch",
 )
 

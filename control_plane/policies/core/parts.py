@@ -127,8 +127,15 @@ class ProxyResources:
     last to the whole proxy (MeshProxyPatch). Messages may be shared with other proxies: read them
     with `get`, change them only through `edit` (this proxy's own copy), `put` and `remove`."""
 
-    def __init__(self, resources: dict[str, dict[str, Message]]) -> None:
+    def __init__(
+        self,
+        resources: dict[str, dict[str, Message]],
+        dataplane: Dataplane | None = None,
+        workdir: str | None = None,
+    ) -> None:
         self._resources = resources
+        self.dataplane = dataplane  # the proxy's (for policies that need its address or name)
+        self.workdir = workdir  # its agent's work dir (node metadata), if it said
 
     def names(self, type_url: str) -> list[str]:
         return sorted(self._resources.get(type_url, {}))

@@ -46,14 +46,16 @@ def apply_outbound_policies(rules: OutboundRules, parts: OutboundParts) -> None:
                 policy_type.apply_outbound(conf, parts)
 
 
-def apply_proxy_policies(policies: MeshPolicies, dataplane: Dataplane, resources: dict) -> None:
-    """The whole-proxy plugins (MeshProxyPatch), last, on the proxy's finished config."""
+def apply_proxy_policies(
+    policies: MeshPolicies, dataplane: Dataplane, resources: dict, workdir: str | None = None
+) -> None:
+    """The whole-proxy plugins (MeshMetric, MeshProxyPatch), last, on the proxy's finished config."""
     for policy_type in _PROXY:
         conf = policies.proxy_conf(policy_type, dataplane)
         if conf is not None:
             assert policy_type.apply_proxy is not None
             with _skipped_if_invalid(policy_type, conf.origins, f"{dataplane.mesh}/{dataplane.name}"):
-                policy_type.apply_proxy(conf, ProxyResources(resources))
+                policy_type.apply_proxy(conf, ProxyResources(resources, dataplane, workdir))
 
 
 @contextlib.contextmanager

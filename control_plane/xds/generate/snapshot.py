@@ -85,8 +85,9 @@ def generate_snapshot(
     """
     index = endpoints if endpoints is not None else EndpointIndex(mesh_dataplanes)
     policies = policies if policies is not None else mesh_policies(dataplane.mesh)
-    resources = _proxy_resources(dataplane, mesh, index, context or ProxyContext(), policies)
-    apply_proxy_policies(policies, dataplane, resources)
+    context = context or ProxyContext()
+    resources = _proxy_resources(dataplane, mesh, index, context, policies)
+    apply_proxy_policies(policies, dataplane, resources, context.workdir)
     return resources
 
 
