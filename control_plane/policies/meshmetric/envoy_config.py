@@ -29,9 +29,7 @@ from control_plane.xds.generate.listeners import HCM_FILTER, ROUTER_FILTER
 from control_plane.xds.generate.pack import pack
 from kuma_common.dp_contract import (
     METRICS_CONFIG_PATH,
-    METRICS_CONFIG_SOCKET,
     METRICS_HIJACKER_PATH,
-    METRICS_HIJACKER_SOCKET,
 )
 
 PROMETHEUS_LISTENER_PREFIX = "_kuma:metrics:prometheus"
@@ -50,7 +48,9 @@ def socket_path(workdir: str, name: str) -> str | None:
     return path if len(path.encode()) <= MAX_SOCKET_PATH else None
 
 
-def _router_manager(stat_prefix: str, route_config: route_pb2.RouteConfiguration) -> hcm.HttpConnectionManager:
+def _router_manager(
+    stat_prefix: str, route_config: route_pb2.RouteConfiguration
+) -> hcm.HttpConnectionManager:
     return hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
@@ -59,7 +59,9 @@ def _router_manager(stat_prefix: str, route_config: route_pb2.RouteConfiguration
     )
 
 
-def _listener(name: str, address: address_pb2.Address, manager: hcm.HttpConnectionManager) -> listener_pb2.Listener:
+def _listener(
+    name: str, address: address_pb2.Address, manager: hcm.HttpConnectionManager
+) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=name,
         address=address,
@@ -103,7 +105,9 @@ def prometheus_listener(client_id: str, address: str, port: int, path: str) -> l
 def hijacker_cluster(path: str) -> cluster_pb2.Cluster:
     """The agent's hijacker on its Unix socket `path`."""
     endpoint = endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(address=address_pb2.Address(pipe=address_pb2.Pipe(path=path)))
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(pipe=address_pb2.Pipe(path=path))
+        )
     )
     return cluster_pb2.Cluster(
         name=HIJACKER_CLUSTER,

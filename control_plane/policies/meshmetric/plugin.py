@@ -60,7 +60,9 @@ def apply_proxy(merged: MergedConf, resources: ProxyResources) -> None:
         return
     address = resources.dataplane.networking.address
     for backend in backends:
-        listener = prometheus_listener(backend.clientId or DEFAULT_CLIENT_ID, address, backend.port, backend.path)
+        listener = prometheus_listener(
+            backend.clientId or DEFAULT_CLIENT_ID, address, backend.port, backend.path
+        )
         resources.put(LISTENER_TYPE, listener.name, listener)
     cluster = hijacker_cluster(hijacker)
     resources.put(CLUSTER_TYPE, cluster.name, cluster)
@@ -71,7 +73,9 @@ def apply_proxy(merged: MergedConf, resources: ProxyResources) -> None:
 
 @lru_cache(maxsize=1024)
 def _warn_no_workdir(mesh: str, name: str, workdir: str | None) -> None:
-    reason = "sent no work dir (not run by kuma-dp?)" if not workdir else f"has a work dir too long ({workdir})"
+    reason = (
+        "sent no work dir (not run by kuma-dp?)" if not workdir else f"has a work dir too long ({workdir})"
+    )
     log.warning(
         "MeshMetric selects %s/%s, but its proxy %s for the metrics sockets: no metrics endpoint",
         mesh,
