@@ -39,6 +39,7 @@ DEFAULT_DEREGISTRATION_DELAY = "10s"
 DEFAULT_DNS_DOMAIN = "mesh"
 DEFAULT_DNS_CIDR = "240.0.0.0/4"
 DEFAULT_SERVICE_VIP_PORT = 80
+DEFAULT_MONITORING_ASSIGNMENT_PORT = 5676  # Kuma's MADS port: Prometheus discovery
 # Ours (Kuma frees a VIP at once): how long a service without instances keeps its VIP and name, so a
 # redeploy or a VM reboot does not change the address clients cached or flap the name to NXDOMAIN.
 DEFAULT_VIP_RELEASE_GRACE_PERIOD = "10m"
@@ -224,6 +225,15 @@ _SETTINGS: tuple[_Setting, ...] = (
         DEFAULT_DEREGISTRATION_DELAY,
     ),
     _Setting(("defaults", "skipMeshCreation"), "KUMA_DEFAULTS_SKIP_MESH_CREATION", _bool, False),
+    _Setting(
+        ("monitoringAssignmentServer", "enabled"), "KUMA_MONITORING_ASSIGNMENT_SERVER_ENABLED", _bool, True
+    ),
+    _Setting(
+        ("monitoringAssignmentServer", "port"),
+        "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
+        _nonzero_port,
+        DEFAULT_MONITORING_ASSIGNMENT_PORT,
+    ),
     _Setting(("dnsServer", "domain"), "KUMA_DNS_SERVER_DOMAIN", _dns_domain, DEFAULT_DNS_DOMAIN),
     _Setting(("dnsServer", "CIDR"), "KUMA_DNS_SERVER_CIDR", _vip_cidr, DEFAULT_DNS_CIDR),
     _Setting(("dnsServer", "serviceVipEnabled"), "KUMA_DNS_SERVER_SERVICE_VIP_ENABLED", _bool, True),
@@ -317,6 +327,14 @@ class DnsServerConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringAssignmentConfig:
+    """Prometheus discovery of the proxies' metrics endpoints (control_plane/monitoring/)."""
+
+    enabled: bool
+    port: int
+
+
+@dataclass(frozen=True)
 class CpConfig:
     general: GeneralConfig
     store: StoreConfig
@@ -325,6 +343,9 @@ class CpConfig:
     xds: XdsConfig
     defaults: DefaultsConfig
     dns_server: DnsServerConfig
+    monitoring: MonitoringAssignmentConfig = MonitoringAssignmentConfig(
+        True, DEFAULT_MONITORING_ASSIGNMENT_PORT
+    )
     # Keys of the YAML file that Kuma knows but this control plane ignores, e.g. "reports.enabled".
     ignored_keys: tuple[str, ...] = ()
 
@@ -449,6 +470,9 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
             service_vip_port=v("dnsServer", "serviceVipPort"),
             vip_release_grace_period=v("dnsServer", "vipReleaseGracePeriod"),
             vip_refresh_interval=v("runtime", "universal", "vipRefreshInterval"),
+        ),
+        monitoring=MonitoringAssignmentConfig(
+            enabled=v("monitoringAssignmentServer", "enabled"), port=v("monitoringAssignmentServer", "port")
         ),
         ignored_keys=ignored,
     )

@@ -18,6 +18,7 @@ from control_plane.dp_server.bootstrap_api import BootstrapSettings
 from control_plane.dp_server.http_app import create_dp_http_app
 from control_plane.dp_server.server import DpServer
 from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
+from control_plane.monitoring.server import create_monitoring_app
 from control_plane.store.base import ResourceStore
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
@@ -82,6 +83,7 @@ class ControlPlane:
             )
         )
         api.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        monitoring = _monitoring_server(self.store, cfg)
         log.info(
             "kuma-cp: API on :%d, DP server on :%d (CA for agents: %s), store %s",
             cfg.api_server.http_port,
@@ -95,11 +97,27 @@ class ControlPlane:
                 group.create_task(VipAllocator(self.store, cfg.dns_server).run())
                 group.create_task(dp_server.run())
                 group.create_task(_serve_api(api))
+                if monitoring is not None:
+                    group.create_task(_serve_api(monitoring))
         finally:
             api.should_exit = True
+            if monitoring is not None:
+                monitoring.should_exit = True
 
     def close(self) -> None:
         self.store.close()
+
+
+def _monitoring_server(store: ResourceStore, cfg: CpConfig) -> uvicorn.Server | None:
+    """Prometheus discovery on KUMA_MONITORING_ASSIGNMENT_SERVER_PORT (5676), all interfaces (Kuma)."""
+    if not cfg.monitoring.enabled:
+        return None
+    app = create_monitoring_app(store)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="0.0.0.0", port=cfg.monitoring.port, log_level="warning", lifespan="off")
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server
 
 
 async def _serve_api(api: uvicorn.Server) -> None:
@@ -113,6 +131,11 @@ def _check_ports_free(config: CpConfig) -> None:
     for var, host, port in (
         ("KUMA_API_SERVER_HTTP_PORT", config.api_server.http_interface, config.api_server.http_port),
         ("KUMA_DP_SERVER_PORT", "0.0.0.0", config.dp_server.port),
+        *(
+            [("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT", "0.0.0.0", config.monitoring.port)]
+            if config.monitoring.enabled
+            else []
+        ),
     ):
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

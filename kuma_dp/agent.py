@@ -29,6 +29,7 @@ from kuma_dp.identity.renewal import WorkloadIdentity
 from kuma_dp.identity.sds import IdentityPaths
 from kuma_dp.identity.services import spiffe_ids
 from kuma_dp.identity.token_rotation import TokenRotation
+from kuma_dp.metrics.component import run_metrics
 from kuma_dp.readiness import ReadinessState, start_readiness_server
 from kuma_dp.signals import Shutdown, installed
 from kuma_dp.supervisor import RestartPolicy, supervise
@@ -169,6 +170,9 @@ async def _run_with_identity(
             ]
         if identity is not None:
             side_tasks.append(side.create_task(identity.renew_forever()))
+        if config.proxy_type == DEFAULT_PROXY_TYPE:  # the merged metrics endpoint (MeshMetric)
+            metrics = run_metrics(bootstrap_path.parent, admin.address, config.metrics_app_timeout_s)
+            side_tasks.append(side.create_task(metrics))
         try:
             await _run_envoy(
                 config, binary, bootstrap_path, admin, shutdown, restart, rotation.envoy_starting

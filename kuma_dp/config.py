@@ -67,6 +67,7 @@ class RunConfig:
     dns_enabled: bool = True
     dns_port: int = c.DEFAULT_DNS_PORT
     dns_port_source: str = "the default"  # "from <flag or variable>", for error messages
+    metrics_app_timeout_s: float = c.DEFAULT_METRICS_APPLICATION_TIMEOUT_S
 
 
 def build_run_config(
@@ -107,6 +108,9 @@ def build_run_config(
         dns_enabled=_dns_enabled(flags, env),
         dns_port=dns_port,
         dns_port_source=dns_port_source,
+        metrics_app_timeout_s=_env_duration(
+            env, c.ENV_METRICS_APPLICATION_TIMEOUT, c.DEFAULT_METRICS_APPLICATION_TIMEOUT
+        ),
     )
 
 

@@ -104,3 +104,10 @@ DNS_TCP_IDLE_TIMEOUT_S = 10.0  # a connection with no complete query for this lo
 ENV_DNS_ENABLED = "KUMA_DNS_ENABLED"
 ENV_DNS_PROXY_PORT = "KUMA_DNS_PROXY_PORT"
 ENV_DNS_CORE_DNS_PORT = "KUMA_DNS_CORE_DNS_PORT"
+
+# Metrics hijacker (MeshMetric): how long a scrape waits for each application (and Envoy). Kuma
+# has no such bound (a scrape waits as long as the scraper does); ours keeps Envoy's series flowing
+# when an application hangs. Our own variable.
+ENV_METRICS_APPLICATION_TIMEOUT = "KUMA_METRICS_APPLICATION_TIMEOUT"
+DEFAULT_METRICS_APPLICATION_TIMEOUT = "2s"
+DEFAULT_METRICS_APPLICATION_TIMEOUT_S = 2.0

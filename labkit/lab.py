@@ -180,6 +180,8 @@ class Lab:
             "KUMA_API_SERVER_HTTP_PORT": str(api_port),
             "KUMA_API_SERVER_HTTP_INTERFACE": "127.0.0.1",
             "KUMA_DP_SERVER_PORT": str(dp_port),
+            # Prometheus discovery (5676 by default): one port per lab, so labs run side by side.
+            "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT": str(free_port()),
             **env,
         }
         proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env)

@@ -1,0 +1,96 @@
+"""Which proxies Prometheus scrapes, where, and with what labels: pure functions of the store's
+Dataplanes and MeshMetric policies.
+
+A Dataplane that a MeshMetric with a Prometheus backend selects is one target per backend:
+`<its address>:<port>`, path `path`, labels `mesh`, `dataplane`, `service` (its first inbound's
+`kuma.io/service`), `zone` when its inbounds carry `kuma.io/zone`, and `kuma_io_client_id` for a
+backend's `clientId`, as Kuma's MADS does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from control_plane.policies.core.rules import MeshPolicies
+from control_plane.policies.meshmetric.api import DEFAULT_CLIENT_ID, Conf
+from control_plane.policies.registry import BY_KIND
+from control_plane.resources.dataplane import Dataplane
+
+ZONE_TAG = "kuma.io/zone"
+_METRIC = BY_KIND["MeshMetric"]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    mesh: str
+    service: str
+    dataplane: str
+    address: str  # host:port
+    path: str
+    client_id: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def http_sd(self) -> dict[str, Any]:
+        """Prometheus HTTP SD's target group."""
+        return {"targets": [self.address], "labels": {**self.labels, "__metrics_path__": self.path}}
+
+    def mads(self) -> dict[str, Any]:
+        """Kuma's MonitoringAssignment (observability/v1, JSON) as kuma_sd_configs reads it."""
+        return {
+            "@type": "type.googleapis.com/kuma.observability.v1.MonitoringAssignment",
+            "mesh": self.mesh,
+            "service": self.service,
+            "targets": [
+                {
+                    "name": self.dataplane,
+                    "scheme": "http",
+                    "address": self.address,
+                    "metrics_path": self.path,
+                    "labels": {
+                        k: v for k, v in self.labels.items() if k not in ("mesh", "service", "dataplane")
+                    },
+                }
+            ],
+        }
+
+
+def assignments(dataplanes: list[Dataplane], policies: MeshPolicies) -> list[Assignment]:
+    """The targets of one mesh's proxies."""
+    found: list[Assignment] = []
+    for dataplane in dataplanes:
+        merged = policies.proxy_conf(_METRIC, dataplane)
+        if merged is None:
+            continue
+        try:
+            conf: Conf = merged.parsed(Conf)
+        except ValueError:
+            continue  # the generator warns about a merge that is not valid
+        for backend in conf.backends or []:
+            if backend.type != "Prometheus":
+                continue
+            prometheus = backend.prometheus_backend()
+            found.append(_assignment(dataplane, prometheus.port, prometheus.path, prometheus.clientId))
+    return found
+
+
+def _assignment(dataplane: Dataplane, port: int, path: str, client_id: str | None) -> Assignment:
+    address = dataplane.networking.advertisedAddress or dataplane.networking.address
+    host = f"[{address}]" if ":" in address else address
+    inbounds = dataplane.networking.inbound
+    service = inbounds[0].service if inbounds else dataplane.name
+    labels = {"mesh": dataplane.mesh, "dataplane": dataplane.name, "service": service}
+    zone = next((i.tags[ZONE_TAG] for i in inbounds if ZONE_TAG in i.tags), None)
+    if zone:
+        labels["zone"] = zone
+    if client_id:
+        labels["kuma_io_client_id"] = client_id
+    return Assignment(
+        mesh=dataplane.mesh,
+        service=service,
+        dataplane=dataplane.name,
+        address=f"{host}:{port}",
+        path=path,
+        client_id=client_id or DEFAULT_CLIENT_ID,
+        labels=labels,
+    )
