@@ -16,8 +16,10 @@ PYTHON="${PYTHON:-python3}"
 # hey/wrk: the benchmarks' fixed-rate and saturation load; dnsmasq-base: the real upstream resolver
 # of the DNS tests (the binary only: the `dnsmasq` package would also start a resolver on port 53);
 # dnsperf: the DNS benchmark's load.
+# prometheus: the MeshMetric test scrapes through a real Prometheus (tests start their own, on
+# loopback with a temp storage dir); the package's own service is stopped and disabled below.
 SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates containernetworking-plugins
-  shellcheck vagrant hey wrk dnsmasq-base dnsperf)
+  shellcheck vagrant hey wrk dnsmasq-base dnsperf prometheus)
 
 install_system_packages() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0
@@ -30,6 +32,11 @@ install_system_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts prometheus.service (all interfaces, :9090) where systemd runs; we only want the
+  # binary. In a container without systemd nothing was started and there is nothing to stop.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 }
 
 check_python() {
