@@ -43,6 +43,7 @@ SECTIONS = (
     Section("cni", "bench.cni_add", needs_root=True),
     Section("identity", "bench.csr_signing"),
     Section("dns", "bench.dns"),
+    Section("metrics", "bench.metrics"),  # the merged metrics endpoint (MeshMetric)
 )
 
 

@@ -9,9 +9,9 @@ import pytest
 from labkit.lab import Lab
 from labkit.ports import free_port
 from labkit.waiting import wait_until
+from tests.support.meshmetric_lab import MetricsLab, mesh_metric
 from tests.support.metrics_app import APP_COUNTER
 from tests.support.prometheus import Prometheus
-from tests.test_meshmetric_e2e import MetricsLab, mesh_metric
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
