@@ -256,3 +256,19 @@ async def test_mads_answers_as_kuma_sd_expects_and_304_when_unchanged() -> None:
         assert same.status_code == 304
         bad = await client.post(MADS_PATH, content=b"{not json")
         assert bad.status_code == 400
+
+
+async def test_the_meshs_older_metrics_field_is_discovered_where_no_meshmetric_selects() -> None:
+    store = _store()
+    store.delete(ResourceKey("MeshMetric", "default", "m"))
+    metrics = {
+        "enabledBackend": "p",
+        "backends": [{"name": "p", "type": "prometheus", "conf": {"port": 5690}}],
+    }
+    store.upsert(ResourceKey("Mesh", "", "default"), {"metrics": metrics})
+    async with await _client(store) as client:
+        groups = (await client.get("/http_sd")).json()
+    assert [(g["targets"], g["labels"]["__metrics_path__"]) for g in groups] == [
+        (["10.0.0.1:5690"], "/metrics"),
+        (["10.0.0.2:5690"], "/metrics"),
+    ]

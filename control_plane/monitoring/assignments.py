@@ -4,7 +4,8 @@ Dataplanes and MeshMetric policies.
 A Dataplane that a MeshMetric with a Prometheus backend selects is one target per backend:
 `<its address>:<port>`, path `path`, labels `mesh`, `dataplane`, `service` (its first inbound's
 `kuma.io/service`), `zone` when its inbounds carry `kuma.io/zone`, and `kuma_io_client_id` for a
-backend's `clientId`, as Kuma's MADS does.
+backend's `clientId`, as Kuma's MADS does. Where no MeshMetric selects a proxy, its Mesh's older
+`metrics` field may (policies/meshmetric/legacy.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from control_plane.policies.core.rules import MeshPolicies
 from control_plane.policies.meshmetric.api import DEFAULT_CLIENT_ID, Conf
+from control_plane.policies.meshmetric.legacy import legacy_conf
 from control_plane.policies.registry import BY_KIND
 from control_plane.resources.dataplane import Dataplane
 
@@ -55,17 +57,20 @@ class Assignment:
         }
 
 
-def assignments(dataplanes: list[Dataplane], policies: MeshPolicies) -> list[Assignment]:
-    """The targets of one mesh's proxies."""
+def assignments(
+    dataplanes: list[Dataplane], policies: MeshPolicies, mesh_metrics: dict[str, Any] | None = None
+) -> list[Assignment]:
+    """The targets of one mesh's proxies (`mesh_metrics`: the Mesh's older `metrics` field)."""
     found: list[Assignment] = []
+    legacy = legacy_conf(mesh_metrics)
     for dataplane in dataplanes:
         merged = policies.proxy_conf(_METRIC, dataplane)
-        if merged is None:
-            continue
         try:
-            conf: Conf = merged.parsed(Conf)
+            conf: Conf | None = merged.parsed(Conf) if merged is not None else legacy
         except ValueError:
             continue  # the generator warns about a merge that is not valid
+        if conf is None:
+            continue
         for backend in conf.backends or []:
             if backend.type != "Prometheus":
                 continue

@@ -46,7 +46,7 @@ def current_assignments(store: ResourceStore) -> list[Assignment]:
             except ValueError:
                 continue  # the reconciler warns
         if dataplanes:
-            found.extend(assignments(dataplanes, load_mesh_policies(store, name)))
+            found.extend(assignments(dataplanes, load_mesh_policies(store, name), mesh.spec.get("metrics")))
     return found
 
 

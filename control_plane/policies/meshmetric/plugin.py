@@ -24,6 +24,7 @@ from control_plane.policies.meshmetric.envoy_config import (
     prometheus_listener,
     socket_path,
 )
+from control_plane.policies.meshmetric.legacy import legacy_conf
 from control_plane.xds.names import CLUSTER_TYPE, LISTENER_TYPE
 from kuma_common.dp_contract import METRICS_CONFIG_SOCKET, METRICS_HIJACKER_SOCKET
 
@@ -48,7 +49,17 @@ def _encoded(text: str) -> tuple[bytes, str]:
 
 
 def apply_proxy(merged: MergedConf, resources: ProxyResources) -> None:
-    conf: Conf = merged.parsed(Conf)
+    apply_conf(merged.parsed(Conf), resources)
+
+
+def apply_mesh_metrics(metrics: dict[str, Any] | None, resources: ProxyResources) -> None:
+    """Kuma's older `Mesh.metrics`, for a proxy no MeshMetric selects (legacy.py)."""
+    conf = legacy_conf(metrics)
+    if conf is not None:
+        apply_conf(conf, resources)
+
+
+def apply_conf(conf: Conf, resources: ProxyResources) -> None:
     backends = [b.prometheus_backend() for b in conf.backends or [] if b.type == "Prometheus"]
     if not backends or resources.dataplane is None:
         return

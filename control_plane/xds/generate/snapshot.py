@@ -9,9 +9,11 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from control_plane.policies.core.parts import InboundParts
+from control_plane.policies.core.parts import InboundParts, ProxyResources
 from control_plane.policies.core.rules import MeshPolicies, OutboundRules
 from control_plane.policies.loading import mesh_policies
+from control_plane.policies.meshmetric.plugin import apply_mesh_metrics
+from control_plane.policies.registry import BY_KIND
 from control_plane.resources.dataplane import Dataplane, Outbound
 from control_plane.resources.mesh import Mesh
 from control_plane.xds.generate.clusters import local_cluster, secure_cluster
@@ -41,6 +43,7 @@ from control_plane.xds.names import (
 
 # type URL → resource name → message
 Resources = dict[str, dict[str, Message]]
+MESH_METRIC = BY_KIND["MeshMetric"]  # Kuma's older Mesh.metrics applies where no MeshMetric does
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ def generate_snapshot(
     context = context or ProxyContext()
     resources = _proxy_resources(dataplane, mesh, index, context, policies)
     apply_proxy_policies(policies, dataplane, resources, context.workdir)
+    if mesh is not None and mesh.metrics and policies.proxy_conf(MESH_METRIC, dataplane) is None:
+        apply_mesh_metrics(mesh.metrics, ProxyResources(resources, dataplane, context.workdir))
     return resources
 
 
