@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from kuma_dp.metrics.exposition import parse
 from labkit.lab import ControlPlaneProc, Lab
 from tests.support.meshmetric_lab import APP_TIMEOUT_S, PROMETHEUS_ACCEPT, MetricsLab, mesh_metric, series
 from tests.support.metrics_app import APP_COUNTER, APP_GAUGE
@@ -37,6 +38,7 @@ def test_scrape_serves_envoy_and_app_series(mlab: MetricsLab) -> None:
     response = mlab.scrape(PROMETHEUS_ACCEPT)
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.endswith("# EOF\n")
+    parse(response.text, response.headers["content-type"])  # one valid document (a strict parser)
     assert series(response.text, APP_COUNTER) and series(response.text, "envoy_cluster_upstream_rq_total")
     # Another path on the metrics port is not the agent's.
     assert httpx.get(f"http://127.0.0.1:{mlab.metrics_port}/other", timeout=5).status_code == 404

@@ -140,6 +140,15 @@ def test_openmetrics_is_one_valid_document() -> None:
     reparsed = {f.name: f for f in parse(body, "application/openmetrics-text; version=1.0.0")}
     assert reparsed["orders"].samples[0].labels == {"shop": "a", "kuma_application": "shop"}
     assert reparsed["envoy_cluster_upstream_rq"].type == "counter"
+    # Envoy's series keep Envoy's names: a counter without `_total` is not renamed, but `unknown`.
+    assert reparsed["envoy_cluster_lb_zone_routing_all_directly"].type == "unknown"
+    assert reparsed["envoy_cluster_lb_zone_routing_all_directly"].samples[0].name == (
+        "envoy_cluster_lb_zone_routing_all_directly"
+    )
+    assert reparsed["envoy_cluster_upstream_cx_connect_ms"].type == "histogram"
+    assert [s.name for s in reparsed["envoy_cluster_upstream_rq"].samples] == [
+        "envoy_cluster_upstream_rq_total"
+    ] * 3
 
 
 def test_an_app_that_does_not_speak_prometheus_is_an_error() -> None:

@@ -1,8 +1,9 @@
 """Merging Envoy's series with the applications' and writing them in the format the scraper
 asked for (its Accept header): Prometheus text 0.0.4 or OpenMetrics 1.0. Pure.
 
-Parsing and writing are prometheus_client's. In Prometheus text, Envoy's (already filtered) text
-is passed through as Envoy wrote it; only the applications' bodies are parsed and rewritten. Every
+Parsing and writing are prometheus_client's. Envoy's (already filtered) text is passed through as
+Envoy wrote it (in OpenMetrics, with its `# TYPE` lines adapted); only the applications' bodies
+are parsed and rewritten. Every
 application series gets the label `kuma_application="<name>"` (unless it has one), so its origin
 shows in queries; Envoy's series stay as Envoy names them (`envoy_*`). An application body that
 does not parse is left out (the caller logs it); Envoy's series never depend on it.
@@ -95,12 +96,33 @@ class _Families:
         return self.families
 
 
+_OM_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
+
+
+def envoy_as_openmetrics(text: str) -> str:
+    """Envoy's Prometheus text as OpenMetrics, its series names unchanged (dashboards written for
+    Envoy's names keep working whatever the scraper negotiates): a counter `x_total` is declared as
+    family `x`; a counter without the `_total` OpenMetrics requires is declared `unknown` rather
+    than renamed; `untyped` is `unknown`. Line by line: no parsing into objects."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or (line.startswith("#") and not line.startswith("# TYPE ")):
+            continue  # HELP lines would name the family as declared below; Envoy writes none
+        if line.startswith("# TYPE "):
+            _, _, name, kind = (line.split() + ["untyped"])[:4]
+            if kind == "counter":
+                name, kind = (name[: -len("_total")], kind) if name.endswith("_total") else (name, "unknown")
+            line = f"# TYPE {name} {_OM_TYPES.get(kind, 'unknown')}"
+        out.append(line)
+    return "\n".join(out) + "\n" if out else ""
+
+
 def merged(envoy_text: str, applications: list[tuple[str, list[Metric]]], fmt: str) -> bytes:
     """One body in `fmt`: Envoy's series then each application's (labelled)."""
     apps = [f for name, families in applications for f in labelled(families, name)]
     if fmt == OPENMETRICS:
-        families = (list(parse_text(envoy_text)) if envoy_text else []) + apps
-        return om_exposition.generate_latest(_Families(families))  # type: ignore[arg-type]
+        tail = om_exposition.generate_latest(_Families(apps))  # type: ignore[arg-type]  # ends "# EOF"
+        return envoy_as_openmetrics(envoy_text).encode() + tail
     tail = text_exposition.generate_latest(_Families(apps)) if apps else b""  # type: ignore[arg-type]
     head = envoy_text.encode()
     if head and not head.endswith(b"\n"):
