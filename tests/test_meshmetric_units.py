@@ -21,6 +21,10 @@ ENVOY = """# TYPE envoy_cluster_upstream_rq_total counter
 envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"} 12
 envoy_cluster_upstream_rq_total{envoy_cluster_name="ads_cluster"} 3
 envoy_cluster_upstream_rq_total{envoy_cluster_name="_kuma:metrics:hijacker"} 1
+# TYPE envoy_cluster_upstream_rq counter
+envoy_cluster_upstream_rq{envoy_response_code="200",envoy_cluster_name="backend"} 12
+# TYPE envoy_cluster_upstream_cx_total counter
+envoy_cluster_upstream_cx_total{envoy_cluster_name="backend"} 2
 # TYPE envoy_cluster_lb_zone_routing_all_directly counter
 envoy_cluster_lb_zone_routing_all_directly{envoy_cluster_name="backend"} 0
 # TYPE envoy_server_live gauge
@@ -50,7 +54,12 @@ def settings(**kw) -> MetricsSettings:
 
 def test_basic_is_the_default_and_drops_the_mesh_plumbing() -> None:
     out = EnvoyFilter(settings()).apply(ENVOY)
-    assert families(out) == {"envoy_cluster_upstream_rq_total", "envoy_server_live"}
+    assert families(out) == {
+        "envoy_cluster_upstream_rq_total",
+        "envoy_cluster_upstream_rq",
+        "envoy_cluster_upstream_cx_total",
+        "envoy_server_live",
+    }
     assert 'envoy_cluster_name="backend"} 12' in out
     assert "ads_cluster" not in out and "_kuma:metrics:hijacker" not in out  # internal series dropped
     # a Basic family left with internal series only goes entirely (cx_connect_ms on ads_cluster)
@@ -139,14 +148,17 @@ def test_openmetrics_is_one_valid_document() -> None:
     assert body.endswith("# EOF\n") and body.count("# EOF") == 1
     reparsed = {f.name: f for f in parse(body, "application/openmetrics-text; version=1.0.0")}
     assert reparsed["orders"].samples[0].labels == {"shop": "a", "kuma_application": "shop"}
-    assert reparsed["envoy_cluster_upstream_rq"].type == "counter"
+    assert reparsed["envoy_cluster_upstream_cx"].type == "counter"
+    # upstream_rq_total beside upstream_rq{envoy_response_code}: both keep their names, no clash
+    assert reparsed["envoy_cluster_upstream_rq_total"].type == "unknown"
+    assert reparsed["envoy_cluster_upstream_rq"].samples[0].labels["envoy_response_code"] == "200"
     # Envoy's series keep Envoy's names: a counter without `_total` is not renamed, but `unknown`.
     assert reparsed["envoy_cluster_lb_zone_routing_all_directly"].type == "unknown"
     assert reparsed["envoy_cluster_lb_zone_routing_all_directly"].samples[0].name == (
         "envoy_cluster_lb_zone_routing_all_directly"
     )
     assert reparsed["envoy_cluster_upstream_cx_connect_ms"].type == "histogram"
-    assert [s.name for s in reparsed["envoy_cluster_upstream_rq"].samples] == [
+    assert [s.name for s in reparsed["envoy_cluster_upstream_rq_total"].samples] == [
         "envoy_cluster_upstream_rq_total"
     ] * 3
 

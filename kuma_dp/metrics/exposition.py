@@ -102,16 +102,24 @@ _OM_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "
 def envoy_as_openmetrics(text: str) -> str:
     """Envoy's Prometheus text as OpenMetrics, its series names unchanged (dashboards written for
     Envoy's names keep working whatever the scraper negotiates): a counter `x_total` is declared as
-    family `x`; a counter without the `_total` OpenMetrics requires is declared `unknown` rather
-    than renamed; `untyped` is `unknown`. Line by line: no parsing into objects."""
+    family `x`; a counter without the `_total` OpenMetrics requires (or whose family name another
+    family has) is declared `unknown` rather than renamed; `untyped` is `unknown`. Line by line:
+    no parsing into objects."""
+    lines = text.splitlines()
+    declared = {line.split()[2] for line in lines if line.startswith("# TYPE ") and len(line.split()) > 2}
     out: list[str] = []
-    for line in text.splitlines():
+    for line in lines:
         if not line.strip() or (line.startswith("#") and not line.startswith("# TYPE ")):
             continue  # HELP lines would name the family as declared below; Envoy writes none
         if line.startswith("# TYPE "):
             _, _, name, kind = (line.split() + ["untyped"])[:4]
             if kind == "counter":
-                name, kind = (name[: -len("_total")], kind) if name.endswith("_total") else (name, "unknown")
+                # `x_total` is family `x`, unless Envoy has a family `x` too (upstream_rq_total
+                # beside upstream_rq{envoy_response_code}): then it stays `unknown`, as named.
+                family = name.removesuffix("_total")
+                name, kind = (
+                    (family, kind) if name != family and family not in declared else (name, "unknown")
+                )
             line = f"# TYPE {name} {_OM_TYPES.get(kind, 'unknown')}"
         out.append(line)
     return "\n".join(out) + "\n" if out else ""
