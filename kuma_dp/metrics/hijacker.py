@@ -86,7 +86,14 @@ class Hijacker:
         if envoy is None and not scraped:
             return 503, "text/plain; charset=utf-8", b"neither Envoy nor any application answered\n"
         fmt = negotiate(accept)
-        body = merged(envoy_filter.apply(envoy) if envoy else "", scraped, fmt)
+        envoy_text = envoy_filter.apply(envoy) if envoy else ""
+        try:
+            body = merged(envoy_text, scraped, fmt)
+        except Exception as exc:  # an application family prometheus_client cannot write
+            self._failed("merge", f"applications' series not written: {type(exc).__name__}: {exc}")
+            body = merged(envoy_text, [], fmt)
+        else:
+            self._recovered("merge")
         return 200, CONTENT_TYPES[fmt], body
 
     def _timeout(self, scrape_timeout: str | None) -> float:
