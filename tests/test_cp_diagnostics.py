@@ -97,7 +97,7 @@ def test_metrics_follow_a_proxy_and_changes(lab: Lab, cp: ControlPlaneProc) -> N
     lab.wait_ready(agent)
 
     # Connected: the gauge of its mesh is 1; it was bootstrapped, certified, sent config and ACKed.
-    wait_until(lambda: total(scrape(cp), "xds_dataplanes_connected", mesh="default") == 1, timeout=10)
+    wait_until(lambda: total(scrape(cp), "xds_dataplanes_connected", mesh="default") == 1, timeout=30)
     before = scrape(cp)
     assert total(before, "xds_streams_active") == 1
     assert (
@@ -123,7 +123,7 @@ def test_metrics_follow_a_proxy_and_changes(lab: Lab, cp: ControlPlaneProc) -> N
         )
         return now if grew else None
 
-    after = wait_until(pushed_and_acked, timeout=10, what="the MeshTimeout pushed and ACKed")
+    after = wait_until(pushed_and_acked, timeout=30, what="the MeshTimeout pushed and ACKed")
     assert total(after, "store_count", operation="create", resource_type="MeshTimeout") == 1
     route = {"handler": "/meshes/{mesh}/meshtimeouts/{name}", "method": "PUT"}
     assert total(after, "api_server_http_request_duration_seconds_count", code="2xx", **route) == 1
@@ -136,7 +136,7 @@ def test_metrics_follow_a_proxy_and_changes(lab: Lab, cp: ControlPlaneProc) -> N
         lambda: (
             total(scrape(cp), "xds_requests_received_total", type_url=CLUSTER_TYPE, confirmation="NACK") >= 1
         ),
-        timeout=10,
+        timeout=30,
         what="a CDS NACK counted",
     )
 
@@ -149,5 +149,5 @@ def test_metrics_follow_a_proxy_and_changes(lab: Lab, cp: ControlPlaneProc) -> N
             total(now, "xds_dataplanes_connected", mesh="default") == 0
         )
 
-    wait_until(disconnected, timeout=15, what="the gauge of mesh default back to 0")
+    wait_until(disconnected, timeout=30, what="the gauge of mesh default back to 0")
     assert total(scrape(cp), "xds_streams_active") == 0
