@@ -21,7 +21,7 @@ from control_plane.store.base import (
     Write,
 )
 
-# Kuma's label for a whole-mesh cascade delete has no equivalent: it deletes every type at once.
+# The resource_type of a mesh's cascade delete (Kuma has none): it removes every type at once.
 ALL_TYPES = "*"
 
 
