@@ -290,3 +290,41 @@ def test_kumactl_apply_names_every_invalid_field_and_stores_nothing(
 ) -> None:
     document = INVALID.split("---\n")[index]
     assert_refused(config_file, document, causes, "meshtraces")
+
+
+def test_a_dataplane_trace_with_a_section_name_traces_that_inbound_only() -> None:
+    proxy = Dataplane.model_validate(
+        {
+            "type": "Dataplane",
+            "mesh": "default",
+            "name": "web-1",
+            "networking": {
+                "address": "10.0.0.1",
+                "inbound": [
+                    {
+                        "port": 8080,
+                        "name": "main",
+                        "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"},
+                    },
+                    {
+                        "port": 9090,
+                        "name": "admin",
+                        "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"},
+                    },
+                ],
+                "outbound": [{"port": 30001, "tags": {"kuma.io/service": "web"}}],
+            },
+        }
+    )
+    policy = trace_policy(ZIPKIN).replace(
+        "kind: Mesh", "kind: Dataplane\n    name: web-1\n    sectionName: main"
+    )
+    policies = mesh_policies("default", [parse_resource(yaml.safe_load(policy))])
+    listeners = generate_snapshot(proxy, [proxy], None, policies=policies)[LISTENER_TYPE]
+    traced = {
+        name
+        for name, listener in listeners.items()
+        if b"envoy.tracers.zipkin" in listener.SerializeToString()
+    }
+    # The proxy's outbounds take what selects the proxy (Kuma's single-item rules); inbounds by section.
+    assert traced == {"inbound:10.0.0.1:8080", "outbound:127.0.0.1:30001"}
