@@ -23,6 +23,7 @@ from envoy.config.core.v3 import grpc_service_pb2
 from envoy.config.trace.v3 import datadog_pb2, http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.type.tracing.v3 import custom_tag_pb2
+from pydantic import ValidationError
 
 from control_plane.policies.core.fields import decimal_of
 from control_plane.policies.core.parts import ChainParts, InboundParts, OutboundParts, ProxyResources
@@ -73,8 +74,12 @@ def apply_proxy(merged: MergedConf, resources: ProxyResources) -> None:
 
 
 def per_caller(merged: MergedConf) -> bool:
-    """Whether the outbound config names the calling service (OpenTelemetry, Datadog)."""
-    backend = merged.parsed(Conf).backend
+    """Whether the outbound config names the calling service (OpenTelemetry, Datadog). A merge
+    the model refuses is not applied at all (the engine warns then): nothing to name."""
+    try:
+        backend = merged.parsed(Conf).backend
+    except ValidationError:
+        return False
     return backend is not None and backend.type in (OPEN_TELEMETRY, DATADOG)
 
 
