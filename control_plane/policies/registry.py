@@ -23,6 +23,7 @@ POLICY_FOLDERS = (
     "meshfaultinjection",
     "meshtls",
     "meshproxypatch",
+    "meshtrace",
 )
 
 

@@ -84,6 +84,9 @@ class OutboundParts:
     chain: ChainParts
     cluster: cluster_pb2.Cluster
     outbounds: Outbounds | None = None
+    # The calling service, only when a policy's outbound edits depend on it (see
+    # PolicyType.outbound_per_caller); "" for a build proxies of many services share.
+    caller: str = ""
 
 
 def http_protocol_options(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:
