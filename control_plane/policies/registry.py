@@ -24,6 +24,7 @@ POLICY_FOLDERS = (
     "meshtls",
     "meshproxypatch",
     "meshtrace",
+    "meshaccesslog",
 )
 
 

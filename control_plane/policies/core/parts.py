@@ -25,6 +25,33 @@ from control_plane.resources.dataplane import Dataplane, Inbound
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+@dataclass(frozen=True)
+class ProxyInfo:
+    """Who a proxy is, for plugins whose config names it (MeshAccessLog's placeholders and its
+    agent's socket). Outbound parts carry it only in builds made for one proxy: a kind using it
+    is marked `outbound_per_proxy`, which keys the mesh-wide shared build by the proxy."""
+
+    mesh: str
+    name: str
+    address: str  # Kuma's GetIP: the advertised address, else the address
+    service: str  # Kuma's identifying service: the smallest inbound service name, "unknown" without one
+    zone: str = ""  # the Dataplane's `kuma.io/zone` label
+    workdir: str | None = None  # the agent's work dir (node metadata), where its sockets are
+
+    @classmethod
+    def of(cls, dataplane: Dataplane, workdir: str | None) -> ProxyInfo:
+        networking = dataplane.networking
+        services = sorted(dataplane.services)
+        return cls(
+            mesh=dataplane.mesh,
+            name=dataplane.name,
+            address=networking.advertisedAddress or networking.address,
+            service=services[0] if services else "unknown",
+            zone=(dataplane.labels or {}).get("kuma.io/zone", ""),
+            workdir=workdir,
+        )
+
+
 @dataclass
 class ChainParts:
     """One filter chain before packing: HTTP (`hcm`, its routes inline) or TCP (`tcp_proxy`)."""
@@ -57,6 +84,7 @@ class InboundParts:
     mtls: bool  # the mesh has mTLS on (callers are identified by their certificate)
     permissive: bool = False
     tls_parameters: common_pb2.TlsParameters | None = None
+    workdir: str | None = None  # the agent's work dir (node metadata), where its sockets are
 
     @property
     def mesh(self) -> str:
@@ -87,6 +115,7 @@ class OutboundParts:
     # The calling service, only when a policy's outbound edits depend on it (see
     # PolicyType.outbound_per_caller); "" for a build proxies of many services share.
     caller: str = ""
+    proxy: ProxyInfo | None = None  # set in builds made for one proxy (see ProxyInfo)
 
 
 def http_protocol_options(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from control_plane.policies.core.merge import merge_confs
+from control_plane.policies.core.parts import ProxyInfo
 from control_plane.policies.core.spec import Match, PolicyResource
 from control_plane.policies.core.targetref import DATAPLANE, MESH, MESH_SERVICE, ORDER, SIDECAR, TargetRef
 from control_plane.resources.dataplane import Dataplane, Inbound
@@ -129,6 +130,15 @@ class OutboundRules:
     key: tuple[tuple[str, str], ...]
     by_kind: Mapping[str, OutboundPolicy]
     caller: str = ""
+    # Set (and part of `key`) when a kind present depends on the proxy itself (`outbound_per_proxy`).
+    proxy: ProxyInfo | None = None
+
+    def for_proxy(self, proxy: ProxyInfo, per_proxy_kinds: Iterable[str]) -> OutboundRules:
+        """These rules for one proxy: unchanged (shared) unless a kind present uses who the proxy is;
+        then a copy whose key names the proxy, so no other proxy shares its build."""
+        if not any(kind in self.by_kind for kind in per_proxy_kinds):
+            return self
+        return replace(self, key=(*self.key, ("proxy", repr(proxy))), proxy=proxy)
 
     def conf(self, kind: str, service: str) -> MergedConf | None:
         policy = self.by_kind.get(kind)
