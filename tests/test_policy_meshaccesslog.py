@@ -37,6 +37,7 @@ from tests.support.policy_mesh import constant, policy_mesh
 pytestmark = pytest.mark.timeout(120)
 
 MESH = {"kind": "Mesh"}
+DB = {"kind": "MeshService", "name": "db"}
 
 
 def access_log(name: str, top: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
@@ -50,6 +51,10 @@ def access_log(name: str, top: dict[str, Any] | None = None, **spec: Any) -> dic
 
 def file_backend(path: Path | str, fmt: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"type": "File", "file": {"path": str(path), **({"format": fmt} if fmt else {})}}
+
+
+def backends(path: Path) -> dict[str, Any]:
+    return {"backends": [file_backend(path)]}
 
 
 # --- formats -----------------------------------------------------------------------------------
@@ -100,6 +105,9 @@ def test_placeholders_are_replaced_with_the_proxys_values() -> None:
     assert v6.interpolate("%KUMA_SOURCE_ADDRESS%") == "[fd00::1]:0"
 
 
+TYPES = "type.googleapis.com/envoy.extensions"
+
+
 def test_every_operator_we_accept_is_accepted_by_envoy(envoy_binary: Path, tmp_path: Path) -> None:
     """The operator list is Envoy 1.40's: a format using all of them passes `envoy --mode validate`."""
     samples = {
@@ -127,12 +135,12 @@ def test_every_operator_we_accept_is_accepted_by_envoy(envoy_binary: Path, tmp_p
                 {
                     "name": "l",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "filter_chains": [{"filters": [{"name": "tcp", "typed_config": {
+                        "@type": f"{TYPES}.filters.network.tcp_proxy.v3.TcpProxy",
                         "stat_prefix": "s",
                         "cluster": "c",
                         "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                            "@type": f"{TYPES}.access_loggers.file.v3.FileAccessLog",
                             "path": "/dev/null",
                             "log_format": {"text_format_source": {"inline_string": text}},
                         }}],
@@ -238,7 +246,7 @@ spec:
       - {type: File, file: {path: /tmp/a.log, format: {type: Plain}}}
       - {type: File, file: {path: /tmp/a.log, format: {type: Json, json: []}}}
       - {type: File, file: {path: /tmp/a.log, format: {type: Json, json: [{key: a, value: '%REQ%'}]}}}
-      - {type: File, file: {path: /tmp/a.log, format: {type: Json, json: [{key: a, value: x}, {key: a, value: y}]}}}
+      - {type: File, file: {path: /a, format: {type: Json, json: [{key: a, value: x}, {key: a, value: y}]}}}
       - {type: File, file: {path: /tmp/a.log, format: {type: Xml}}}
       - {type: OpenTelemetry, openTelemetry: {endpoint: 'otel-collector:4317'}}
       - {type: OpenTelemetry, openTelemetry: {attributes: [{key: Mesh, value: x}]}}
@@ -346,11 +354,9 @@ async def test_tcp_connections_are_logged_once_each_inbound_and_outbound(
         db, _ = await mesh.backend("db-1", "db", constant(b"rows"), protocol="tcp")
         web = await mesh.client("web-1", ["db"], "web")
         await mesh.apply(
-            access_log("out", to=[{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {
-                "backends": [file_backend(outbound)]}}]),
-            access_log("in", {"kind": "MeshService", "name": "db"}, **{"from": [{"targetRef": MESH, "default": {
-                "backends": [file_backend(inbound)]}}]}),
-        )  # fmt: skip
+            access_log("out", to=[{"targetRef": DB, "default": backends(outbound)}]),
+            access_log("in", DB, **{"from": [{"targetRef": MESH, "default": backends(inbound)}]}),
+        )
         n = 4
         for _ in range(n):  # each on its own connection, closed after the response
             response = await web.get("db", "/")
@@ -363,4 +369,3 @@ async def test_tcp_connections_are_logged_once_each_inbound_and_outbound(
         assert " bytes, received: " in line and "sent 0 bytes" not in line, line
     for line in in_lines:
         assert " default 127.0.0.1(unknown)->127.0.0.1:" in line and "(db) took " in line, line
-
