@@ -17,7 +17,7 @@ import pytest
 
 from kuma_common.accesslog import access_log_socket_path, parse_line
 from kuma_dp.accesslogs.sender import SenderLimits
-from kuma_dp.accesslogs.streamer import AccessLogStreamer
+from kuma_dp.accesslogs.streamer import AccessLogStreamer, start_access_log_streamer
 from labkit.ports import free_port
 from labkit.waiting import eventually
 
@@ -173,3 +173,15 @@ def test_a_stale_file_at_the_path_is_replaced(fifo: Path) -> None:
         assert stat.S_IMODE(fifo.stat().st_mode) == 0o600
     finally:
         streamer.close()
+
+
+def test_without_a_fifo_the_path_leads_nowhere_instead_of_a_growing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(path: object, mode: int = 0o666) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "mkfifo", refuse)
+    assert start_access_log_streamer(tmp_path, "web-1", "default") is None
+    path = Path(access_log_socket_path(str(tmp_path), "web-1", "default"))
+    assert path.resolve() == Path(os.devnull)

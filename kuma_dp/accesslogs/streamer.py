@@ -45,8 +45,12 @@ class AccessLogStreamer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         os.mkfifo(self.path, 0o600)
-        self._read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._write_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._write_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self.close()  # a FIFO nobody reads would block Envoy's open of it: never leave one
+            raise
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._read_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
@@ -133,10 +137,14 @@ class AccessLogStreamer:
 
 def start_access_log_streamer(workdir: Path, name: str, mesh: str) -> AccessLogStreamer | None:
     """The streamer for this proxy's FIFO, made before Envoy starts; None (and a warning) when
-    the work dir cannot hold a FIFO: Tcp backends then log nowhere, the rest works."""
+    the work dir cannot hold a FIFO: the path then leads to /dev/null, so that Envoy's Tcp
+    backend entries are discarded instead of filling a regular file it would create there."""
     path = Path(access_log_socket_path(str(workdir), name, mesh))
     try:
         return AccessLogStreamer(path)
     except OSError as exc:
         log.warning("access logs to TCP collectors disabled: cannot make the FIFO %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+            path.symlink_to(os.devnull)
         return None
