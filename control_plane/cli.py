@@ -9,6 +9,7 @@ import signal
 import sys
 
 import click
+import prometheus_client
 
 from control_plane.config import ConfigError, CpConfig, load_config
 
@@ -41,6 +42,8 @@ def run(config_file: str | None, log_level: str) -> None:
         raise click.ClickException(str(exc)) from None
     for key in config.ignored_keys:
         log.warning("configuration key %s is not supported by this control plane; ignored", key)
+    # Kuma's metrics carry no `*_created` series; the switch is the client library's, process-wide.
+    prometheus_client.disable_created_metrics()
     try:
         asyncio.run(_serve(config))
     except StartupError as exc:

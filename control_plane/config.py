@@ -34,6 +34,7 @@ DEFAULT_WORK_DIR = "~/.kuma"
 DEFAULT_DP_SERVER_PORT = defaults.DP_SERVER_PORT
 DEFAULT_API_HTTP_PORT = defaults.API_HTTP_PORT
 DEFAULT_API_HTTPS_PORT = defaults.API_HTTPS_PORT
+DEFAULT_DIAGNOSTICS_PORT = defaults.DIAGNOSTICS_PORT
 DEFAULT_API_HTTP_INTERFACE = "0.0.0.0"
 DEFAULT_DEREGISTRATION_DELAY = "10s"
 DEFAULT_DNS_DOMAIN = "mesh"
@@ -54,7 +55,6 @@ _KUMA_ONLY_SECTIONS = frozenset(
         "metrics",
         "reports",
         "guiServer",
-        "diagnostics",
         "access",
         "experimental",
         "proxy",
@@ -219,6 +219,12 @@ _SETTINGS: tuple[_Setting, ...] = (
         ("apiServer", "authn", "localhostIsAdmin"), "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN", _bool, True
     ),
     _Setting(
+        ("diagnostics", "serverPort"),
+        "KUMA_DIAGNOSTICS_SERVER_PORT",
+        _port,
+        DEFAULT_DIAGNOSTICS_PORT,
+    ),
+    _Setting(
         ("xds", "dataplaneDeregistrationDelay"),
         "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY",
         _duration,
@@ -304,6 +310,11 @@ class ApiServerConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosticsConfig:
+    server_port: int  # /metrics, /ready, /healthy on every interface, as Kuma's
+
+
+@dataclass(frozen=True)
 class XdsConfig:
     dataplane_deregistration_delay: float  # seconds
 
@@ -340,6 +351,7 @@ class CpConfig:
     store: StoreConfig
     dp_server: DpServerConfig
     api_server: ApiServerConfig
+    diagnostics: DiagnosticsConfig
     xds: XdsConfig
     defaults: DefaultsConfig
     dns_server: DnsServerConfig
@@ -461,6 +473,7 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
             https_port=v("apiServer", "https", "port"),
             localhost_is_admin=v("apiServer", "authn", "localhostIsAdmin"),
         ),
+        diagnostics=DiagnosticsConfig(server_port=v("diagnostics", "serverPort")),
         xds=XdsConfig(dataplane_deregistration_delay=v("xds", "dataplaneDeregistrationDelay")),
         defaults=DefaultsConfig(skip_mesh_creation=v("defaults", "skipMeshCreation")),
         dns_server=DnsServerConfig(

@@ -12,6 +12,9 @@ import uvicorn
 
 from control_plane.api.app import create_app
 from control_plane.config import CpConfig
+from control_plane.diagnostics.http_metrics import instrumented
+from control_plane.diagnostics.metrics import CpMetrics
+from control_plane.diagnostics.server import ALL_INTERFACES, DiagnosticsServer
 from control_plane.dns.allocator import VipAllocator
 from control_plane.dp_server.authn import DpAuthenticator
 from control_plane.dp_server.bootstrap_api import BootstrapSettings
@@ -22,6 +25,7 @@ from control_plane.monitoring.server import create_monitoring_app
 from control_plane.store.base import ResourceStore
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
+from control_plane.store.metered import MeteredStore
 from control_plane.xds.component import XdsComponent
 
 log = logging.getLogger("kuma-cp")
@@ -36,12 +40,14 @@ class ControlPlane:
     config: CpConfig
     store: ResourceStore
     tls: TlsFiles
+    metrics: CpMetrics
 
     @classmethod
     def open(cls, config: CpConfig) -> ControlPlane:
         _check_ports_free(config)
+        metrics = CpMetrics()
         try:
-            store = open_store(config)
+            store: ResourceStore = MeteredStore(open_store(config), metrics)
         except Exception as exc:  # the factory's errors name the store and path
             raise RuntimeStartError(f"cannot open the store: {exc}") from None
         try:
@@ -58,7 +64,7 @@ class ControlPlane:
                 "dataplane authentication is off (KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none): any "
                 "client of the DP server gets config and certificates"
             )
-        return cls(config, store, tls)
+        return cls(config, store, tls, metrics)
 
     async def run(self) -> None:
         cfg = self.config
@@ -68,14 +74,17 @@ class ControlPlane:
             deregistration_delay_s=cfg.xds.dataplane_deregistration_delay,
             authenticate=authn.authenticate_stream if authn.enabled else None,
             dns=cfg.dns_server,
+            metrics=self.metrics,
         )
-        http_app = create_dp_http_app(self.store, BootstrapSettings(dp_server_port=cfg.dp_server.port), authn)
-        dp_server = DpServer(self.tls, cfg.dp_server.port, http_app, xds.register)
+        bootstrap = BootstrapSettings(dp_server_port=cfg.dp_server.port)
+        http_app = create_dp_http_app(self.store, bootstrap, authn, self.metrics)
+        dp_http = instrumented(http_app, self.metrics.dp_server_http_request_duration_seconds)
+        dp_server = DpServer(self.tls, cfg.dp_server.port, dp_http, xds.register)
+        admin = cfg.api_server.localhost_is_admin
+        api_app = create_app(self.store, localhost_is_admin=admin, dns=cfg.dns_server)
         api = uvicorn.Server(
             uvicorn.Config(
-                create_app(
-                    self.store, localhost_is_admin=cfg.api_server.localhost_is_admin, dns=cfg.dns_server
-                ),
+                instrumented(api_app, self.metrics.api_server_http_request_duration_seconds),
                 host=cfg.api_server.http_interface,
                 port=cfg.api_server.http_port,
                 log_level="warning",
@@ -83,16 +92,24 @@ class ControlPlane:
             )
         )
         api.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        # Ready once every server serves (the store is open: this object exists only then).
+        diagnostics = DiagnosticsServer(
+            self.metrics.registry,
+            lambda: dp_server.started.is_set() and api.started,
+            cfg.diagnostics.server_port,
+        )
         monitoring = _monitoring_server(self.store, cfg)
         log.info(
-            "kuma-cp: API on :%d, DP server on :%d (CA for agents: %s), store %s",
+            "kuma-cp: API on :%d, DP server on :%d (CA for agents: %s), diagnostics on :%d, store %s",
             cfg.api_server.http_port,
             cfg.dp_server.port,
             self.tls.cert_file,
+            cfg.diagnostics.server_port,
             cfg.store.type,
         )
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(diagnostics.run())  # first: /ready says 503 until the rest serves
                 group.create_task(xds.run())
                 group.create_task(VipAllocator(self.store, cfg.dns_server).run())
                 group.create_task(dp_server.run())
@@ -101,6 +118,7 @@ class ControlPlane:
                     group.create_task(_serve_api(monitoring))
         finally:
             api.should_exit = True
+            diagnostics.stop()
             if monitoring is not None:
                 monitoring.should_exit = True
 
@@ -131,6 +149,7 @@ def _check_ports_free(config: CpConfig) -> None:
     for var, host, port in (
         ("KUMA_API_SERVER_HTTP_PORT", config.api_server.http_interface, config.api_server.http_port),
         ("KUMA_DP_SERVER_PORT", "0.0.0.0", config.dp_server.port),
+        ("KUMA_DIAGNOSTICS_SERVER_PORT", ALL_INTERFACES, config.diagnostics.server_port),
         *(
             [("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT", "0.0.0.0", config.monitoring.port)]
             if config.monitoring.enabled

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kuma_dp import bootstrap_client as bc
+from kuma_dp.accesslogs import start_access_log_streamer
 from kuma_dp.config import RunConfig
 from kuma_dp.constants import BOOTSTRAP_FILE_MODE, BOOTSTRAP_FILE_NAME, DEFAULT_PROXY_TYPE
 from kuma_dp.dns.component import dns_wanted, dns_wanted_by_sidecar, start_dns
@@ -80,6 +81,9 @@ async def run_agent(
                     serving = [tasks.create_task(server.serve_forever())]
                     if dns is not None:
                         serving.append(tasks.create_task(dns.run()))
+                    # Before Envoy starts: its Tcp access logs go into this FIFO (never blocking it).
+                    access_logs = start_access_log_streamer(workdir, config.name, config.mesh)
+                    streaming = [tasks.create_task(access_logs.run())] if access_logs is not None else []
 
                     def on_sidecar(sidecar: dict[str, Any]) -> None:
                         """A Dataplane given by name: DNS once the control plane says it is transparent."""
@@ -93,7 +97,7 @@ async def run_agent(
                         )  # fmt: skip
                     finally:
                         inbound_drains = None
-                        for task in serving:
+                        for task in [*serving, *streaming]:
                             task.cancel()
             except BaseExceptionGroup as group:
                 raise _first_agent_error(group) from None

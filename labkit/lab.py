@@ -108,6 +108,7 @@ class ControlPlaneProc:
     work_dir: Path
     api_url: str
     dp_port: int
+    diagnostics_url: str = ""  # /metrics, /ready, /healthy
 
     @property
     def ca_cert(self) -> Path:
@@ -174,18 +175,23 @@ class Lab:
     ) -> ControlPlaneProc:
         api_port = api_port or free_port()
         dp_port = dp_port or free_port()
+        # Not Kuma's 5680: several labs may run at once.
+        diagnostics_port = int(env.get("KUMA_DIAGNOSTICS_SERVER_PORT") or free_port())
         work_dir = work_dir or self.root / "kuma-cp"
         cp_env = {
             "KUMA_GENERAL_WORK_DIR": str(work_dir),
             "KUMA_API_SERVER_HTTP_PORT": str(api_port),
             "KUMA_API_SERVER_HTTP_INTERFACE": "127.0.0.1",
             "KUMA_DP_SERVER_PORT": str(dp_port),
+            "KUMA_DIAGNOSTICS_SERVER_PORT": str(diagnostics_port),
             # Prometheus discovery (5676 by default): one port per lab, so labs run side by side.
             "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT": str(free_port()),
             **env,
         }
         proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env)
-        cp = ControlPlaneProc(proc, work_dir, f"http://127.0.0.1:{api_port}", dp_port)
+        cp = ControlPlaneProc(
+            proc, work_dir, f"http://127.0.0.1:{api_port}", dp_port, f"http://127.0.0.1:{diagnostics_port}"
+        )
         return cp
 
     def wait_control_plane(self, cp: ControlPlaneProc, timeout: float = 30) -> None:

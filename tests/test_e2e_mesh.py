@@ -6,9 +6,11 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import yaml
 
 from labkit.lab import AgentProc, ControlPlaneProc, Lab, dataplane
 from labkit.ports import free_port, port_open
@@ -184,23 +186,32 @@ def test_sigterm_lets_a_slow_request_finish_and_refuses_new_connections(mesh: Me
 
 def test_resources_survive_restart_and_concurrent_applies_lose_none(lab: Lab, cp: ControlPlaneProc) -> None:
     docs = [
-        f"type: Dataplane\nmesh: default\nname: dp-{i}\nnetworking:\n  address: 10.0.0.{i}\n"
-        f"  inbound:\n  - port: 8080\n    tags:\n      kuma.io/service: svc-{i}\n"
+        {
+            "type": "Dataplane",
+            "mesh": "default",
+            "name": f"dp-{i}",
+            "networking": {
+                "address": f"10.0.0.{i}",
+                "inbound": [{"port": 8080, "tags": {"kuma.io/service": f"svc-{i}"}}],
+            },
+        }
         for i in range(1, 51)
     ]
     lab.kumactl(cp, "get", "meshes")  # writes the kumactl config once, before the parallel runs
-    errors: list[str] = []
 
-    def apply(doc: str) -> None:
-        res = lab.kumactl(cp, "apply", "-f", "-", input=doc)
-        if res.returncode != 0:
-            errors.append(res.stderr)
+    # All 50 writes at once: most straight to the API (the server's concurrency is what is tested;
+    # 50 CLI interpreters starting together on two shared cores only test the machine), a few
+    # through kumactl as a user would.
+    def apply(doc: dict) -> str | None:
+        if int(doc["name"].removeprefix("dp-")) % 5 == 0:
+            res = lab.kumactl(cp, "apply", "-f", "-", input=yaml.safe_dump(doc))
+            return None if res.returncode == 0 else f"kumactl: {res.stderr}"
+        url = f"{cp.api_url}/meshes/default/dataplanes/{doc['name']}"
+        res = httpx.put(url, json=doc, timeout=60)
+        return None if res.is_success else f"PUT {doc['name']}: {res.status_code} {res.text}"
 
-    threads = [threading.Thread(target=apply, args=(d,)) for d in docs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(max_workers=len(docs)) as pool:
+        errors = [e for e in pool.map(apply, docs) if e is not None]  # a raised error fails here too
     assert errors == []
     cp.proc.stop()
     again = lab.start_control_plane(int(cp.api_url.rsplit(":", 1)[1]), cp.dp_port, work_dir=cp.work_dir)

@@ -223,10 +223,11 @@ def _store() -> MemoryStore:
         store.upsert(
             ResourceKey("Dataplane", "default", name),
             {
+                "labels": {"kuma.io/zone": "z1"},
                 "networking": {
                     "address": address,
-                    "inbound": [{"port": 80, "tags": {"kuma.io/service": "web", "kuma.io/zone": "z1"}}],
-                }
+                    "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}],
+                },
             },
         )
     spec = policy({"backends": [{"type": "Prometheus", "prometheus": {"port": 5670, "path": "/m"}}]})["spec"]

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from control_plane.ca.csr import CsrForbidden, CsrInvalid
 from control_plane.ca.issue import issue_certificate
+from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.dp_server.authn import DpAuthenticator, token_from_header, unauthorized
 from control_plane.dp_server.recent_dataplanes import RecentDataplanes
 from control_plane.resources.dataplane import Dataplane
@@ -39,7 +40,7 @@ class _Refused(Exception):
 
 
 def certificate_routes(
-    store: ResourceStore, authenticator: DpAuthenticator, recent: RecentDataplanes
+    store: ResourceStore, authenticator: DpAuthenticator, recent: RecentDataplanes, metrics: CpMetrics
 ) -> list[Route]:
     async def certificate(request: Request) -> Response:
         try:
@@ -61,6 +62,7 @@ def certificate_routes(
         except CsrForbidden as exc:
             log.warning("certificate for dataplane %s/%s refused: %s", mesh, name, exc)
             return _Refused(403, "certificate signing request refused", str(exc)).response()
+        metrics.cert_generation.labels(mesh).inc()
         log.debug("certificate %x issued to %s/%s", issued.serial, mesh, name)
         return JSONResponse(issued.response())
 

@@ -2,8 +2,8 @@
 Dataplanes and MeshMetric policies.
 
 A Dataplane that a MeshMetric with a Prometheus backend selects is one target per backend:
-`<its address>:<port>`, path `path`, labels `mesh`, `dataplane`, `service` (its first inbound's
-`kuma.io/service`), `zone` when its inbounds carry `kuma.io/zone`, and `kuma_io_client_id` for a
+`<its address>:<port>`, path `path`, labels `mesh`, `dataplane`, `service` (Kuma's: the smallest of its
+services), `zone` when the Dataplane has the `kuma.io/zone` label, and `kuma_io_client_id` for a
 backend's `clientId`, as Kuma's MADS does. Where no MeshMetric selects a proxy, its Mesh's older
 `metrics` field may (policies/meshmetric/legacy.py).
 """
@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane.policies.core.parts import ProxyInfo
 from control_plane.policies.core.rules import MeshPolicies
 from control_plane.policies.meshmetric.api import DEFAULT_CLIENT_ID, Conf
 from control_plane.policies.meshmetric.legacy import legacy_conf
 from control_plane.policies.registry import BY_KIND
 from control_plane.resources.dataplane import Dataplane
 
-ZONE_TAG = "kuma.io/zone"
 _METRIC = BY_KIND["MeshMetric"]
 
 
@@ -80,20 +80,17 @@ def assignments(
 
 
 def _assignment(dataplane: Dataplane, port: int, path: str, client_id: str | None) -> Assignment:
-    address = dataplane.networking.advertisedAddress or dataplane.networking.address
-    host = f"[{address}]" if ":" in address else address
-    inbounds = dataplane.networking.inbound
-    service = inbounds[0].service if inbounds else dataplane.name
-    labels = {"mesh": dataplane.mesh, "dataplane": dataplane.name, "service": service}
-    zone = next((i.tags[ZONE_TAG] for i in inbounds if ZONE_TAG in i.tags), None)
-    if zone:
-        labels["zone"] = zone
+    proxy = ProxyInfo.of(dataplane, None)  # Kuma's address (advertised first), service and zone
+    host = f"[{proxy.address}]" if ":" in proxy.address else proxy.address
+    labels = {"mesh": proxy.mesh, "dataplane": proxy.name, "service": proxy.service}
+    if proxy.zone:
+        labels["zone"] = proxy.zone
     if client_id:
         labels["kuma_io_client_id"] = client_id
     return Assignment(
-        mesh=dataplane.mesh,
-        service=service,
-        dataplane=dataplane.name,
+        mesh=proxy.mesh,
+        service=proxy.service,
+        dataplane=proxy.name,
         address=f"{host}:{port}",
         path=path,
         client_id=client_id or DEFAULT_CLIENT_ID,

@@ -24,6 +24,8 @@ POLICY_FOLDERS = (
     "meshtls",
     "meshmetric",
     "meshproxypatch",
+    "meshtrace",
+    "meshaccesslog",
 )
 
 

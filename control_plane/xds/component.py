@@ -10,11 +10,12 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
 from control_plane.config import DnsServerConfig
+from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.store.base import ResourceStore
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.generate.snapshot import SnapshotGenerator, generate_snapshot
 from control_plane.xds.lifecycle import STARTUP_GRACE_S, DataplaneLifecycle
-from control_plane.xds.reconciler import DEFAULT_DEBOUNCE_S, Reconciler
+from control_plane.xds.reconciler import DEFAULT_DEBOUNCE_S, Reconciler, mesh_of
 from control_plane.xds.server import AdsServer, StreamRejected
 
 # (the node, the stream's initial metadata) → None, or raise StreamRejected (e.g. UNAUTHENTICATED).
@@ -35,14 +36,19 @@ class XdsComponent:
         debounce_s: float = DEFAULT_DEBOUNCE_S,
         startup_grace_s: float = STARTUP_GRACE_S,
         dns: DnsServerConfig | None = None,
+        metrics: CpMetrics | None = None,
     ) -> None:
         """`dns`: service names settings (the VIPs a VipAllocator keeps in the store become
-        outbounds and DNS records); None leaves them out."""
+        outbounds and DNS records); None leaves them out. `metrics`: where to count (the
+        control plane's registry); None counts into a private one."""
         self._authenticate = authenticate
+        self.metrics = metrics or CpMetrics()
         self.cache = SnapshotCache()
-        self.reconciler = Reconciler(store, self.cache, generator=generator, debounce_s=debounce_s, dns=dns)
+        self.reconciler = Reconciler(
+            store, self.cache, generator=generator, debounce_s=debounce_s, dns=dns, metrics=self.metrics
+        )
         self.lifecycle = DataplaneLifecycle(store, deregistration_delay_s, startup_grace_s)
-        self.ads = AdsServer(self.cache, hooks=self)
+        self.ads = AdsServer(self.cache, hooks=self, metrics=self.metrics)
 
     def register(self, server: grpc.aio.Server) -> None:
         self.ads.register(server)
@@ -66,7 +72,9 @@ class XdsComponent:
             await self._authenticate(node, metadata)
         await self.lifecycle.on_open(node)
         self.reconciler.track(node.id, json_format.MessageToDict(node.metadata))
+        self.metrics.xds_dataplanes_connected.labels(mesh_of(node.id)).inc()
 
     async def on_stream_close(self, node: base_pb2.Node) -> None:
+        self.metrics.xds_dataplanes_connected.labels(mesh_of(node.id)).dec()
         self.reconciler.untrack(node.id)
         self.lifecycle.on_close(node.id)

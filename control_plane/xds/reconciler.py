@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.config import DnsServerConfig
+from control_plane.diagnostics.metrics import GENERATED, PROXY_TYPE_DATAPLANE, CpMetrics
 from control_plane.dns.allocator import read_vips
 from control_plane.dns.records import MeshNames
 from control_plane.dns.vips import VIPS_TYPE
@@ -77,9 +79,11 @@ class Reconciler:
         generator: SnapshotGenerator = generate_snapshot,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
         dns: DnsServerConfig | None = None,
+        metrics: CpMetrics | None = None,
     ) -> None:
         """`dns`: service names settings; None or `service_vip_enabled: false` leaves them out."""
         self._store = store
+        self._metrics = metrics or CpMetrics()
         self._dns = dns if dns is not None and dns.service_vip_enabled else None
         self._cache = cache
         self._generator = generator
@@ -238,6 +242,7 @@ class Reconciler:
                 built[node_id] = None
                 continue
             context = contexts.get(node_id, ProxyContext())
+            start = time.perf_counter()
             try:
                 resources = self._generator(
                     dataplane,
@@ -248,9 +253,14 @@ class Reconciler:
                     policies=view.policies,
                 )
                 built[node_id] = build_snapshot(resources, view.packer)
+                self._metrics.xds_generation.labels(PROXY_TYPE_DATAPLANE, GENERATED).observe(
+                    (time.perf_counter() - start) * 1000
+                )
             except MissingWorkdir as exc:  # the proxy's set-up, not a bug: say what, no traceback
+                self._metrics.xds_generation_errors.inc()
                 log.warning("%s", exc)
             except Exception:  # a generator bug must not stop the other proxies' updates
+                self._metrics.xds_generation_errors.inc()
                 log.exception("could not generate the configuration of %s; it keeps its last one", node_id)
         return built
 
@@ -279,6 +289,11 @@ class Reconciler:
 def proxy_context(metadata: Mapping[str, Any]) -> ProxyContext:
     workdir = metadata.get(WORKDIR_METADATA_KEY)
     return ProxyContext(workdir=workdir if isinstance(workdir, str) and workdir else None)
+
+
+def mesh_of(node_id: str) -> str:
+    """The mesh of a node id (`mesh.name`), "" if it is not one."""
+    return _split(node_id)[0]
 
 
 def _split(node_id: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.xds.cache import Packed, SnapshotCache, TypeSnapshot
 from control_plane.xds.names import (
     CLUSTER_TYPE,
@@ -105,11 +106,13 @@ class _Stream:
     node_id: str
     cache: SnapshotCache
     counter: Counter[str]
+    metrics: CpMetrics = field(default_factory=CpMetrics)
     types: dict[str, _TypeState] = field(default_factory=lambda: {t: _TypeState() for t in SERVED_TYPES})
     nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     nacks_logged: set[tuple[str, str | None]] = field(default_factory=set)
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[EncodedResponse]:
+        self.metrics.xds_request(request.type_url, request.version_info, request.HasField("error_detail"))
         state = self.types.get(request.type_url)
         if state is None:
             log.debug("%s asked for unserved type %s", self.node_id, request.type_url)
@@ -149,6 +152,7 @@ class _Stream:
         if type_url == CLUSTER_TYPE:
             self.types[ENDPOINT_TYPE].resend = True
         self.counter[type_url] += 1
+        self.metrics.xds_responses_sent.labels(type_url).inc()
         # Listeners and clusters are always sent whole; endpoints and routes only as named
         # (an empty list there means "none", not "all").
         entries = current.select(state.names if type_url in NAMED_TYPES else None)
@@ -177,9 +181,12 @@ def _lacks(state: _TypeState, version: str) -> bool:
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache, hooks: StreamHooks | None = None) -> None:
+    def __init__(
+        self, cache: SnapshotCache, hooks: StreamHooks | None = None, metrics: CpMetrics | None = None
+    ) -> None:
         self._cache = cache
         self._hooks: StreamHooks = hooks or NoHooks()
+        self._metrics = metrics or CpMetrics()
         self.responses_sent: Counter[str] = Counter()  # type URL → responses sent, for metrics
         self._open_streams: set[asyncio.Queue[object]] = set()
         self._closed = False
@@ -224,10 +231,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await self._hooks.on_stream_open(node, _text_metadata(context))
         except StreamRejected as exc:
             await context.abort(exc.code, exc.message)
+        self._metrics.xds_streams_active.inc()
         try:
             async for response in self._serve(node.id, first, requests):
                 yield response
         finally:
+            self._metrics.xds_streams_active.dec()
             await self._hooks.on_stream_close(node)
 
     async def _serve(
@@ -236,7 +245,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         first: discovery_pb2.DiscoveryRequest,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
     ) -> AsyncIterator[EncodedResponse]:
-        stream = _Stream(node_id, self._cache, self.responses_sent)
+        stream = _Stream(node_id, self._cache, self.responses_sent, self._metrics)
         events: asyncio.Queue[object] = asyncio.Queue()
         events.put_nowait(first)
         stop_watch = self._cache.watch(node_id, lambda: events.put_nowait(_SNAPSHOT_CHANGED))

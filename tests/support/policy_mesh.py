@@ -175,6 +175,7 @@ class PolicyMesh:
     root: Path
     proxies: dict[str, Proxy] = field(default_factory=dict)
     apps: list[HttpApp] = field(default_factory=list)
+    runtime: dict[str, Any] | None = None  # every Envoy's static runtime layer
 
     async def app(self, handler: Handler) -> HttpApp:
         app = await HttpApp(handler).start()
@@ -223,7 +224,7 @@ class PolicyMesh:
             "name": name,
             "networking": {"address": "127.0.0.1", **networking},
         }
-        envoy = Envoy(self.binary, self.root / name, self.cp.port, resource, concurrency)
+        envoy = Envoy(self.binary, self.root / name, self.cp.port, resource, concurrency, self.runtime)
         inbound_ports = [inbound["port"] for inbound in networking.get("inbound", [])]
         proxy = self.proxies[name] = Proxy(name, envoy, inbound_ports=inbound_ports)
         await self.converged()
@@ -278,9 +279,12 @@ class PolicyMesh:
 
 
 @contextlib.asynccontextmanager
-async def policy_mesh(binary: Path, root: Path) -> AsyncIterator[PolicyMesh]:
+async def policy_mesh(
+    binary: Path, root: Path, runtime: dict[str, Any] | None = None
+) -> AsyncIterator[PolicyMesh]:
+    """`runtime`: Envoy runtime values every proxy starts with (a static layer)."""
     async with control_plane(debounce_s=0.01) as cp:
-        mesh = PolicyMesh(cp, binary, root)
+        mesh = PolicyMesh(cp, binary, root, runtime=runtime)
         try:
             yield mesh
         except BaseException:

@@ -108,9 +108,11 @@ def bootstrap_json(
     admin_address: dict[str, Any],
     ads_address: dict[str, Any],
     token: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> str:
     """An Envoy bootstrap shaped like kuma-dp's, minus TLS: ADS to our server at `ads_address`
-    (a socket_address or pipe), admin at `admin_address`. JSON, which is YAML."""
+    (a socket_address or pipe), admin at `admin_address`; `runtime`: a static runtime layer
+    (e.g. a tracer's flush settings). JSON, which is YAML."""
     ads_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "ads_cluster"}}
     if token is not None:
         ads_service["initial_metadata"] = [{"key": "authorization", "value": token}]
@@ -155,6 +157,8 @@ def bootstrap_json(
         },
         "static_resources": {"clusters": [ads_cluster]},
     }
+    if runtime:
+        config["layered_runtime"] = {"layers": [{"name": "test", "static_layer": runtime}]}
     return json.dumps(config, indent=1)
 
 
@@ -172,13 +176,16 @@ class Envoy:
         ads_port: int,
         resource: dict[str, Any],
         concurrency: int | None = None,  # worker threads; None: Envoy's default (one per core)
+        runtime: dict[str, Any] | None = None,  # a static runtime layer
     ) -> None:
         self.admin_port = free_port()
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "bootstrap.yaml"
         admin, ads = socket_address(self.admin_port), socket_address(ads_port)
-        config.write_text(bootstrap_json(resource, workdir, admin, ads, token="token-of-web-1"))
+        config.write_text(
+            bootstrap_json(resource, workdir, admin, ads, token="token-of-web-1", runtime=runtime)
+        )
         self.log = workdir / "envoy.log"
         # The drain flags kuma-dp passes (kuma_dp/envoy/process.py): on a listener update the old
         # filter chain's connections get `connection: close` at once, so a changed permission

@@ -37,7 +37,7 @@ def dataplane_rules(policies: MeshPolicies, dataplane: Dataplane) -> dict[str, A
     for policy_type in policies.types:
         entry: dict[str, Any] = {"type": policy_type.kind}
         to = outbound.by_kind.get(policy_type.kind)
-        if to is not None:
+        if to is not None and not policy_type.sections.single_item:  # a default shows as proxyRule
             entry["toRules"] = _to_rules(to)
         proxy = policies.proxy_conf(policy_type, dataplane)
         if proxy is not None:

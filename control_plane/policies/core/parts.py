@@ -25,6 +25,33 @@ from control_plane.resources.dataplane import Dataplane, Inbound
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+@dataclass(frozen=True)
+class ProxyInfo:
+    """Who a proxy is, for plugins whose config names it (MeshAccessLog's placeholders and its
+    agent's socket). Outbound parts carry it only in builds made for one proxy: a kind using it
+    is marked `outbound_per_proxy`, which keys the mesh-wide shared build by the proxy."""
+
+    mesh: str
+    name: str
+    address: str  # Kuma's GetIP: the advertised address, else the address
+    service: str  # Kuma's identifying service: the smallest inbound service name, "unknown" without one
+    zone: str = ""  # the Dataplane's `kuma.io/zone` label
+    workdir: str | None = None  # the agent's work dir (node metadata), where its sockets are
+
+    @classmethod
+    def of(cls, dataplane: Dataplane, workdir: str | None) -> ProxyInfo:
+        networking = dataplane.networking
+        services = sorted(dataplane.services)
+        return cls(
+            mesh=dataplane.mesh,
+            name=dataplane.name,
+            address=networking.advertisedAddress or networking.address,
+            service=services[0] if services else "unknown",
+            zone=(dataplane.labels or {}).get("kuma.io/zone", ""),
+            workdir=workdir,
+        )
+
+
 @dataclass
 class ChainParts:
     """One filter chain before packing: HTTP (`hcm`, its routes inline) or TCP (`tcp_proxy`)."""
@@ -57,6 +84,7 @@ class InboundParts:
     mtls: bool  # the mesh has mTLS on (callers are identified by their certificate)
     permissive: bool = False
     tls_parameters: common_pb2.TlsParameters | None = None
+    workdir: str | None = None  # the agent's work dir (node metadata), where its sockets are
 
     @property
     def mesh(self) -> str:
@@ -84,6 +112,10 @@ class OutboundParts:
     chain: ChainParts
     cluster: cluster_pb2.Cluster
     outbounds: Outbounds | None = None
+    # The calling service, only when a policy's outbound edits depend on it (see
+    # PolicyType.outbound_per_caller); "" for a build proxies of many services share.
+    caller: str = ""
+    proxy: ProxyInfo | None = None  # set in builds made for one proxy (see ProxyInfo)
 
 
 def http_protocol_options(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:
@@ -127,15 +159,9 @@ class ProxyResources:
     last to the whole proxy (MeshProxyPatch). Messages may be shared with other proxies: read them
     with `get`, change them only through `edit` (this proxy's own copy), `put` and `remove`."""
 
-    def __init__(
-        self,
-        resources: dict[str, dict[str, Message]],
-        dataplane: Dataplane | None = None,
-        workdir: str | None = None,
-    ) -> None:
+    def __init__(self, resources: dict[str, dict[str, Message]], proxy: ProxyInfo | None = None) -> None:
         self._resources = resources
-        self.dataplane = dataplane  # the proxy's (for policies that need its address or name)
-        self.workdir = workdir  # its agent's work dir (node metadata), if it said
+        self.proxy = proxy  # who the proxy is (MeshMetric's listener address and agent sockets)
 
     def names(self, type_url: str) -> list[str]:
         return sorted(self._resources.get(type_url, {}))

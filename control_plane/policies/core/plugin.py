@@ -45,7 +45,14 @@ class PolicyType:
     # Kuma's `is_from_as_rules`: `from` entries count as rules without matches (whatever their
     # targetRef), so they merge with `rules` into one conf for all incoming traffic.
     from_as_rules: bool = False
+    # A single-item kind's apply_outbound gets its merged `default` for every outbound (the shared
+    # outbound build is keyed by the policies it merges), its apply_inbound the same `default`
+    # as the `catch_all` of every inbound: the kind shapes each inbound and outbound, not only the
+    # finished proxy.
     apply_outbound: OutboundApply | None = None
+    # Its outbound config names the proxy itself (`OutboundParts.proxy`): a proxy it applies to
+    # gets its own outbound build instead of the one its likes share.
+    outbound_per_proxy: bool = False
     # Called for every inbound of a proxy (with an empty InboundPolicy when nothing applies), so a
     # policy can have a default (MeshTrafficPermission: deny everyone when mTLS is on).
     apply_inbound: InboundApply | None = None
@@ -55,3 +62,7 @@ class PolicyType:
     # How this kind's confs combine, when Kuma's merge-patch is not it (MeshHTTPRoute merges its
     # rules by their matches); confs come lowest priority first.
     merge: Merge | None = None
+    # A single-item kind whose outbound edits depend on the calling service for some confs (a
+    # tracer's service name): True for those confs; the outbound build is then shared only by the
+    # proxies of one service, and `OutboundParts.caller` names it.
+    outbound_per_caller: Callable[[MergedConf], bool] | None = None

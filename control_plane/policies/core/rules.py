@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from control_plane.policies.core.merge import merge_confs
+from control_plane.policies.core.parts import ProxyInfo
 from control_plane.policies.core.spec import Match, PolicyResource
 from control_plane.policies.core.targetref import DATAPLANE, MESH, MESH_SERVICE, ORDER, SIDECAR, TargetRef
 from control_plane.resources.dataplane import Dataplane, Inbound
@@ -121,10 +122,23 @@ class OutboundPolicy:
 
 @dataclass(frozen=True)
 class OutboundRules:
-    """Every kind's outbound policy for proxies selecting the same policies; `key` names that set."""
+    """Every kind's outbound policy for proxies selecting the same policies; `key` names that set.
+    Single-item kinds that shape outbounds are in it too (their merged `default` for every
+    service). `caller`: the calling service, set only when such a conf depends on who calls (a
+    tracer's service name); then only that service's proxies share the build."""
 
     key: tuple[tuple[str, str], ...]
     by_kind: Mapping[str, OutboundPolicy]
+    caller: str = ""
+    # Set (and part of `key`) when a kind present depends on the proxy itself (`outbound_per_proxy`).
+    proxy: ProxyInfo | None = None
+
+    def for_proxy(self, proxy: ProxyInfo, per_proxy_kinds: Iterable[str]) -> OutboundRules:
+        """These rules for one proxy: unchanged (shared) unless a kind present uses who the proxy is;
+        then a copy whose key names the proxy, so no other proxy shares its build."""
+        if not any(kind in self.by_kind for kind in per_proxy_kinds):
+            return self
+        return replace(self, key=(*self.key, ("proxy", repr(proxy))), proxy=proxy)
 
     def conf(self, kind: str, service: str) -> MergedConf | None:
         policy = self.by_kind.get(kind)
@@ -275,11 +289,33 @@ class MeshPolicies:
             if t.sections.single_item
         }
         self._merges = {t.kind: t.merge for t in self.types if t.merge is not None}
+        # Single-item kinds whose merged `default` shapes every outbound: part of the outbound key.
+        self._default_out = {
+            t.kind: self._single[t.kind]
+            for t in self.types
+            if t.sections.single_item and t.apply_outbound is not None and self._single[t.kind].ordered
+        }
+        self._per_caller = {t.kind: t.outbound_per_caller for t in self.types if t.outbound_per_caller}
+        self._proxy_cache: dict[tuple[str, tuple[str, ...]], MergedConf | None] = {}
         self._outbound_cache: dict[tuple[tuple[str, str], ...], OutboundRules] = {}
         self._to_for_all: OutboundRules | None = None
-        if not any(index.conditional for index in self._to.values()):
-            self._to_for_all = self._outbound_rules_of({k: i.ordered for k, i in self._to.items()})
+        if self._same_outbounds_for_all():
+            self._to_for_all = self._outbound_rules_of(
+                {k: i.ordered for k, i in self._to.items()},
+                {k: i.ordered for k, i in self._default_out.items()},
+            )
         self._inbound_cache: dict[tuple[str, tuple[str, ...]], InboundPolicy] = {}
+
+    def _same_outbounds_for_all(self) -> bool:
+        """Every outbound-shaping policy selects every proxy, and none depends on the caller."""
+        indexes = [*self._to.values(), *self._default_out.values()]
+        if any(index.conditional for index in indexes):
+            return False
+        return not any(
+            self._per_caller[kind](conf)
+            for kind, index in self._default_out.items()
+            if kind in self._per_caller and (conf := self._merged_default(kind, index.ordered)) is not None
+        )
 
     def of_kind(self, kind: str) -> Sequence[PolicyResource]:
         return self.by_kind.get(kind, ())
@@ -289,21 +325,46 @@ class MeshPolicies:
         return [t for t in self.types if t.sections.inbound]
 
     def outbound_rules(self, dataplane: Dataplane) -> OutboundRules:
-        """The `to` confs of `dataplane`: one object for every proxy selecting the same policies."""
-        if self._to_for_all is not None:  # every `to` policy selects every proxy: one answer
+        """The outbound confs of `dataplane` (its `to` policies', and the `default` of single-item
+        kinds that shape outbounds): one object for every proxy selecting the same policies."""
+        if self._to_for_all is not None:  # every such policy selects every proxy: one answer
             return self._to_for_all
         selected = {kind: index.selecting(dataplane) for kind, index in self._to.items()}
-        return self._outbound_rules_of(selected)
+        defaults = {kind: index.selecting(dataplane) for kind, index in self._default_out.items()}
+        return self._outbound_rules_of(selected, defaults, self._caller_of(dataplane, defaults))
 
-    def _outbound_rules_of(self, selected: Mapping[str, Sequence[PolicyResource]]) -> OutboundRules:
-        key = tuple((kind, p.name) for kind, policies in selected.items() for p in policies)
+    def _caller_of(self, dataplane: Dataplane, defaults: Mapping[str, Sequence[PolicyResource]]) -> str:
+        """The proxy's service when a single-item conf for its outbounds depends on the caller."""
+        for kind, policies in defaults.items():
+            check = self._per_caller.get(kind)
+            conf = self._merged_default(kind, policies) if check is not None else None
+            if check is not None and conf is not None and check(conf):
+                return caller_service(dataplane)
+        return ""
+
+    def _outbound_rules_of(
+        self,
+        selected: Mapping[str, Sequence[PolicyResource]],
+        defaults: Mapping[str, Sequence[PolicyResource]],
+        caller: str = "",
+    ) -> OutboundRules:
+        key = tuple(
+            (kind, p.name)
+            for named in (selected, defaults)
+            for kind, policies in named.items()
+            for p in policies
+        )
+        key += (("caller", caller),) if caller else ()
         found = self._outbound_cache.get(key)
         if found is None:
             by_kind = {
                 kind: outbound_policy(policies, self._merges.get(kind, merge_confs))
                 for kind, policies in selected.items()
             }
-            found = OutboundRules(key, {k: v for k, v in by_kind.items() if v is not None})
+            for kind, policies in defaults.items():  # a single-item default: every service's conf
+                conf = self._merged_default(kind, policies)
+                by_kind[kind] = OutboundPolicy(conf, {}) if conf is not None else None
+            found = OutboundRules(key, {k: v for k, v in by_kind.items() if v is not None}, caller)
             self._outbound_cache[key] = found
         return found
 
@@ -312,13 +373,22 @@ class MeshPolicies:
         index = self._single.get(policy_type.kind)
         if index is None:
             return None
-        entries = [(_dump(p.spec.default), origin_of(p)) for p in index.selecting(dataplane)]
-        return merged(entries, policy_type.merge or merge_confs)
+        return self._merged_default(policy_type.kind, index.selecting(dataplane))
+
+    def _merged_default(self, kind: str, policies: Sequence[PolicyResource]) -> MergedConf | None:
+        """The merge of `policies`' top-level defaults: one object per set of policies."""
+        key = (kind, tuple(p.name for p in policies))
+        if key not in self._proxy_cache:
+            entries = [(_dump(p.spec.default), origin_of(p)) for p in policies]
+            self._proxy_cache[key] = merged(entries, self._merges.get(kind, merge_confs))
+        return self._proxy_cache[key]
 
     def inbound_policy(
         self, policy_type: PolicyType, dataplane: Dataplane, inbound: Inbound
     ) -> InboundPolicy:
         """What `policy_type` says about traffic into `inbound` (EMPTY_INBOUND: nothing)."""
+        if policy_type.sections.single_item:
+            return self._default_inbound(policy_type, dataplane, inbound)
         index = self._inbound.get(policy_type.kind)
         if index is None or not index.ordered:
             return EMPTY_INBOUND
@@ -330,3 +400,30 @@ class MeshPolicies:
                 inbound_policy(policy_type, selected) if selected else EMPTY_INBOUND
             )
         return found
+
+    def _default_inbound(
+        self, policy_type: PolicyType, dataplane: Dataplane, inbound: Inbound
+    ) -> InboundPolicy:
+        """A single-item kind's `default`s for one inbound, as rules for all callers (merged:
+        `catch_all`): the policies selecting the proxy, but a Dataplane one whose `sectionName`
+        names another inbound (as Kuma's listener-scoped single-item rules)."""
+        index = self._single.get(policy_type.kind)
+        if index is None or not index.ordered:
+            return EMPTY_INBOUND
+        selected = [
+            p
+            for p in index.selecting(dataplane)
+            if p.spec.targetRef.kind != DATAPLANE or p.spec.targetRef.selects_inbound(dataplane, inbound)
+        ]
+        key = (policy_type.kind, tuple(p.name for p in selected))
+        found = self._inbound_cache.get(key)
+        if found is None:
+            rules = tuple(InboundRule(None, _dump(p.spec.default), origin_of(p)) for p in selected)
+            found = self._inbound_cache[key] = InboundPolicy((), rules, policy_type.merge or merge_confs)
+        return found
+
+
+def caller_service(dataplane: Dataplane) -> str:
+    """The service a proxy calls as (Kuma's identifying name): its first inbound's."""
+    inbounds = dataplane.networking.inbound
+    return inbounds[0].service if inbounds else dataplane.name

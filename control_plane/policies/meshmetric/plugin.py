@@ -61,15 +61,16 @@ def apply_mesh_metrics(metrics: dict[str, Any] | None, resources: ProxyResources
 
 def apply_conf(conf: Conf, resources: ProxyResources) -> None:
     backends = [b.prometheus_backend() for b in conf.backends or [] if b.type == "Prometheus"]
-    if not backends or resources.dataplane is None:
+    proxy = resources.proxy
+    if not backends or proxy is None:
         return
-    workdir = resources.workdir
+    workdir = proxy.workdir
     hijacker = socket_path(workdir, METRICS_HIJACKER_SOCKET) if workdir else None
     config = socket_path(workdir, METRICS_CONFIG_SOCKET) if workdir else None
     if hijacker is None or config is None:
-        _warn_no_workdir(resources.dataplane.mesh, resources.dataplane.name, workdir)
+        _warn_no_workdir(proxy.mesh, proxy.name, workdir)
         return
-    address = resources.dataplane.networking.address
+    address = proxy.address
     for backend in backends:
         listener = prometheus_listener(
             backend.clientId or DEFAULT_CLIENT_ID, address, backend.port, backend.path

@@ -37,7 +37,13 @@ class OutboundBuild:
             protocol = self._protocol_of(service)
             chain = outbound_chain_parts(stats_name, service, protocol)
             self._parts[service] = OutboundParts(
-                service, protocol, chain, outbound_cluster(service, protocol), self
+                service,
+                protocol,
+                chain,
+                outbound_cluster(service, protocol),
+                self,
+                self._rules.caller,
+                proxy=self._rules.proxy,
             )
             self._chain_names[service] = chain_name
 
@@ -54,6 +60,8 @@ class OutboundBuild:
                 outbound_chain_parts(service, service, protocol),
                 outbound_cluster(service, protocol),
                 self,
+                self._rules.caller,
+                proxy=self._rules.proxy,
             )
             self._parts[service] = found
             if self._applied:  # required by a policy while applying: it gets its own policies now

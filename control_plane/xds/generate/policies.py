@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 from pydantic import ValidationError
 
-from control_plane.policies.core.parts import InboundParts, OutboundParts, ProxyResources
+from control_plane.policies.core.parts import InboundParts, OutboundParts, ProxyInfo, ProxyResources
 from control_plane.policies.core.plugin import PolicyType
 from control_plane.policies.core.rules import MeshPolicies, Origin, OutboundRules
 from control_plane.policies.registry import POLICY_TYPES
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 _INBOUND = [t for t in POLICY_TYPES if t.apply_inbound is not None]
 _OUTBOUND = [t for t in POLICY_TYPES if t.apply_outbound is not None]
 _PROXY = [t for t in POLICY_TYPES if t.apply_proxy is not None]
+PER_PROXY_OUTBOUND_KINDS = tuple(t.kind for t in POLICY_TYPES if t.outbound_per_proxy)
 
 
 def apply_inbound_policies(policies: MeshPolicies, parts: InboundParts) -> None:
@@ -55,7 +56,7 @@ def apply_proxy_policies(
         if conf is not None:
             assert policy_type.apply_proxy is not None
             with _skipped_if_invalid(policy_type, conf.origins, f"{dataplane.mesh}/{dataplane.name}"):
-                policy_type.apply_proxy(conf, ProxyResources(resources, dataplane, workdir))
+                policy_type.apply_proxy(conf, ProxyResources(resources, ProxyInfo.of(dataplane, workdir)))
 
 
 @contextlib.contextmanager

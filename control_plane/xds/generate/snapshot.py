@@ -9,7 +9,7 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from control_plane.policies.core.parts import InboundParts, ProxyResources
+from control_plane.policies.core.parts import InboundParts, ProxyInfo, ProxyResources
 from control_plane.policies.core.rules import MeshPolicies, OutboundRules
 from control_plane.policies.loading import mesh_policies
 from control_plane.policies.meshmetric.plugin import apply_mesh_metrics
@@ -22,7 +22,11 @@ from control_plane.xds.generate.endpoints import EndpointIndex
 from control_plane.xds.generate.listeners import inbound_listener, inbound_parts, outbound_listener
 from control_plane.xds.generate.outbounds import OutboundBuild
 from control_plane.xds.generate.overlay import Overlay
-from control_plane.xds.generate.policies import apply_inbound_policies, apply_proxy_policies
+from control_plane.xds.generate.policies import (
+    PER_PROXY_OUTBOUND_KINDS,
+    apply_inbound_policies,
+    apply_proxy_policies,
+)
 from control_plane.xds.generate.protocol import tags_protocol
 from control_plane.xds.generate.tls import InboundMtls, upstream_tls
 from control_plane.xds.generate.transparent import (
@@ -92,7 +96,7 @@ def generate_snapshot(
     resources = _proxy_resources(dataplane, mesh, index, context, policies)
     apply_proxy_policies(policies, dataplane, resources, context.workdir)
     if mesh is not None and mesh.metrics and policies.proxy_conf(MESH_METRIC, dataplane) is None:
-        apply_mesh_metrics(mesh.metrics, ProxyResources(resources, dataplane, context.workdir))
+        apply_mesh_metrics(mesh.metrics, ProxyResources(resources, ProxyInfo.of(dataplane, context.workdir)))
     return resources
 
 
@@ -105,8 +109,10 @@ def _proxy_resources(
 ) -> Resources:
     resources: Resources = {CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}, LISTENER_TYPE: {}, ROUTE_TYPE: {}}
     mtls = _mesh_mtls(dataplane, mesh, context)
-    mtls = _shaped_by_inbounds(mtls, _add_inbounds(dataplane, resources, mtls, policies))
-    rules = policies.outbound_rules(dataplane)
+    mtls = _shaped_by_inbounds(mtls, _add_inbounds(dataplane, resources, mtls, policies, context.workdir))
+    rules = policies.outbound_rules(dataplane).for_proxy(
+        ProxyInfo.of(dataplane, context.workdir), PER_PROXY_OUTBOUND_KINDS
+    )
     if not is_transparent(dataplane):
         _add_outbounds(dataplane, dataplane.networking.outbound, index, resources, mtls, rules)
         return resources
@@ -165,7 +171,11 @@ def _shaped_by_inbounds(mtls: InboundMtls | None, inbounds: list[InboundParts]) 
 
 
 def _add_inbounds(
-    dataplane: Dataplane, resources: Resources, mtls: InboundMtls | None, policies: MeshPolicies
+    dataplane: Dataplane,
+    resources: Resources,
+    mtls: InboundMtls | None,
+    policies: MeshPolicies,
+    workdir: str | None,
 ) -> list[InboundParts]:
     """Each inbound's listener and application cluster, shaped by the inbound policies."""
     clusters = resources[CLUSTER_TYPE]
@@ -176,6 +186,7 @@ def _add_inbounds(
         # Two inbounds sharing a servicePort share Kuma's `localhost:<port>` name: the first wins.
         owned = cluster if cluster.name not in clusters else None
         parts = inbound_parts(dataplane, inbound, protocol, mtls, owned)
+        parts.workdir = workdir
         apply_inbound_policies(policies, parts)
         listener = inbound_listener(parts, mtls)
         resources[LISTENER_TYPE][listener.name] = listener
