@@ -25,12 +25,13 @@ from labkit.lab import AgentProc, Lab
 
 DATA = "data path"
 FOOTPRINT = "agent footprint"
-WAYS = ("direct", "handwritten", "ours", "routed")
+WAYS = ("direct", "handwritten", "ours", "routed", "observed")
 LABELS = {
     "direct": "direct",
     "handwritten": "hand-written mTLS pair",
     "ours": "ours (2 × kuma-dp, mTLS)",
     "routed": "ours + MeshHTTPRoute (2 subsets, 80/20) + MeshRateLimit (never reached)",
+    "observed": "ours + MeshAccessLog (File, both proxies) + MeshTrace (Zipkin, 1 % sampled)",
 }
 ISTIO_AGENT_MB = 50
 ISTIO_P99_OVERHEAD_MS = 2.9
@@ -63,6 +64,7 @@ def measure(profile: Profile) -> list[Measure]:
             fixed, saturated, usage = _repetitions(profile, urls, paths.web_agent)
             _check_mtls(paths.backend_agent)
             _check_routed(paths.routed_web_agent)
+            _check_observed(paths.observed_web_agent, paths.access_log)
         finally:
             lab.close()
     return _data_path_measures(profile, fixed, saturated) + _footprint_measures(profile, usage)
@@ -115,6 +117,16 @@ def _check_routed(web: AgentProc) -> None:
         raise RuntimeError("the routed web Envoy selected no subset: the MeshHTTPRoute did not apply")
 
 
+def _check_observed(web: AgentProc, access_log: Path) -> None:
+    """The observed way must really have logged (both Envoys write every request to the file) and
+    sampled requests for tracing (Envoy counts each sampling decision)."""
+    if not access_log.exists() or access_log.stat().st_size == 0:
+        raise RuntimeError(f"no access log at {access_log}: the MeshAccessLog did not apply")
+    sampled = sum(v for k, v in web.envoy_stats().items() if k.endswith("tracing.random_sampling"))
+    if sampled == 0:
+        raise RuntimeError("the observed web Envoy sampled no request: the MeshTrace did not apply")
+
+
 def _data_path_measures(
     profile: Profile, fixed: dict[str, list[LoadResult]], saturated: dict[str, list[LoadResult]]
 ) -> list[Measure]:
@@ -143,9 +155,11 @@ def _data_path_measures(
         latency("ours", "handwritten", "p50"),
         hand_p99,
         latency("routed", "ours", "p99", Target(1.10, on_ratio=True)),
+        latency("observed", "ours", "p99", Target(1.10, on_ratio=True)),
         throughput("ours", "handwritten"),
         throughput("handwritten", "direct"),
         throughput("routed", "ours"),
+        throughput("observed", "ours"),
     ]
 
 

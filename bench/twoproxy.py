@@ -8,6 +8,9 @@
 - routed:       the same as ours with a second pair of agents whose calls go through a MeshHTTPRoute
                 (two subsets of the backend, 80/20) and whose backend has a MeshRateLimit set too
                 high ever to trigger (when that policy is registered)
+- observed:     the same as ours with a third pair of agents that write access logs (MeshAccessLog,
+                File backend, both proxies, both directions) and trace 1 % of requests (MeshTrace,
+                Zipkin backend: an Envoy answering 202 stands in for the collector's HTTP server)
 
 The responder is an Envoy answering every request with a fixed 1 KB body, so it is never the
 bottleneck. Every Envoy runs with the same number of worker threads (ENVOY_WORKERS).
@@ -106,9 +109,12 @@ class Paths:
     handwritten: str
     ours: str
     routed: str
+    observed: str
     web_agent: AgentProc
     backend_agent: AgentProc
     routed_web_agent: AgentProc
+    observed_web_agent: AgentProc
+    access_log: Path
 
 
 def start(lab: Lab) -> Paths:
@@ -119,8 +125,12 @@ def start(lab: Lab) -> Paths:
     handwritten = _handwritten_pair(lab, responder)
     cp, ours, web, backend = _our_mesh(lab, responder)
     routed, routed_web = _routed_pair(lab, cp, responder)
-    paths = Paths(f"http://127.0.0.1:{responder}/", handwritten, ours, routed, web, backend, routed_web)
-    for url in (paths.direct, paths.handwritten, paths.ours, paths.routed):
+    observed, observed_web, access_log = _observed_pair(lab, cp, responder)
+    direct = f"http://127.0.0.1:{responder}/"
+    paths = Paths(
+        direct, handwritten, ours, routed, observed, web, backend, routed_web, observed_web, access_log
+    )
+    for url in (paths.direct, paths.handwritten, paths.ours, paths.routed, paths.observed):
         wait_for(url, lambda url=url: httpx.get(url, timeout=2).status_code == 200, 30)
     return paths
 
@@ -197,6 +207,51 @@ def _routed_pair(lab: Lab, cp: ControlPlaneProc, responder: int) -> tuple[str, A
     outbound = free_port()
     web = _agent(lab, cp, dataplane("web-r1", "web-r", free_port(), free_port(), {"backend-r": outbound}))
     return f"http://127.0.0.1:{outbound}/", web
+
+
+OBSERVED_TAGS = {"observed": "yes"}
+ACCESS_LOG = """
+type: MeshAccessLog
+mesh: default
+name: bench-access-log
+spec:
+  targetRef: {{kind: MeshSubset, tags: {{observed: "yes"}}}}
+  to:
+  - targetRef: {{kind: Mesh}}
+    default: {{backends: [{{type: File, file: {{path: {path}}}}}]}}
+  from:
+  - targetRef: {{kind: Mesh}}
+    default: {{backends: [{{type: File, file: {{path: {path}}}}}]}}
+"""
+TRACE = """
+type: MeshTrace
+mesh: default
+name: bench-trace
+spec:
+  targetRef: {{kind: MeshSubset, tags: {{observed: "yes"}}}}
+  default:
+    backends: [{{type: Zipkin, zipkin: {{url: "http://127.0.0.1:{port}/api/v2/spans"}}}}]
+    sampling: {{overall: 1}}
+"""
+
+
+def _observed_pair(lab: Lab, cp: ControlPlaneProc, responder: int) -> tuple[str, AgentProc, Path]:
+    """web-o → backend-o with access logs (one file, written by both Envoys) and 1 % tracing."""
+    collector = free_port()
+    accepted = {"match": {"prefix": "/"}, "direct_response": {"status": 202}}
+    _envoy(lab, "zipkin-collector", envoy_config(collector, accepted))
+    access_log = lab.root / "observed-access.log"
+    policies = ACCESS_LOG.format(path=access_log) + "---" + TRACE.format(port=collector)
+    applied = lab.kumactl(cp, "apply", "-f", "-", input=policies)
+    if applied.returncode != 0:
+        raise RuntimeError(f"kumactl apply (access log, trace) failed: {applied.stderr}")
+    backend = dataplane("backend-o1", "backend-o", free_port(), responder)
+    backend["networking"]["inbound"][0]["tags"].update(OBSERVED_TAGS)
+    _agent(lab, cp, backend)
+    outbound = free_port()
+    web = dataplane("web-o1", "web-o", free_port(), free_port(), {"backend-o": outbound})
+    web["networking"]["inbound"][0]["tags"].update(OBSERVED_TAGS)
+    return f"http://127.0.0.1:{outbound}/", _agent(lab, cp, web), access_log
 
 
 def _agent(lab: Lab, cp: ControlPlaneProc, resource: dict) -> AgentProc:
