@@ -12,7 +12,7 @@ fi
 PYTHON="${PYTHON:-python3}"
 # curl/iproute2/iptables/nftables: the network tests and the demo's checks; python3-venv: the venv;
 # containernetworking-plugins: the reference CNI plugins (/usr/lib/cni) the kuma-cni chain tests run;
-# shellcheck/vagrant: the lab's provisioning scripts and Vagrantfile are checked by the tests;
+# The shellcheck and vagrant packages: the lab's provisioning scripts and Vagrantfile are checked by the tests;
 # hey/wrk: the benchmarks' fixed-rate and saturation load; dnsmasq-base: the real upstream resolver
 # of the DNS tests (the binary only: the `dnsmasq` package would also start a resolver on port 53);
 # dnsperf: the DNS benchmark's load.
