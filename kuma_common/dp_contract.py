@@ -96,6 +96,8 @@ WORKDIR_METADATA_KEY = "workdir"  # the agent's work dir: where the SDS files be
 VERSION_METADATA_KEY = "version"
 FEATURES_METADATA_KEY = "features"
 DYNAMIC_METADATA_KEY = "dynamicMetadata"
+# Who the proxy is, for outbound access logs (control_plane/policies/meshaccesslog/formats.py).
+ACCESS_LOG_METADATA_KEY = "accessLog"
 
 
 # --- the agent's work dir: files the control plane's Envoy config names ---------------------------

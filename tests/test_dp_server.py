@@ -100,6 +100,13 @@ async def test_bootstrap_over_tls_renders_a_config_envoy_accepts(
     assert doc["node"]["id"] == "default.web-1"
     assert doc["node"]["cluster"] == "web"
     assert json.loads(doc["node"]["metadata"]["dataplane.resource"])["name"] == "web-1"
+    # Who the proxy is, for its outbound access logs (read by Envoy, so the config is shared).
+    assert doc["node"]["metadata"]["accessLog"] == {
+        "sourceAddress": "127.0.0.1",
+        "sourceAddressWithPort": "127.0.0.1:0",
+        "sourceService": "web",
+        "zone": "",
+    }
     assert doc["admin"]["address"]["pipe"]["path"] == f"{tmp_path}/envoy-admin.sock"
     tls = doc["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
     assert tls["sni"] == "localhost"

@@ -222,8 +222,40 @@ def test_only_the_proxies_a_policy_selects_leave_the_shared_build_which_stays_un
     assert shared.SerializeToString(deterministic=True) == before  # nothing shared was changed
     formats = chain_formats(mine)
     assert set(formats) == {"outbound:db", "outbound:web"}
-    assert "10.0.0.1(web)->%UPSTREAM_HOST%(db) took" in formats["outbound:db"][0]
-    assert '"web" "web" "10.0.0.1"' in formats["outbound:web"][0]
+    # Who calls is read by Envoy from its node metadata (the same config for every caller).
+    assert f"{NODE_ADDRESS}({NODE_SERVICE})->%UPSTREAM_HOST%(db) took" in formats["outbound:db"][0]
+    assert f'"{NODE_SERVICE}" "web" "{NODE_ADDRESS}"' in formats["outbound:web"][0]
+
+
+NODE_ADDRESS = "%CEL(xds.node.metadata.accessLog.sourceAddress)%"
+NODE_SERVICE = "%CEL(xds.node.metadata.accessLog.sourceService)%"
+
+
+def test_a_mesh_wide_file_log_keeps_one_shared_build_a_tcp_one_gives_each_proxy_its_own() -> None:
+    dps = [
+        dataplane("web-1", "10.0.0.1", "web"),
+        dataplane("web-2", "10.0.0.2", "web"),
+        dataplane("db-1", "10.0.0.3", "db", "tcp"),
+    ]
+    context = ProxyContext(workdir="/w")
+
+    def outbound_listeners(backend: dict[str, Any]) -> dict[str, listener_pb2.Listener]:
+        policy = parse_resource(
+            access_log("all", MESH, to=[{"targetRef": MESH, "default": {"backends": [backend]}}])
+        )
+        index, policies = EndpointIndex(dps), mesh_policies("default", [policy])
+        return {
+            d.name: generate_snapshot(d, dps, None, endpoints=index, context=context, policies=policies)[
+                LISTENER_TYPE
+            ]["outbound:passthrough:ipv4"]
+            for d in dps
+        }
+
+    file_logged = outbound_listeners(file_backend("/tmp/out.log"))
+    assert file_logged["web-1"] is file_logged["web-2"] is file_logged["db-1"]
+    assert NODE_SERVICE in chain_formats(file_logged["web-1"])["outbound:db"][0]
+    tcp_logged = outbound_listeners({"type": "Tcp", "tcp": {"address": "127.0.0.1:5000"}})
+    assert len({id(listener) for listener in tcp_logged.values()}) == 3  # each names its agent's FIFO
 
 
 # --- validation --------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class BootstrapParams:
     features: tuple[str, ...] = ()
     dynamic_metadata: dict[str, str] = field(default_factory=dict)
     readiness_port: int | None = None
+    # Who the proxy is, read by Envoy for outbound access logs (meshaccesslog/formats.py).
+    access_log_source: dict[str, str] | None = None
 
 
 @cache
@@ -58,6 +60,8 @@ def node_metadata(params: BootstrapParams) -> dict[str, Any]:
         meta[contract.ADMIN_PORT_METADATA_KEY] = str(params.admin_port)
     if params.readiness_port is not None:
         meta[contract.READINESS_PORT_METADATA_KEY] = str(params.readiness_port)
+    if params.access_log_source is not None:
+        meta[contract.ACCESS_LOG_METADATA_KEY] = params.access_log_source
     return meta
 
 

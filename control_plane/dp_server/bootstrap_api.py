@@ -21,6 +21,8 @@ from starlette.routing import Route
 from control_plane.bootstrap.render import BootstrapParams, dataplane_json, render_bootstrap
 from control_plane.dp_server.authn import DpAuthenticator, unauthorized
 from control_plane.dp_server.recent_dataplanes import RecentDataplanes
+from control_plane.policies.core.parts import ProxyInfo
+from control_plane.policies.meshaccesslog.formats import source_metadata
 from control_plane.resources.common import format_validation_error
 from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.registry import DATAPLANE, InvalidResource, parse_resource
@@ -188,4 +190,10 @@ def _params(
         features=tuple(req.features),
         dynamic_metadata=req.dynamicMetadata,
         readiness_port=req.readinessPort,
+        access_log_source=_access_log_source(dp),
     )
+
+
+def _access_log_source(dp: Dataplane) -> dict[str, str]:
+    proxy = ProxyInfo.of(dp, None)  # Kuma's address (advertised first), service and zone
+    return source_metadata(proxy.address, proxy.service, proxy.zone)

@@ -18,11 +18,14 @@ import grpc
 import httpx
 from envoy.config.core.v3 import base_pb2
 
+from control_plane.policies.core.parts import ProxyInfo
+from control_plane.policies.meshaccesslog.formats import source_metadata
 from control_plane.resources.registry import parse_resource, to_document
 from control_plane.store.base import dataplane_key, mesh_key
 from control_plane.store.memory import MemoryStore
 from control_plane.xds.client import AdsClient
 from control_plane.xds.component import XdsComponent
+from kuma_common.dp_contract import ACCESS_LOG_METADATA_KEY
 from labkit.ports import free_port
 
 NODE = "default.web-1"
@@ -102,6 +105,12 @@ WEB = dataplane_doc(
 )
 
 
+def _access_log_source(resource: dict[str, Any]) -> dict[str, str]:
+    """What our bootstrap server puts in the node metadata for outbound access logs."""
+    proxy = ProxyInfo.of(parse_resource({"type": "Dataplane", "mesh": "default", **resource}), None)
+    return source_metadata(proxy.address, proxy.service, proxy.zone)
+
+
 def bootstrap_json(
     resource: dict[str, Any],
     workdir: Path,
@@ -142,6 +151,7 @@ def bootstrap_json(
                 "dataplane.proxyType": "dataplane",
                 "workdir": str(workdir),
                 "features": [],
+                ACCESS_LOG_METADATA_KEY: _access_log_source(resource),
             },
         },
         "admin": {"address": admin_address},

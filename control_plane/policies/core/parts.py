@@ -27,9 +27,9 @@ HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOpti
 
 @dataclass(frozen=True)
 class ProxyInfo:
-    """Who a proxy is, for plugins whose config names it (MeshAccessLog's placeholders and its
-    agent's socket). Outbound parts carry it only in builds made for one proxy: a kind using it
-    is marked `outbound_per_proxy`, which keys the mesh-wide shared build by the proxy."""
+    """Who a proxy is, for plugins whose config names it (MeshAccessLog's socket of its agent).
+    Outbound parts carry it only in builds made for one proxy: a kind's `outbound_per_proxy` says
+    which of its confs need it, and keys the mesh-wide shared build by the proxy for those."""
 
     mesh: str
     name: str

@@ -50,9 +50,9 @@ class PolicyType:
     # as the `catch_all` of every inbound: the kind shapes each inbound and outbound, not only the
     # finished proxy.
     apply_outbound: OutboundApply | None = None
-    # Its outbound config names the proxy itself (`OutboundParts.proxy`): a proxy it applies to
-    # gets its own outbound build instead of the one its likes share.
-    outbound_per_proxy: bool = False
+    # True for the confs whose outbound config names the proxy itself (`OutboundParts.proxy`): a
+    # proxy such a conf applies to gets its own outbound build instead of the one its likes share.
+    outbound_per_proxy: Callable[[MergedConf], bool] | None = None
     # Called for every inbound of a proxy (with an empty InboundPolicy when nothing applies), so a
     # policy can have a default (MeshTrafficPermission: deny everyone when mTLS is on).
     apply_inbound: InboundApply | None = None

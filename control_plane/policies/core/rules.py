@@ -119,6 +119,10 @@ class OutboundPolicy:
     def for_service(self, service: str) -> MergedConf | None:
         return self.by_service.get(service, self.others)
 
+    def confs(self) -> list[MergedConf]:
+        """Every conf it holds (each service's and the others')."""
+        return [*([self.others] if self.others is not None else []), *self.by_service.values()]
+
 
 @dataclass(frozen=True)
 class OutboundRules:
@@ -130,15 +134,28 @@ class OutboundRules:
     key: tuple[tuple[str, str], ...]
     by_kind: Mapping[str, OutboundPolicy]
     caller: str = ""
-    # Set (and part of `key`) when a kind present depends on the proxy itself (`outbound_per_proxy`).
+    # Set (and part of `key`) when a conf present depends on the proxy itself (`outbound_per_proxy`).
     proxy: ProxyInfo | None = None
+    _names_proxy: dict[int, bool] = field(default_factory=dict, compare=False, repr=False)
 
-    def for_proxy(self, proxy: ProxyInfo, per_proxy_kinds: Iterable[str]) -> OutboundRules:
-        """These rules for one proxy: unchanged (shared) unless a kind present uses who the proxy is;
-        then a copy whose key names the proxy, so no other proxy shares its build."""
-        if not any(kind in self.by_kind for kind in per_proxy_kinds):
+    def for_proxy(
+        self, proxy: ProxyInfo, per_proxy: Mapping[str, Callable[[MergedConf], bool]]
+    ) -> OutboundRules:
+        """These rules for one proxy: unchanged (shared) unless a conf present uses who the proxy is
+        (`per_proxy`: a kind's test of its confs); then a copy whose key names the proxy, so no
+        other proxy shares its build. The test runs once per set of rules, not once per proxy."""
+        names_proxy = self._names_proxy.get(id(per_proxy))
+        if names_proxy is None:
+            names_proxy = any(
+                names(conf)
+                for kind, names in per_proxy.items()
+                if (policy := self.by_kind.get(kind)) is not None
+                for conf in policy.confs()
+            )
+            self._names_proxy[id(per_proxy)] = names_proxy
+        if not names_proxy:
             return self
-        return replace(self, key=(*self.key, ("proxy", repr(proxy))), proxy=proxy)
+        return replace(self, key=(*self.key, ("proxy", repr(proxy))), proxy=proxy, _names_proxy={})
 
     def conf(self, kind: str, service: str) -> MergedConf | None:
         policy = self.by_kind.get(kind)

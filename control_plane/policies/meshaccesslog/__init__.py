@@ -3,7 +3,7 @@ order 600)."""
 
 from control_plane.policies.core.plugin import PolicyType
 from control_plane.policies.meshaccesslog.api import KIND, SECTIONS, MeshAccessLog
-from control_plane.policies.meshaccesslog.plugin import apply_inbound, apply_outbound
+from control_plane.policies.meshaccesslog.plugin import apply_inbound, apply_outbound, names_proxy
 
 POLICY = PolicyType(
     kind=KIND,
@@ -16,5 +16,5 @@ POLICY = PolicyType(
     from_as_rules=True,
     apply_outbound=apply_outbound,
     apply_inbound=apply_inbound,
-    outbound_per_proxy=True,
+    outbound_per_proxy=names_proxy,
 )

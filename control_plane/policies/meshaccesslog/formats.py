@@ -2,7 +2,8 @@
 refusing a format (pure functions).
 
 A format is Envoy's: text with command operators (`%START_TIME%`, `%REQ(:PATH)%`, ...), plus Kuma's
-placeholders, which the control plane replaces with the proxy's values before Envoy sees them:
+placeholders, which the control plane replaces with the proxy's values before Envoy sees them
+(on outbounds, who the calling proxy is comes from Envoy's node metadata instead, see below):
 
 | placeholder | value |
 |---|---|
@@ -15,6 +16,13 @@ placeholders, which the control plane replaces with the proxy's values before En
 | `%KUMA_ZONE%` | the proxy's `kuma.io/zone` label ("" without) |
 | `%KUMA_WORKLOAD%` | "" (Kuma's workload identities do not exist here) |
 
+On outbound chains the proxy's own values (its service, address and zone) are not written into
+the config: Envoy reads them from its node metadata (`accessLog`, put in the bootstrap by the
+control plane, `source_metadata`) with the CEL formatter. The outbound config is then the same for
+every proxy of the mesh, so the transparent proxies' mesh-wide shared build stays shared (written
+in, a mesh-wide access log would mean one build per proxy: 66 times the generation CPU at 400
+proxies). The values are those of the Dataplane when the proxy was bootstrapped.
+
 Envoy refuses a whole listener update for one bad operator (the proxy would keep its old config),
 so every operator is checked when the policy is applied: an unknown name, a missing or unexpected
 parameter, or a lone `%` (write `%%` for a percent sign) is refused naming the field.
@@ -25,6 +33,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+
+from kuma_common.dp_contract import ACCESS_LOG_METADATA_KEY
 
 # Kuma's default formats (pkg/plugins/policies/meshaccesslog/plugin/xds/configurer.go, v2.14).
 DEFAULT_TCP_FORMAT = (
@@ -245,6 +255,25 @@ def _check_operator(name: str, parameters: str | None, length: str | None) -> No
         raise ValueError(f"%{name}% takes no parameters nor length")
 
 
+# Where Envoy finds who it is (node metadata, see `source_metadata`), for the CEL formatter.
+SOURCE_METADATA = f"xds.node.metadata.{ACCESS_LOG_METADATA_KEY}"
+CEL_FORMATTER = "envoy.formatter.cel"
+
+
+def source_metadata(address: str, service: str, zone: str) -> dict[str, str]:
+    """The bootstrap's node metadata entry outbound access logs read (`KumaValues.from_node`)."""
+    return {
+        "sourceAddress": address,
+        "sourceAddressWithPort": _with_port(address),
+        "sourceService": service,
+        "zone": zone,
+    }
+
+
+def _from_node(field: str) -> str:
+    return f"%CEL({SOURCE_METADATA}.{field})%"
+
+
 @dataclass(frozen=True)
 class KumaValues:
     """What Kuma's placeholders stand for on one chain of one proxy."""
@@ -255,10 +284,24 @@ class KumaValues:
     destination_service: str
     direction: str  # INBOUND | OUTBOUND
     zone: str = ""
+    source_ip_with_port: str | None = None  # None: `source_ip` with port 0
+
+    @classmethod
+    def from_node(cls, mesh: str, destination_service: str, direction: str) -> KumaValues:
+        """Values whose proxy-specific part Envoy reads from its node metadata (the same for all)."""
+        return cls(
+            mesh=mesh,
+            source_service=_from_node("sourceService"),
+            source_ip=_from_node("sourceAddress"),
+            destination_service=destination_service,
+            direction=direction,
+            zone=_from_node("zone"),
+            source_ip_with_port=_from_node("sourceAddressWithPort"),
+        )
 
     def interpolate(self, text: str) -> str:
         address = self.source_ip
-        with_port = f"[{address}]:0" if _is_ipv6(address) else f"{address}:0"
+        with_port = self.source_ip_with_port or _with_port(address)
         for placeholder, value in (
             ("%KUMA_SOURCE_ADDRESS%", with_port),
             ("%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%", address),
@@ -271,6 +314,10 @@ class KumaValues:
         ):
             text = text.replace(placeholder, value)
         return text
+
+
+def _with_port(address: str) -> str:
+    return f"[{address}]:0" if _is_ipv6(address) else f"{address}:0"
 
 
 def _is_ipv6(address: str) -> bool:

@@ -12,9 +12,11 @@ Inbound: the merged `from` / `rules` (all callers) on every chain of the inbound
 mTLS: the mesh peers' and, PERMISSIVE, the plaintext one); outbound (`to`): the chain receiving the
 local application's calls to that service.
 
-Outbound entries name the proxy (its service and address in the default formats, its FIFO), so a
-transparent proxy that a `to` MeshAccessLog selects gets its own outbound build instead of the
-mesh-wide shared one (`outbound_per_proxy`); the others keep sharing.
+Outbound entries read who the calling proxy is (its service, address and zone, in the default
+formats) from Envoy's node metadata (formats.py), so they are the same for every proxy and the
+transparent proxies' mesh-wide shared build stays shared. Only a Tcp backend names the proxy in
+the config (its agent's FIFO): a proxy such a `to` MeshAccessLog selects gets its own outbound
+build (`outbound_per_proxy`); the others keep sharing.
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2 as sfs_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.formatter.cel.v3 import cel_pb2
 from google.protobuf import struct_pb2
 
 from control_plane.policies.core.parts import ChainParts, InboundParts, OutboundParts
 from control_plane.policies.core.rules import InboundPolicy, MergedConf
 from control_plane.policies.meshaccesslog.api import JSON, TCP, Backend, Conf, Format
-from control_plane.policies.meshaccesslog.formats import UNKNOWN_SERVICE, KumaValues, default_format
+from control_plane.policies.meshaccesslog.formats import (
+    CEL_FORMATTER,
+    UNKNOWN_SERVICE,
+    KumaValues,
+    default_format,
+)
 from control_plane.xds.generate.pack import pack
 from control_plane.xds.generate.protocol import is_http
 from kuma_common.accesslog import access_log_socket_path
@@ -37,12 +45,20 @@ FILE_LOGGER = "envoy.access_loggers.file"
 OUTBOUND, INBOUND = "OUTBOUND", "INBOUND"
 
 
-def apply_outbound(merged: MergedConf, parts: OutboundParts) -> None:
-    proxy = parts.proxy
-    assert proxy is not None, "MeshAccessLog is outbound_per_proxy: its builds carry the proxy"
+def names_proxy(merged: MergedConf) -> bool:
+    """A conf with a Tcp backend names the proxy's own FIFO: its outbound build is the proxy's."""
     conf: Conf = merged.parsed(Conf)
-    values = KumaValues(proxy.mesh, proxy.service, proxy.address, parts.service, OUTBOUND, proxy.zone)
-    socket = access_log_socket_path(proxy.workdir, proxy.name, proxy.mesh) if proxy.workdir else None
+    return any(backend.type == TCP for backend in conf.backends)
+
+
+def apply_outbound(merged: MergedConf, parts: OutboundParts) -> None:
+    conf: Conf = merged.parsed(Conf)
+    # Policies apply within their own mesh: any contributing one names the proxy's mesh.
+    values = KumaValues.from_node(merged.origins[0].mesh, parts.service, OUTBOUND)
+    proxy = parts.proxy  # only in a build of its own (a Tcp backend: see names_proxy)
+    socket = None
+    if proxy is not None and proxy.workdir:
+        socket = access_log_socket_path(proxy.workdir, proxy.name, proxy.mesh)
     _attach(parts.chain, access_logs(conf, is_http(parts.protocol), values, socket))
 
 
@@ -100,9 +116,11 @@ def _file_format(fmt: Format | None, http: bool, values: KumaValues) -> sfs_pb2.
     if fmt is not None and fmt.type == JSON:
         return _json(_json_fields(fmt, values), bool(fmt.omitEmptyValues))
     text = fmt.plain if fmt is not None and fmt.plain is not None else default_format(http)
-    return sfs_pb2.SubstitutionFormatString(
-        text_format_source=base_pb2.DataSource(inline_string=values.interpolate(text) + "\n"),
-        omit_empty_values=bool(fmt is not None and fmt.omitEmptyValues),
+    return _with_formatters(
+        sfs_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=values.interpolate(text) + "\n"),
+            omit_empty_values=bool(fmt is not None and fmt.omitEmptyValues),
+        )
     )
 
 
@@ -130,4 +148,12 @@ def _json_fields(fmt: Format, values: KumaValues) -> struct_pb2.Struct:
 
 
 def _json(fields: struct_pb2.Struct, omit_empty: bool) -> sfs_pb2.SubstitutionFormatString:
-    return sfs_pb2.SubstitutionFormatString(json_format=fields, omit_empty_values=omit_empty)
+    fmt = sfs_pb2.SubstitutionFormatString(json_format=fields, omit_empty_values=omit_empty)
+    return _with_formatters(fmt)
+
+
+def _with_formatters(fmt: sfs_pb2.SubstitutionFormatString) -> sfs_pb2.SubstitutionFormatString:
+    """Envoy's CEL formatter declared where the format uses `%CEL(...)%` (the node's values)."""
+    if "%CEL(" in str(fmt):
+        fmt.formatters.add(name=CEL_FORMATTER, typed_config=pack(cel_pb2.Cel()))
+    return fmt

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _INBOUND = [t for t in POLICY_TYPES if t.apply_inbound is not None]
 _OUTBOUND = [t for t in POLICY_TYPES if t.apply_outbound is not None]
 _PROXY = [t for t in POLICY_TYPES if t.apply_proxy is not None]
-PER_PROXY_OUTBOUND_KINDS = tuple(t.kind for t in POLICY_TYPES if t.outbound_per_proxy)
+PER_PROXY_OUTBOUND = {t.kind: t.outbound_per_proxy for t in POLICY_TYPES if t.outbound_per_proxy}
 
 
 def apply_inbound_policies(policies: MeshPolicies, parts: InboundParts) -> None:

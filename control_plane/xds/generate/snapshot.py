@@ -23,7 +23,7 @@ from control_plane.xds.generate.listeners import inbound_listener, inbound_parts
 from control_plane.xds.generate.outbounds import OutboundBuild
 from control_plane.xds.generate.overlay import Overlay
 from control_plane.xds.generate.policies import (
-    PER_PROXY_OUTBOUND_KINDS,
+    PER_PROXY_OUTBOUND,
     apply_inbound_policies,
     apply_proxy_policies,
 )
@@ -111,7 +111,7 @@ def _proxy_resources(
     mtls = _mesh_mtls(dataplane, mesh, context)
     mtls = _shaped_by_inbounds(mtls, _add_inbounds(dataplane, resources, mtls, policies, context.workdir))
     rules = policies.outbound_rules(dataplane).for_proxy(
-        ProxyInfo.of(dataplane, context.workdir), PER_PROXY_OUTBOUND_KINDS
+        ProxyInfo.of(dataplane, context.workdir), PER_PROXY_OUTBOUND
     )
     if not is_transparent(dataplane):
         _add_outbounds(dataplane, dataplane.networking.outbound, index, resources, mtls, rules)
