@@ -103,7 +103,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
+            for scope_spans in _scope_spans(resource_spans):
                 for span in scope_spans.spans:
                     self.receiver.spans.append(
                         OtlpSpan(
@@ -117,6 +117,15 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                         )
                     )
         return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _scope_spans(resource_spans: Any) -> Any:
+    """ResourceSpans' field 2, whatever this copy of the OTLP protos calls it: xds-protos ships an
+    older copy under the same module paths as opentelemetry-proto (`instrumentation_library_spans`
+    before it was renamed `scope_spans`), and whichever pip installed last is the one imported.
+    The wire format is the same."""
+    field = resource_spans.DESCRIPTOR.fields_by_number[2]
+    return getattr(resource_spans, field.name)
 
 
 def _attributes(values: Any) -> dict[str, str]:
