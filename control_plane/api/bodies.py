@@ -43,6 +43,9 @@ def _decode_json(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         message = f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise invalid([{"field": BODY_FIELD, "message": message}], "Body is not valid JSON") from None
+    except RecursionError:
+        message = "is nested too deeply"
+        raise invalid([{"field": BODY_FIELD, "message": message}], "Body is not valid JSON") from None
 
 
 def _decode_yaml(raw: bytes) -> Any:
@@ -56,6 +59,9 @@ def _decode_yaml(raw: bytes) -> Any:
         raise invalid(
             [{"field": BODY_FIELD, "message": yaml_error_message(exc)}], "Body is not valid YAML"
         ) from None
+    except RecursionError:
+        message = "is nested too deeply"
+        raise invalid([{"field": BODY_FIELD, "message": message}], "Body is not valid YAML") from None
     if len(documents) > 1:
         message = "holds several YAML documents; send one resource per request"
         raise invalid([{"field": BODY_FIELD, "message": message}])

@@ -107,6 +107,8 @@ def _parse_request(raw: bytes) -> BootstrapRequest:
         doc = json.loads(raw)
     except ValueError as exc:
         raise BootstrapError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BootstrapError(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):  # the words pydantic used when the request was a pydantic model
         message = "Input should be a valid dictionary or instance of BootstrapRequest"
         raise BootstrapError(400, "invalid bootstrap request", [{"field": "(root)", "message": message}])
@@ -147,6 +149,8 @@ def _validate_sent_dataplane(req: BootstrapRequest) -> Dataplane:
         doc = yaml.safe_load(req.dataplaneResource)
     except yaml.YAMLError as exc:
         raise BootstrapError(422, f"dataplaneResource is not valid YAML/JSON: {exc}") from None
+    except RecursionError:
+        raise BootstrapError(422, "dataplaneResource is not valid YAML/JSON: nested too deeply") from None
     if isinstance(doc, dict):
         doc = {k: v for k, v in doc.items() if k not in ("creationTime", "modificationTime")}
     try:

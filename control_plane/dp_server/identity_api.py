@@ -74,6 +74,8 @@ def _parse_body(raw: bytes) -> tuple[str, str, str]:
         doc = json.loads(raw)
     except ValueError as exc:
         raise _Refused(400, "request body is not valid JSON", str(exc)) from None
+    except RecursionError:
+        raise _Refused(400, "request body is not valid JSON", "nested too deeply") from None
     if not isinstance(doc, dict):
         raise _Refused(400, "request body must be a JSON object with mesh, name and csr")
     values = []

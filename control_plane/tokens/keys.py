@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +30,15 @@ class SigningKeyError(ValueError):
 class SigningKey:
     kid: str
     private_key: rsa.RSAPrivateKey
+
+
+def kid_serial(kid: str) -> int | None:
+    """The serial a `kid` names, or None: only ASCII digits (`str.isdigit` also accepts `²`, which
+    `int` refuses), and a bounded length, since a kid comes from an unverified token."""
+    return int(kid) if _KID.fullmatch(kid) else None
+
+
+_KID = re.compile(r"[0-9]{1,18}")
 
 
 def signing_key_key(mesh: str, serial: int) -> ResourceKey:
@@ -76,9 +86,10 @@ def serials(store: ResourceStore, mesh: str) -> list[int]:
 
 def stored_key_data(store: ResourceStore, mesh: str, kid: str) -> str | None:
     """The stored form (base64 PEM) of the key with this `kid` in this mesh, or None."""
-    if not kid.isdigit():
+    serial = kid_serial(kid)
+    if serial is None:
         return None
-    stored = store.get(signing_key_key(mesh, int(kid)))
+    stored = store.get(signing_key_key(mesh, serial))
     return None if stored is None else stored.spec["data"]
 
 
@@ -107,7 +118,8 @@ def rotate_signing_key(store: ResourceStore, mesh: str) -> SigningKey:
 
 def remove_signing_key(store: ResourceStore, mesh: str, kid: str) -> bool:
     """Delete a key: every token it signed stops verifying ("unknown key")."""
-    return kid.isdigit() and store.delete(signing_key_key(mesh, int(kid)))
+    serial = kid_serial(kid)
+    return serial is not None and store.delete(signing_key_key(mesh, serial))
 
 
 def _create(store: ResourceStore, mesh: str, serial: int) -> SigningKey:

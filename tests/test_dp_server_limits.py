@@ -1,0 +1,105 @@
+"""What an unauthenticated or broken client of a real kuma-cp's DP server (and API) gets: bounded
+sizes, clear 4xx answers instead of 500s, one answer for every unauthenticated caller, and a
+server that keeps serving meanwhile (issue 15, "Unauthenticated clients of the DP server")."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labkit.lab import ControlPlaneProc, Lab, dataplane
+from labkit.ports import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab = Lab(tmp_path_factory.mktemp("dp-limits"))
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def cp(lab: Lab) -> ControlPlaneProc:
+    cp = lab.start_control_plane()
+    lab.wait_control_plane(cp)
+    res = lab.kumactl(cp, "apply", "-f", "-", input=json.dumps(_known()))
+    assert res.returncode == 0, res.stderr
+    return cp
+
+
+def _known() -> dict[str, object]:
+    return dataplane("known-1", "known", free_port(), free_port())
+
+
+def _dp_client(cp: ControlPlaneProc) -> httpx.Client:
+    return httpx.Client(verify=ssl.create_default_context(cafile=str(cp.ca_cert)), timeout=30)
+
+
+def _bootstrap_body(cp: ControlPlaneProc, workdir: Path, **fields: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "mesh": "default",
+        "proxyType": "dataplane",
+        "caCert": cp.ca_cert.read_text(),
+        "workdir": str(workdir),
+        "version": {"kumaDp": {"version": "0.1.0"}},
+    }
+    body.update(fields)
+    return body
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _odd_kid_token() -> str:
+    header = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "²"}).encode())
+    claims = _b64(json.dumps({"Mesh": "default", "Name": "known-1", "Type": "dataplane"}).encode())
+    return f"{header}.{claims}.{_b64(b'x' * 256)}"
+
+
+def _no_traceback(cp: ControlPlaneProc) -> None:
+    log = cp.proc.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+
+
+DEEP = b"[" * 100_000
+
+
+def test_deeply_nested_bodies_get_400_not_500(cp: ControlPlaneProc) -> None:
+    with _dp_client(cp) as client:
+        for path in ("/bootstrap", "/certificate"):
+            resp = client.post(cp.dp_url + path, content=DEEP, headers={"content-type": "application/json"})
+            assert resp.status_code == 400, (path, resp.status_code, resp.text)
+            assert "nested too deeply" in resp.text
+    for content_type in ("application/json", "application/yaml"):
+        resp = httpx.put(
+            f"{cp.api_url}/meshes/default/dataplanes/deep",
+            content=DEEP,
+            headers={"content-type": content_type},
+            timeout=30,
+        )
+        assert resp.status_code == 400, (content_type, resp.status_code, resp.text)
+        assert "nested too deeply" in resp.text
+    _no_traceback(cp)
+
+
+def test_token_with_a_non_ascii_kid_gets_401(cp: ControlPlaneProc, tmp_path: Path) -> None:
+    token = _odd_kid_token()
+    body = _bootstrap_body(cp, tmp_path, name="known-1", dataplaneToken=token)
+    with _dp_client(cp) as client:
+        resp = client.post(cp.dp_url + "/bootstrap", json=body)
+        assert resp.status_code == 401, resp.text
+        cert = {"mesh": "default", "name": "known-1", "csr": "x"}
+        resp = client.post(cp.dp_url + "/certificate", json=cert, headers={"authorization": token})
+        assert resp.status_code == 401, resp.text
+    _no_traceback(cp)
