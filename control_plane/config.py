@@ -146,6 +146,18 @@ def _positive_duration(raw: Any) -> float:
     return seconds
 
 
+def _positive_int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"{raw!r} is not a positive integer")
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a positive integer") from None
+    if value <= 0:
+        raise ValueError(f"{raw!r} is not a positive integer")
+    return value
+
+
 def _dns_domain(raw: Any) -> str:
     text = _string(raw).strip().lower()
     if text.startswith("."):
@@ -190,6 +202,45 @@ class _Setting:
         return ".".join(self.path)
 
 
+# Limits of the DP server (5678) and its ADS streams against slow, large or many clients
+# (docs/security.md). readHeaderTimeout is Kuma's; the others are ours, named after Kuma's
+# apiServer.readTimeout/idleTimeout and gRPC's options.
+_DP_SERVER_LIMITS: tuple[_Setting, ...] = (
+    _Setting(
+        ("dpServer", "readHeaderTimeout"), "KUMA_DP_SERVER_READ_HEADER_TIMEOUT", _positive_duration, "5s"
+    ),
+    _Setting(("dpServer", "readTimeout"), "KUMA_DP_SERVER_READ_TIMEOUT", _positive_duration, "10s"),
+    _Setting(("dpServer", "idleTimeout"), "KUMA_DP_SERVER_IDLE_TIMEOUT", _positive_duration, "2m"),
+    _Setting(
+        ("dpServer", "maxRequestBodyBytes"), "KUMA_DP_SERVER_MAX_REQUEST_BODY_BYTES", _positive_int, 1 << 20
+    ),
+    _Setting(("dpServer", "maxConnections"), "KUMA_DP_SERVER_MAX_CONNECTIONS", _positive_int, 10_000),
+    _Setting(
+        ("dpServer", "maxConnectionsPerSource"),
+        "KUMA_DP_SERVER_MAX_CONNECTIONS_PER_SOURCE",
+        _positive_int,
+        1_000,
+    ),
+    _Setting(
+        ("xdsServer", "maxReceiveMessageBytes"),
+        "KUMA_XDS_SERVER_MAX_RECEIVE_MESSAGE_BYTES",
+        _positive_int,
+        4 << 20,
+    ),
+    _Setting(("xdsServer", "maxStreams"), "KUMA_XDS_SERVER_MAX_STREAMS", _positive_int, 10_000),
+    _Setting(
+        ("xdsServer", "maxStreamsPerConnection"),
+        "KUMA_XDS_SERVER_MAX_STREAMS_PER_CONNECTION",
+        _positive_int,
+        100,
+    ),
+    _Setting(("xdsServer", "requestQueueSize"), "KUMA_XDS_SERVER_REQUEST_QUEUE_SIZE", _positive_int, 64),
+    _Setting(("xdsServer", "sendTimeout"), "KUMA_XDS_SERVER_SEND_TIMEOUT", _positive_duration, "1m"),
+    _Setting(
+        ("apiServer", "maxRequestBodyBytes"), "KUMA_API_SERVER_MAX_REQUEST_BODY_BYTES", _positive_int, 4 << 20
+    ),
+)
+
 _SETTINGS: tuple[_Setting, ...] = (
     _Setting(("general", "workDir"), "KUMA_GENERAL_WORK_DIR", _work_dir, DEFAULT_WORK_DIR),
     _Setting(("general", "tlsCertFile"), "KUMA_GENERAL_TLS_CERT_FILE", _optional_string, None),
@@ -207,6 +258,7 @@ _SETTINGS: tuple[_Setting, ...] = (
         _choice(DP_PROXY_AUTHN_TYPES),
         "dpToken",
     ),
+    *_DP_SERVER_LIMITS,
     _Setting(("apiServer", "http", "port"), "KUMA_API_SERVER_HTTP_PORT", _port, DEFAULT_API_HTTP_PORT),
     _Setting(
         ("apiServer", "http", "interface"),
@@ -296,9 +348,32 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class DpServerLimits:
+    """Bounds on what clients of the DP server may hold (docs/security.md); seconds and bytes."""
+
+    read_header_timeout: float = 5.0  # the first request's headers, from the TLS handshake on
+    read_timeout: float = 10.0  # a request body, from its first byte to its last
+    idle_timeout: float = 120.0  # an HTTP/1.1 connection on which no byte moves
+    max_request_body_bytes: int = 1 << 20
+    max_connections: int = 10_000
+    max_connections_per_source: int = 1_000
+
+
+@dataclass(frozen=True)
+class XdsServerLimits:
+    max_receive_message_bytes: int = 4 << 20  # gRPC's (and Kuma's Go server's) default
+    max_streams: int = 10_000  # ADS streams of the whole control plane
+    max_streams_per_connection: int = 100  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+    request_queue_size: int = 64  # requests read ahead of processing, per stream
+    send_timeout: float = 60.0  # a response the client does not take ends its stream
+
+
+@dataclass(frozen=True)
 class DpServerConfig:
     port: int
     dp_proxy_authn: DpProxyAuthnType
+    limits: DpServerLimits = DpServerLimits()
+    xds_limits: XdsServerLimits = XdsServerLimits()
 
 
 @dataclass(frozen=True)
@@ -307,6 +382,7 @@ class ApiServerConfig:
     http_interface: str
     https_port: int
     localhost_is_admin: bool
+    max_request_body_bytes: int = 4 << 20  # a PUT's resource (413 beyond)
 
 
 @dataclass(frozen=True)
@@ -465,13 +541,30 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
             ),
         ),
         dp_server=DpServerConfig(
-            port=v("dpServer", "port"), dp_proxy_authn=v("dpServer", "authn", "dpProxy", "type")
+            port=v("dpServer", "port"),
+            dp_proxy_authn=v("dpServer", "authn", "dpProxy", "type"),
+            limits=DpServerLimits(
+                read_header_timeout=v("dpServer", "readHeaderTimeout"),
+                read_timeout=v("dpServer", "readTimeout"),
+                idle_timeout=v("dpServer", "idleTimeout"),
+                max_request_body_bytes=v("dpServer", "maxRequestBodyBytes"),
+                max_connections=v("dpServer", "maxConnections"),
+                max_connections_per_source=v("dpServer", "maxConnectionsPerSource"),
+            ),
+            xds_limits=XdsServerLimits(
+                max_receive_message_bytes=v("xdsServer", "maxReceiveMessageBytes"),
+                max_streams=v("xdsServer", "maxStreams"),
+                max_streams_per_connection=v("xdsServer", "maxStreamsPerConnection"),
+                request_queue_size=v("xdsServer", "requestQueueSize"),
+                send_timeout=v("xdsServer", "sendTimeout"),
+            ),
         ),
         api_server=ApiServerConfig(
             http_port=v("apiServer", "http", "port"),
             http_interface=v("apiServer", "http", "interface"),
             https_port=v("apiServer", "https", "port"),
             localhost_is_admin=v("apiServer", "authn", "localhostIsAdmin"),
+            max_request_body_bytes=v("apiServer", "maxRequestBodyBytes"),
         ),
         diagnostics=DiagnosticsConfig(server_port=v("diagnostics", "serverPort")),
         xds=XdsConfig(dataplane_deregistration_delay=v("xds", "dataplaneDeregistrationDelay")),

@@ -18,9 +18,10 @@ from control_plane.diagnostics.server import ALL_INTERFACES, DiagnosticsServer
 from control_plane.dns.allocator import VipAllocator
 from control_plane.dp_server.authn import DpAuthenticator
 from control_plane.dp_server.bootstrap_api import BootstrapSettings
-from control_plane.dp_server.http_app import create_dp_http_app
+from control_plane.dp_server.http_app import create_dp_http_app, limited
 from control_plane.dp_server.server import DpServer
 from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
+from control_plane.http_limits import BodyLimit
 from control_plane.monitoring.server import create_monitoring_app
 from control_plane.store.base import ResourceStore
 from control_plane.store.defaults import ensure_default_mesh
@@ -79,12 +80,18 @@ class ControlPlane:
         bootstrap = BootstrapSettings(dp_server_port=cfg.dp_server.port)
         http_app = create_dp_http_app(self.store, bootstrap, authn, self.metrics)
         dp_http = instrumented(http_app, self.metrics.dp_server_http_request_duration_seconds)
+        limits = cfg.dp_server.limits
+        dp_http = limited(dp_http, limits.max_request_body_bytes, limits.read_timeout)
         dp_server = DpServer(self.tls, cfg.dp_server.port, dp_http, xds.register)
         admin = cfg.api_server.localhost_is_admin
         api_app = create_app(self.store, localhost_is_admin=admin, dns=cfg.dns_server)
         api = uvicorn.Server(
             uvicorn.Config(
-                instrumented(api_app, self.metrics.api_server_http_request_duration_seconds),
+                BodyLimit(
+                    instrumented(api_app, self.metrics.api_server_http_request_duration_seconds),
+                    cfg.api_server.max_request_body_bytes,
+                    "KUMA_API_SERVER_MAX_REQUEST_BODY_BYTES",
+                ),
                 host=cfg.api_server.http_interface,
                 port=cfg.api_server.http_port,
                 log_level="warning",

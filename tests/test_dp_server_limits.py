@@ -103,3 +103,42 @@ def test_token_with_a_non_ascii_kid_gets_401(cp: ControlPlaneProc, tmp_path: Pat
         resp = client.post(cp.dp_url + "/certificate", json=cert, headers={"authorization": token})
         assert resp.status_code == 401, resp.text
     _no_traceback(cp)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_large_unsigned_tokens_get_413_or_401_and_memory_stays_bounded(
+    cp: ControlPlaneProc, tmp_path: Path
+) -> None:
+    """The issue's repro: 40 bootstraps with 4 MiB unsigned tokens raised the RSS by 465 MB."""
+    header = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "1"}).encode())
+    before = _rss_kib(cp.proc.popen.pid)
+    with _dp_client(cp) as client:
+        for index, size in enumerate([4 << 20] * 40 + [600 << 10] * 40):
+            claims = _b64(json.dumps({"Mesh": "default", "jti": str(index), "pad": "x" * size}).encode())
+            token = f"{header}.{claims}.{_b64(b'x' * 256)}"
+            body = _bootstrap_body(cp, tmp_path, name="known-1", dataplaneToken=token)
+            resp = client.post(cp.dp_url + "/bootstrap", json=body)
+            if size > 1 << 20:
+                assert resp.status_code == 413, resp.text
+                assert "KUMA_DP_SERVER_MAX_REQUEST_BODY_BYTES" in resp.json()["details"]
+            else:
+                assert resp.status_code == 401, resp.text
+    grown_mb = (_rss_kib(cp.proc.popen.pid) - before) / 1024
+    assert grown_mb < 100, f"the control plane's RSS grew by {grown_mb:.0f} MB"
+
+
+def test_api_put_over_the_body_limit_gets_413(cp: ControlPlaneProc) -> None:
+    resp = httpx.put(
+        f"{cp.api_url}/meshes/default/dataplanes/big",
+        content=b"#" * (5 << 20),
+        headers={"content-type": "application/yaml"},
+        timeout=30,
+    )
+    assert resp.status_code == 413, resp.text
+    assert "KUMA_API_SERVER_MAX_REQUEST_BODY_BYTES" in resp.json()["details"]

@@ -10,7 +10,14 @@ from control_plane.tokens.keys import (
     rotate_signing_key,
 )
 from control_plane.tokens.revocation import revoke, revoked_ids
-from control_plane.tokens.verify import REASONS, Reason, TokenRejected, VerifiedToken, verify_token
+from control_plane.tokens.verify import (
+    REASONS,
+    Reason,
+    TokenRejected,
+    VerifiedToken,
+    authenticate_token,
+    verify_token,
+)
 
 __all__ = [
     "DEFAULT_VALIDITY_S",
@@ -21,6 +28,7 @@ __all__ = [
     "TokenRejected",
     "TokenRequest",
     "VerifiedToken",
+    "authenticate_token",
     "current_signing_key",
     "issue_token",
     "load_private_key_pem",

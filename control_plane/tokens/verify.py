@@ -6,8 +6,9 @@ a detail for the control plane's own log. Neither ever contains the token.
 
 from __future__ import annotations
 
-import functools
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -59,21 +60,23 @@ def verify_token(
     store: ResourceStore, token: str | None, dataplane: Dataplane, now: float | None = None
 ) -> VerifiedToken:
     """The token's claims if it proves `dataplane`; TokenRejected otherwise."""
+    verified = authenticate_token(store, token, now)
+    check_dataplane(verified, dataplane)
+    return verified
+
+
+def authenticate_token(store: ResourceStore, token: str | None, now: float | None = None) -> VerifiedToken:
+    """The claims of a token signed by a stored key of its mesh, in time and not revoked; nothing of
+    a Dataplane yet (so a caller can be authenticated before anything it sent is parsed)."""
     if not token:
         raise TokenRejected("missing", "no token was sent")
-    kid, claimed = _unverified(token)
-    mesh = claimed.get("Mesh")
-    if not isinstance(mesh, str) or not mesh:
-        raise TokenRejected("malformed", "the token has no Mesh claim")
-    key_data = stored_key_data(store, mesh, kid)
-    if key_data is None:
-        raise TokenRejected("unknown key", f"mesh {mesh!r} has no signing key with kid {kid!r}")
-    claims = _verified_claims(token, key_data)
+    if len(token) > MAX_TOKEN_CHARS:
+        raise TokenRejected("malformed", f"the token is longer than {MAX_TOKEN_CHARS} characters")
+    kid, mesh, claims = _signed_claims(store, token)
     verified = _parse_claims(claims, kid)
     _check_time(claims, time.time() if now is None else now)
     if verified.jti in revoked_ids(store, mesh):
         raise TokenRejected("revoked", f"token {verified.jti} is revoked in mesh {mesh!r}")
-    check_dataplane(verified, dataplane)
     return verified
 
 
@@ -119,13 +122,78 @@ def allowed_services(token: VerifiedToken | None, dataplane: Dataplane) -> list[
     return [service for service in services if service in token.tags[SERVICE_TAG]]
 
 
+# A real token is well under 2 KiB (claims, a few tags, an RS256 signature); a bound keeps an
+# unauthenticated client from making us decode megabytes.
+MAX_TOKEN_CHARS = 16 * 1024
+
 # A proxy presents the same token at every bootstrap, CSR and stream: parsing and signature
 # checks are pure functions of (token, key), so their results are cached (pyjwt's base64 checks
-# cost more than the RSA verification). Expiry, revocation and the Dataplane are checked every time.
+# cost more than the RSA verification). Only tokens whose signature verified enter the cache, and
+# it is a bounded LRU: what a client without a valid token sends is never kept. Expiry,
+# revocation and the Dataplane are checked every time.
 _CACHE_SIZE = 4096
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@dataclass(frozen=True)
+class _Signed:
+    kid: str
+    mesh: str
+    key_data: str  # the stored key it verified with: a replaced or removed key is never trusted
+    claims: dict[str, Any]
+
+
+class VerifiedTokenCache:
+    """token → the claims its signature proved; least recently used first out. Thread-safe."""
+
+    def __init__(self, max_entries: int = _CACHE_SIZE) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, _Signed] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, token: str) -> _Signed | None:
+        with self._lock:
+            entry = self._items.get(token)
+            if entry is not None:
+                self._items.move_to_end(token)
+            return entry
+
+    def put(self, token: str, entry: _Signed) -> None:
+        with self._lock:
+            self._items[token] = entry
+            self._items.move_to_end(token)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+VERIFIED_TOKENS = VerifiedTokenCache()
+
+
+def _signed_claims(store: ResourceStore, token: str) -> tuple[str, str, dict[str, Any]]:
+    """(kid, mesh, claims) of a token whose signature verifies with its mesh's stored key."""
+    cached = VERIFIED_TOKENS.get(token)
+    if cached is not None and stored_key_data(store, cached.mesh, cached.kid) == cached.key_data:
+        return cached.kid, cached.mesh, cached.claims
+    kid, claimed = _unverified(token)
+    mesh = claimed.get("Mesh")
+    if not isinstance(mesh, str) or not mesh:
+        raise TokenRejected("malformed", "the token has no Mesh claim")
+    key_data = stored_key_data(store, mesh, kid)
+    if key_data is None:
+        raise TokenRejected("unknown key", f"mesh {mesh!r} has no signing key with kid {kid!r}")
+    claims = _verified_claims(token, key_data)
+    if claims.get("Mesh") != mesh:  # cannot differ (same payload), but the cache must not lie
+        raise TokenRejected("malformed", "the token has no Mesh claim")
+    VERIFIED_TOKENS.put(token, _Signed(kid, mesh, key_data, claims))
+    return kid, mesh, claims
+
+
 def _unverified(token: str) -> tuple[str, dict[str, Any]]:
     try:
         header = jwt.get_unverified_header(token)
@@ -140,10 +208,8 @@ def _unverified(token: str) -> tuple[str, dict[str, Any]]:
     return kid, claims
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _verified_claims(token: str, key_data: str) -> dict[str, Any]:
-    """The claims if the signature verifies with the stored key `key_data` (cached: the key's
-    stored text is part of the cache key, so a replaced or removed key is never trusted)."""
+    """The claims if the signature verifies with the stored key `key_data`."""
     # Time claims are checked by _check_time (one clock, testable); pyjwt checks the signature.
     options = {"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False}
     try:
