@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -142,3 +144,52 @@ def test_api_put_over_the_body_limit_gets_413(cp: ControlPlaneProc) -> None:
     )
     assert resp.status_code == 413, resp.text
     assert "KUMA_API_SERVER_MAX_REQUEST_BODY_BYTES" in resp.json()["details"]
+
+
+def _big_dataplane(name: str, approx_bytes: int) -> str:
+    """A Dataplane document of about `approx_bytes` of JSON: many inbounds (slow to parse as YAML)."""
+    count = approx_bytes // 64
+    inbound = [{"port": 1 + i % 60000, "tags": {"kuma.io/service": f"s{i}"}} for i in range(count)]
+    doc = {"type": "Dataplane", "mesh": "default", "name": name}
+    doc["networking"] = {"address": "127.0.0.1", "inbound": inbound}
+    return json.dumps(doc)
+
+
+def _api_latency_while(cp: ControlPlaneProc, pending: list[Future[httpx.Response]]) -> float:
+    """The slowest answer to `GET /` on the API while any of `pending` runs (the same event loop
+    serves the API, the DP server's HTTP side and ADS)."""
+    slowest = 0.0
+    with httpx.Client(timeout=60) as api:
+        while not all(f.done() for f in pending):
+            start = time.monotonic()
+            assert api.get(cp.api_url).status_code == 200
+            slowest = max(slowest, time.monotonic() - start)
+    return slowest
+
+
+def test_large_dataplane_resources_do_not_stall_the_event_loop(
+    lab: Lab, cp: ControlPlaneProc, tmp_path: Path
+) -> None:
+    """The issue's repro: one unauthenticated 2 MB dataplaneResource kept the loop busy for 9 s."""
+    token = lab.dataplane_token(cp, "big-1").read_text()
+    huge = _bootstrap_body(cp, tmp_path, dataplaneResource=_big_dataplane("big-1", 2 << 20))
+    large = _bootstrap_body(cp, tmp_path, dataplaneResource=_big_dataplane("big-1", 700 << 10))
+    with _dp_client(cp) as client, ThreadPoolExecutor(4) as pool:
+        start = time.monotonic()
+        resp = client.post(cp.dp_url + "/bootstrap", json=huge)
+        assert resp.status_code == 413 and time.monotonic() - start < 5
+        # Unauthenticated: refused before the document is parsed, however many at once.
+        start = time.monotonic()
+        unauthenticated = [pool.submit(client.post, cp.dp_url + "/bootstrap", json=large) for _ in range(3)]
+        slowest_api = _api_latency_while(cp, unauthenticated)
+        assert [f.result().status_code for f in unauthenticated] == [401] * 3
+        assert time.monotonic() - start < 3, "unauthenticated documents were parsed"
+        assert slowest_api < 1.0, f"the API waited {slowest_api:.1f}s"
+        # Authenticated: parsed (it takes seconds), but off the event loop.
+        authenticated = pool.submit(
+            client.post, cp.dp_url + "/bootstrap", json={**large, "dataplaneToken": token}
+        )
+        slowest_api = _api_latency_while(cp, [authenticated])
+        assert authenticated.result().status_code != 500
+        assert slowest_api < 1.0, f"the API waited {slowest_api:.1f}s while a document was parsed"
+

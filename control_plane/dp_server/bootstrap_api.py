@@ -6,6 +6,7 @@ body means "not known yet, retry"; 400/422 are final and carry a message naming 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -68,14 +69,18 @@ def create_bootstrap_app(
     `recent` remembers authenticated Dataplanes for `POST /certificate`."""
 
     async def bootstrap(request: Request) -> Response:
+        raw = await request.body()
+        # Parsing and rendering are CPU work on documents up to the body limit: off the event loop,
+        # which also serves ADS and the other requests.
+        return await asyncio.to_thread(handle, raw, request.url.hostname, _client(request))
+
+    def handle(raw_body: bytes, cp_host: str | None, client: str) -> Response:
         try:
-            body = _parse_request(await request.body())
-            dataplane, raw = _resolve_dataplane(store, body)
-            if authenticator is not None:
-                authenticator.authenticate(body.dataplaneToken or None, dataplane, "bootstrap")
-            yaml_text = render_bootstrap(_params(body, dataplane, raw, request, settings))
+            body = _parse_request(raw_body)
+            dataplane, raw = _authenticated_dataplane(store, body, authenticator)
+            yaml_text = render_bootstrap(_params(body, dataplane, raw, cp_host, settings))
         except BootstrapError as err:
-            log.info("bootstrap from %s refused (%d): %s", _client(request), err.status, err.title)
+            log.info("bootstrap from %s refused (%d): %s", client, err.status, err.title)
             return err.response()
         except TokenRejected as exc:
             return unauthorized(exc)
@@ -118,12 +123,29 @@ def _parse_request(raw: bytes) -> BootstrapRequest:
         raise BootstrapError(400, "invalid bootstrap request", format_validation_error(exc)) from None
 
 
-def _resolve_dataplane(store: ResourceStore, req: BootstrapRequest) -> tuple[Dataplane, str | None]:
-    """The Dataplane the agent sent (universal) or the one in the store; and its JSON to embed."""
+def _authenticated_dataplane(
+    store: ResourceStore, req: BootstrapRequest, authenticator: DpAuthenticator | None
+) -> tuple[Dataplane, str | None]:
+    """The token first (nothing the caller sent is parsed or looked up for an unauthenticated
+    caller), then the Dataplane, then whether the token proves it."""
     if req.proxyType != contract.DATAPLANE_PROXY_TYPE:
         raise BootstrapError(
             422, f"proxyType {req.proxyType!r} is not supported; use '{contract.DATAPLANE_PROXY_TYPE}'"
         )
+    token = None
+    if authenticator is not None:
+        who = f"{req.mesh or 'default'}/{req.name or '(in dataplaneResource)'}"
+        token = authenticator.authenticate_caller(req.dataplaneToken or None, "bootstrap", who)
+        if not req.dataplaneResource:
+            authenticator.authorize_names(token, req.mesh or "default", req.name, "bootstrap")
+    dataplane, raw = _resolve_dataplane(store, req)
+    if authenticator is not None:
+        authenticator.authorize(token, dataplane, "bootstrap")
+    return dataplane, raw
+
+
+def _resolve_dataplane(store: ResourceStore, req: BootstrapRequest) -> tuple[Dataplane, str | None]:
+    """The Dataplane the agent sent (universal) or the one in the store; and its JSON to embed."""
     if req.dataplaneResource:
         dataplane = _validate_sent_dataplane(req)
     else:
@@ -169,7 +191,7 @@ def _validate_sent_dataplane(req: BootstrapRequest) -> Dataplane:
 
 
 def _params(
-    req: BootstrapRequest, dp: Dataplane, raw: str | None, request: Request, settings: BootstrapSettings
+    req: BootstrapRequest, dp: Dataplane, raw: str | None, cp_host: str | None, settings: BootstrapSettings
 ) -> BootstrapParams:
     if not req.caCert:
         raise BootstrapError(
@@ -183,7 +205,7 @@ def _params(
         name=dp.name,
         service=dp.services[0],
         dataplane_json=raw,
-        cp_host=request.url.hostname or "localhost",
+        cp_host=cp_host or "localhost",
         cp_port=settings.dp_server_port,
         ca_cert=req.caCert,
         workdir=req.workdir,
