@@ -193,3 +193,29 @@ def test_large_dataplane_resources_do_not_stall_the_event_loop(
         assert authenticated.result().status_code != 500
         assert slowest_api < 1.0, f"the API waited {slowest_api:.1f}s while a document was parsed"
 
+
+def test_unauthenticated_callers_get_one_answer_whatever_exists(cp: ControlPlaneProc, tmp_path: Path) -> None:
+    """A known Dataplane, an unknown one and an absent mesh: the same 401 before authentication."""
+    known = _known()
+    known["name"] = "known-1"
+    asked = [
+        {"name": "known-1"},
+        {"name": "ghost-1"},
+        {"name": "known-1", "mesh": "nowhere"},
+        {"dataplaneResource": json.dumps(known)},
+        {"dataplaneResource": json.dumps({**known, "name": "ghost-1"})},
+        {"mesh": "nowhere", "dataplaneResource": json.dumps({**known, "mesh": "nowhere"})},
+    ]
+    with _dp_client(cp) as client:
+        for token in ("", _odd_kid_token(), "not-a-jwt"):
+            answers = set()
+            for fields in asked:
+                body = _bootstrap_body(cp, tmp_path, dataplaneToken=token, **fields)
+                resp = client.post(cp.dp_url + "/bootstrap", json=body)
+                answers.add((resp.status_code, resp.text))
+            for mesh, name in (("default", "known-1"), ("default", "ghost-1"), ("nowhere", "known-1")):
+                cert = {"mesh": mesh, "name": name, "csr": "x"}
+                resp = client.post(cp.dp_url + "/certificate", json=cert, headers={"authorization": token})
+                answers.add((resp.status_code, resp.text))
+            assert len(answers) == 1, answers
+            assert next(iter(answers))[0] == 401

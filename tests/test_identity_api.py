@@ -210,9 +210,11 @@ async def test_csr_asking_for_more_is_403_and_logged(
 
 async def test_unknown_dataplane_404_empty_and_bad_bodies(cp: Cp) -> None:
     token = issue_token(cp.store, GOOD)
+    # A mesh-wide token (no name) may ask about any Dataplane; web-1's token for web-9 is a 401.
+    mesh_token = issue_token(cp.store, TokenRequest("default"))
     async with cp.client() as client:
         unknown = await client.post(
-            "/certificate", json=certificate_body("web-9"), headers={"authorization": token}
+            "/certificate", json=certificate_body("web-9"), headers={"authorization": mesh_token}
         )
         not_json = await client.post("/certificate", content=b"{", headers={"authorization": token})
         no_csr = await client.post("/certificate", json={"mesh": "default", "name": "web-1"})

@@ -7,6 +7,7 @@ WARNING with what was asked); 400 a malformed body; 422 a CSR that cannot be use
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -43,16 +44,25 @@ def certificate_routes(
     store: ResourceStore, authenticator: DpAuthenticator, recent: RecentDataplanes, metrics: CpMetrics
 ) -> list[Route]:
     async def certificate(request: Request) -> Response:
+        raw = await request.body()
+        header = request.headers.get(contract.TOKEN_HEADER)
+        # Token checks, store reads and signing: off the event loop, which also serves ADS.
+        return await asyncio.to_thread(handle, raw, token_from_header(header))
+
+    def handle(raw_body: bytes, presented: str | None) -> Response:
         try:
-            mesh, name, csr = _parse_body(await request.body())
+            mesh, name, csr = _parse_body(raw_body)
         except _Refused as err:
             return err.response()
-        dataplane = recent.get(mesh, name) or _stored_dataplane(store, mesh, name)
-        if dataplane is None:
-            return Response(status_code=404)  # empty body: "not known yet, retry"
+        where = "certificate request"
         try:
-            header = request.headers.get(contract.TOKEN_HEADER)
-            token = authenticator.authenticate(token_from_header(header), dataplane, "certificate request")
+            # The token before the store: an unauthenticated caller learns nothing of what exists.
+            token = authenticator.authenticate_caller(presented, where, f"{mesh}/{name}")
+            authenticator.authorize_names(token, mesh, name, where)
+            dataplane = recent.get(mesh, name) or _stored_dataplane(store, mesh, name)
+            if dataplane is None:
+                return Response(status_code=404)  # empty body: "not known yet, retry"
+            authenticator.authorize(token, dataplane, where)
         except TokenRejected as exc:
             return unauthorized(exc)
         try:
