@@ -76,13 +76,17 @@ class ControlPlane:
             authenticate=authn.authenticate_stream if authn.enabled else None,
             dns=cfg.dns_server,
             metrics=self.metrics,
+            limits=cfg.dp_server.xds_limits,
         )
         bootstrap = BootstrapSettings(dp_server_port=cfg.dp_server.port)
         http_app = create_dp_http_app(self.store, bootstrap, authn, self.metrics)
         dp_http = instrumented(http_app, self.metrics.dp_server_http_request_duration_seconds)
         limits = cfg.dp_server.limits
         dp_http = limited(dp_http, limits.max_request_body_bytes, limits.read_timeout)
-        dp_server = DpServer(self.tls, cfg.dp_server.port, dp_http, xds.register)
+        dp_server = DpServer(
+            self.tls, cfg.dp_server.port, dp_http, xds.register, None, limits, cfg.dp_server.xds_limits
+        )
+        xds.ads.disconnect = dp_server.disconnect
         admin = cfg.api_server.localhost_is_admin
         api_app = create_app(self.store, localhost_is_admin=admin, dns=cfg.dns_server)
         api = uvicorn.Server(

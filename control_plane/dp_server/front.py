@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
+import socket
 import ssl
 from asyncio import sslproto
 from dataclasses import dataclass
@@ -44,6 +47,18 @@ class TlsFront:
         self._backends = backends
         self._ssl = ssl_context
         self._connections: set[asyncio.Task[None]] = set()
+        # Each backend connection comes from its own Unix address, so a backend can name the
+        # client connection it wants closed (close_peer): gRPC reports it as the call's peer.
+        self._by_local_address: dict[str, asyncio.Task[None]] = {}
+        self._serial = itertools.count(1)
+
+    def close_peer(self, peer: str) -> bool:
+        """Close the client connection behind the backend peer `peer` (`unix:<address>`)."""
+        task = self._by_local_address.get(peer.removeprefix("unix:"))
+        if task is None:
+            return False
+        task.cancel()
+        return True
 
     async def serve(self, host: str | None, port: int, started: asyncio.Event | None = None) -> None:
         """Accept until cancelled; then close every spliced connection."""
@@ -79,15 +94,35 @@ class TlsFront:
         ssl_object = writer.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
         target = self._backends.grpc_socket if alpn == "h2" else self._backends.http_socket
+        local = str(target.parent / f"c{next(self._serial)}")
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(str(target))
+            up_reader, up_writer = await _connect_from(local, target)
         except OSError as exc:
             log.error("backend %s is not reachable: %s", target.name, exc)
             return
+        task = asyncio.current_task()
+        assert task is not None
+        self._by_local_address[local] = task
         try:
             await _splice(reader, writer, up_reader, up_writer)
         finally:
+            self._by_local_address.pop(local, None)
             up_writer.close()
+
+
+async def _connect_from(local: str, target: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A Unix connection to `target` bound to the address `local` (its file removed at once: the
+    name stays the socket's address, which the backend sees as the peer)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(local)
+        os.unlink(local)
+        await asyncio.get_running_loop().sock_connect(sock, str(target))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_unix_connection(sock=sock)
 
 
 async def _splice(

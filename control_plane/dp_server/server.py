@@ -13,6 +13,7 @@ import grpc
 import uvicorn
 from starlette.types import ASGIApp
 
+from control_plane.config import DpServerLimits, XdsServerLimits
 from control_plane.dp_server.front import Backends, TlsFront, server_ssl_context
 from control_plane.dp_server.tls import TlsFiles
 
@@ -29,13 +30,23 @@ class DpServer:
         http_app: ASGIApp,
         register_grpc: Callable[[grpc.aio.Server], None],
         host: str | None = None,
+        limits: DpServerLimits | None = None,
+        xds_limits: XdsServerLimits | None = None,
     ) -> None:
         self._tls = tls
+        self._limits = limits or DpServerLimits()
+        self._xds_limits = xds_limits or XdsServerLimits()
         self._port = port
         self._host = host
         self._http_app = http_app
         self._register_grpc = register_grpc
         self.started = asyncio.Event()
+        self._front: TlsFront | None = None
+
+    def disconnect(self, peer: str) -> bool:
+        """Close the client connection behind a gRPC call's `peer` (e.g. an ADS client that does
+        not read its responses); False if there is none."""
+        return self._front is not None and self._front.close_peer(peer)
 
     async def run(self) -> None:
         with tempfile.TemporaryDirectory(prefix="kuma-cp-dp-") as tmp:
@@ -46,8 +57,9 @@ class DpServer:
                     ("grpc.http2.max_pings_without_data", 0),
                     ("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                    ("grpc.max_receive_message_length", self._xds_limits.max_receive_message_bytes),
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_concurrent_streams", self._xds_limits.max_streams_per_connection),
                 ]
             )
             self._register_grpc(grpc_server)
@@ -60,6 +72,7 @@ class DpServer:
             )
             http_task = asyncio.create_task(http.serve())
             front = TlsFront(backends, server_ssl_context(self._tls.cert_file, self._tls.key_file))
+            self._front = front
             try:
                 await _wait_for_socket(backends.http_socket, http_task)
                 log.info("DP server (bootstrap, certificates, ADS) listening on :%d (TLS)", self._port)

@@ -9,7 +9,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
-from control_plane.config import DnsServerConfig
+from control_plane.config import DnsServerConfig, XdsServerLimits
 from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.store.base import ResourceStore
 from control_plane.xds.cache import SnapshotCache
@@ -37,6 +37,7 @@ class XdsComponent:
         startup_grace_s: float = STARTUP_GRACE_S,
         dns: DnsServerConfig | None = None,
         metrics: CpMetrics | None = None,
+        limits: XdsServerLimits | None = None,
     ) -> None:
         """`dns`: service names settings (the VIPs a VipAllocator keeps in the store become
         outbounds and DNS records); None leaves them out. `metrics`: where to count (the
@@ -48,7 +49,7 @@ class XdsComponent:
             store, self.cache, generator=generator, debounce_s=debounce_s, dns=dns, metrics=self.metrics
         )
         self.lifecycle = DataplaneLifecycle(store, deregistration_delay_s, startup_grace_s)
-        self.ads = AdsServer(self.cache, hooks=self, metrics=self.metrics)
+        self.ads = AdsServer(self.cache, hooks=self, metrics=self.metrics, limits=limits)
 
     def register(self, server: grpc.aio.Server) -> None:
         self.ads.register(server)

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from control_plane.config import XdsServerLimits
 from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.xds.cache import Packed, SnapshotCache, TypeSnapshot
 from control_plane.xds.names import (
@@ -182,14 +183,30 @@ def _lacks(state: _TypeState, version: str) -> bool:
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(
-        self, cache: SnapshotCache, hooks: StreamHooks | None = None, metrics: CpMetrics | None = None
+        self,
+        cache: SnapshotCache,
+        hooks: StreamHooks | None = None,
+        metrics: CpMetrics | None = None,
+        limits: XdsServerLimits | None = None,
     ) -> None:
         self._cache = cache
+        # Set by the DP server: closes the client connection behind a call's peer (the TLS front).
+        self.disconnect: Callable[[str], object] = lambda peer: None
         self._hooks: StreamHooks = hooks or NoHooks()
         self._metrics = metrics or CpMetrics()
+        self.limits = limits or XdsServerLimits()
         self.responses_sent: Counter[str] = Counter()  # type URL → responses sent, for metrics
         self._open_streams: set[asyncio.Queue[object]] = set()
+        self._streams = 0  # handlers running, counted from their start (before the first request)
         self._closed = False
+
+    @property
+    def streams(self) -> int:
+        return self._streams
+
+    def queued(self) -> int:
+        """The longest event queue of any open stream (bounded by request_queue_size + 3)."""
+        return max((events.qsize() for events in self._open_streams), default=0)
 
     def close(self) -> None:
         """End every stream now (status OK, close hooks run) and refuse new ones: for shutdown."""
@@ -217,9 +234,25 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def StreamAggregatedResources(  # noqa: N802 - gRPC's method name
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
-    ) -> AsyncIterator[EncodedResponse]:
+    ) -> None:
         if self._closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane is shutting down")
+        if self._streams >= self.limits.max_streams:
+            log.warning("ADS stream refused: %d streams are open (the limit)", self._streams)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the control plane serves at most {self.limits.max_streams} ADS streams "
+                "(KUMA_XDS_SERVER_MAX_STREAMS)",
+            )
+        self._streams += 1
+        try:
+            await self._stream(request_iterator, context)
+        finally:
+            self._streams -= 1
+
+    async def _stream(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
+    ) -> None:
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None:
@@ -234,10 +267,29 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._metrics.xds_streams_active.inc()
         try:
             async for response in self._serve(node.id, first, requests):
-                yield response
+                await self._send(context, node.id, response)
         finally:
             self._metrics.xds_streams_active.dec()
             await self._hooks.on_stream_close(node)
+
+    async def _send(self, context: Any, node_id: str, response: EncodedResponse) -> None:
+        """Write one response; a client that does not take it within send_timeout (it does not
+        read: HTTP/2 flow control holds the write) loses its stream, so it cannot hold us up."""
+        timeout = self.limits.send_timeout
+        try:
+            await asyncio.wait_for(context.write(response), timeout)
+        except TimeoutError:
+            log.warning(
+                "closing the ADS stream of %s: a response waited %gs to be read "
+                "(KUMA_XDS_SERVER_SEND_TIMEOUT)",
+                node_id,
+                timeout,
+            )
+            # No status can follow a message the client does not take (abort would wait behind
+            # it) and gRPC keeps a call it could not finish: the client's connection is closed
+            # (which ends its calls) and the handler ends.
+            self.disconnect(context.peer())
+            raise asyncio.CancelledError from None
 
     async def _serve(
         self,
@@ -246,17 +298,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
     ) -> AsyncIterator[EncodedResponse]:
         stream = _Stream(node_id, self._cache, self.responses_sent, self._metrics)
+        # Bounded: at most request_queue_size requests read ahead (the reader then stops reading
+        # and HTTP/2 flow control stops the client), one pending snapshot change, one end.
         events: asyncio.Queue[object] = asyncio.Queue()
+        room = asyncio.Semaphore(self.limits.request_queue_size)
+        change_pending = False
+
+        def snapshot_changed() -> None:
+            nonlocal change_pending
+            if not change_pending:
+                change_pending = True
+                events.put_nowait(_SNAPSHOT_CHANGED)
+
+        await room.acquire()  # the first request's place
         events.put_nowait(first)
-        stop_watch = self._cache.watch(node_id, lambda: events.put_nowait(_SNAPSHOT_CHANGED))
-        reader = asyncio.create_task(_read(requests, events), name=f"ads-read {node_id}")
+        stop_watch = self._cache.watch(node_id, snapshot_changed)
+        reader = asyncio.create_task(_read(requests, events, room), name=f"ads-read {node_id}")
         self._open_streams.add(events)
         try:
             while (event := await events.get()) is not _END:
                 if event is _SNAPSHOT_CHANGED:
+                    change_pending = False
                     responses = stream.on_snapshot_change()
                 else:
                     assert isinstance(event, discovery_pb2.DiscoveryRequest)
+                    room.release()
                     responses = stream.on_request(event)
                 for response in responses:
                     yield response
@@ -275,10 +341,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 
 async def _read(
-    requests: AsyncIterator[discovery_pb2.DiscoveryRequest], events: asyncio.Queue[object]
+    requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+    events: asyncio.Queue[object],
+    room: asyncio.Semaphore,
 ) -> None:
     try:
-        async for request in requests:
+        while True:
+            await room.acquire()  # read no further ahead than the queue allows
+            request = await anext(requests, None)
+            if request is None:
+                break
             events.put_nowait(request)
     except (grpc.RpcError, asyncio.CancelledError):
         pass
