@@ -71,7 +71,8 @@ class DpServer:
                 )
             )
             http_task = asyncio.create_task(http.serve())
-            front = TlsFront(backends, server_ssl_context(self._tls.cert_file, self._tls.key_file))
+            ssl_context = server_ssl_context(self._tls.cert_file, self._tls.key_file)
+            front = TlsFront(backends, ssl_context, self._limits)
             self._front = front
             try:
                 await _wait_for_socket(backends.http_socket, http_task)
