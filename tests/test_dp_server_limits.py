@@ -4,6 +4,7 @@ server that keeps serving meanwhile (issue 15, "Unauthenticated clients of the D
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
@@ -12,9 +13,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from envoy.config.core.v3 import base_pb2
 
+from control_plane.xds.client import AdsClient
+from control_plane.xds.names import CLUSTER_TYPE
 from labkit.lab import ControlPlaneProc, Lab, dataplane
 from labkit.ports import free_port
 
@@ -219,3 +224,28 @@ def test_unauthenticated_callers_get_one_answer_whatever_exists(cp: ControlPlane
                 answers.add((resp.status_code, resp.text))
             assert len(answers) == 1, answers
             assert next(iter(answers))[0] == 401
+
+
+async def _ads_refusal(cp: ControlPlaneProc, node_id: str, token: str) -> tuple[object, str]:
+    creds = grpc.ssl_channel_credentials(root_certificates=cp.ca_cert.read_bytes())
+    async with grpc.aio.secure_channel(f"localhost:{cp.dp_port}", creds) as channel:
+        metadata = [("authorization", token)] if token else []
+        client = AdsClient(channel, base_pb2.Node(id=node_id, cluster="x"), metadata)
+        try:
+            client.send(CLUSTER_TYPE)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.recv(10)
+        finally:
+            await client.close()
+    return caught.value.code(), caught.value.details() or ""
+
+
+def test_unauthenticated_ads_streams_get_one_answer_whatever_exists(cp: ControlPlaneProc) -> None:
+    async def answers(token: str) -> set[tuple[object, str]]:
+        nodes = ("default.known-1", "default.ghost-1", "nowhere.known-1")
+        return {await _ads_refusal(cp, node_id, token) for node_id in nodes}
+
+    for token in ("", _odd_kid_token()):
+        found = asyncio.run(answers(token))
+        assert len(found) == 1, found
+        assert next(iter(found))[0] == grpc.StatusCode.UNAUTHENTICATED
