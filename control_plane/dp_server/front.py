@@ -31,6 +31,7 @@ log = logging.getLogger("kuma-cp.dp-server")
 
 _CHUNK = 64 * 1024
 _TLS_HANDSHAKE_TIMEOUT_S = 10.0
+_REFUSAL_LOG_INTERVAL_S = 10.0
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _MAX_HEAD_BYTES = 64 * 1024  # uvicorn refuses heads over 16 KiB anyway; we only look for the end
 # asyncio gives every TLS connection a read buffer of SSLProtocol.max_size (256 KiB), zero-filled
@@ -62,6 +63,8 @@ class TlsFront:
         self._limits = limits or DpServerLimits()
         self._connections: set[asyncio.Task[None]] = set()
         self._per_source: Counter[str] = Counter()
+        self._refused = 0
+        self._refusal_logged_at = float("-inf")
         # Each backend connection comes from its own Unix address, so a backend can name the
         # client connection it wants closed (close_peer): gRPC reports it as the call's peer.
         self._by_local_address: dict[str, asyncio.Task[None]] = {}
@@ -101,7 +104,7 @@ class TlsFront:
         source = str(peer[0]) if isinstance(peer, tuple) else "?"
         refusal = self._refusal(source)
         if refusal:
-            log.warning("connection from %s refused: %s", source, refusal)
+            self._log_refusal(source, refusal)
             writer.transport.abort()
             return
         task = asyncio.current_task()
@@ -119,6 +122,19 @@ class TlsFront:
             if not self._per_source[source]:
                 del self._per_source[source]
             writer.close()
+
+    def _log_refusal(self, source: str, why: str) -> None:
+        """At most one line per interval, however many connections a flood opens."""
+        self._refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_logged_at >= _REFUSAL_LOG_INTERVAL_S:
+            log.warning(
+                "connection from %s refused: %s (%d refused since the last such line)",
+                source,
+                why,
+                self._refused,
+            )
+            self._refusal_logged_at, self._refused = now, 0
 
     def _refusal(self, source: str) -> str:
         limits = self._limits
