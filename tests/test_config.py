@@ -236,3 +236,21 @@ def test_format_duration_round_trips(seconds: float, text: str) -> None:
 def test_duration_round_trip_property(milliseconds: int) -> None:
     seconds = milliseconds / 1000
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+def test_dp_server_and_xds_limits_from_yaml_and_env(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "dpServer:\n  readHeaderTimeout: 2s\n  maxConnectionsPerSource: 7\n"
+        "xdsServer:\n  maxStreams: 9\n  sendTimeout: 30s\n",
+    )
+    env = {"KUMA_DP_SERVER_MAX_REQUEST_BODY_BYTES": "2048", "KUMA_XDS_SERVER_REQUEST_QUEUE_SIZE": "5"}
+    config = load_config(path, env=env)
+    limits, xds = config.dp_server.limits, config.dp_server.xds_limits
+    assert (limits.read_header_timeout, limits.max_connections_per_source) == (2.0, 7)
+    assert limits.max_request_body_bytes == 2048
+    assert (xds.max_streams, xds.send_timeout, xds.request_queue_size) == (9, 30.0, 5)
+    assert config.ignored_keys == ()
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"KUMA_DP_SERVER_MAX_CONNECTIONS": "0"})
+    assert "KUMA_DP_SERVER_MAX_CONNECTIONS" in str(info.value) and "'0'" in str(info.value)
