@@ -366,6 +366,8 @@ class XdsServerLimits:
     max_streams_per_connection: int = 100  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
     request_queue_size: int = 64  # requests read ahead of processing, per stream
     send_timeout: float = 60.0  # a response the client does not take ends its stream
+    # Not a setting: Envoy sends its first request at once; a stream without one is not kept.
+    first_request_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

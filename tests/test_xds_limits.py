@@ -28,7 +28,7 @@ from tests.support.xds_control_plane import WEB, node
 
 pytestmark = pytest.mark.timeout(60)
 
-LIMITS = XdsServerLimits(max_streams=3, request_queue_size=8, send_timeout=1.0)
+LIMITS = XdsServerLimits(max_streams=3, request_queue_size=8, send_timeout=1.0, first_request_timeout=1.0)
 
 
 @dataclass
@@ -131,3 +131,16 @@ async def test_streams_beyond_the_limit_are_refused(cp: Cp) -> None:
         for call in calls:
             call.cancel()
     await eventually(lambda: cp.xds.ads.streams == 0, 10, what="the streams closed")
+
+
+async def test_a_stream_without_a_first_request_is_not_kept(cp: Cp) -> None:
+    async def nothing() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        await asyncio.sleep(60)
+        yield _request(True, [])
+
+    async with cp.channel() as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(nothing())
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call.read(), 20)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cp.xds.ads.streams == 0

@@ -237,6 +237,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     ) -> None:
         if self._closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane is shutting down")
+        requests = aiter(request_iterator)
+        timeout = self.limits.first_request_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                first = await anext(requests, None)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no request within {timeout:g}s")
+        if first is None:
+            return
+        # Counted from the first request on: streams that never send one time out above and
+        # cannot crowd out proxies.
         if self._streams >= self.limits.max_streams:
             log.warning("ADS stream refused: %d streams are open (the limit)", self._streams)
             await context.abort(
@@ -246,17 +257,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             )
         self._streams += 1
         try:
-            await self._stream(request_iterator, context)
+            await self._stream(first, requests, context)
         finally:
             self._streams -= 1
 
     async def _stream(
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
+        self,
+        first: discovery_pb2.DiscoveryRequest,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: Any,
     ) -> None:
-        requests = aiter(request_iterator)
-        first = await anext(requests, None)
-        if first is None:
-            return
         node = first.node
         if not node.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
