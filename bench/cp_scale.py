@@ -249,7 +249,11 @@ def scenario(n: int) -> Iterator[Scenario]:
         scen: Scenario | None = None
         try:
             # Proxies stay registered between repetitions: each one starts from the same store.
-            cp = lab.start_control_plane(KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1h")
+            # Every simulated proxy connects from 127.0.0.1; real ones come from their own hosts.
+            cp = lab.start_control_plane(
+                KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1h",
+                KUMA_DP_SERVER_MAX_CONNECTIONS_PER_SOURCE="100000",
+            )
             lab.wait_control_plane(cp)
             scen = Scenario(lab, cp, n)
             scen.prepare()
