@@ -9,6 +9,7 @@ A rejected version (NACK) is logged once and not sent again until the snapshot c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import Counter
@@ -197,7 +198,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.limits = limits or XdsServerLimits()
         self.responses_sent: Counter[str] = Counter()  # type URL → responses sent, for metrics
         self._open_streams: set[asyncio.Queue[object]] = set()
-        self._streams = 0  # handlers running, counted from their start (before the first request)
+        self._streams = 0  # streams past their first request
         self._closed = False
 
     @property
@@ -276,8 +277,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await context.abort(exc.code, exc.message)
         self._metrics.xds_streams_active.inc()
         try:
-            async for response in self._serve(node.id, first, requests):
-                await self._send(context, node.id, response)
+            # Closed at once when a send fails (its reader task and cache watch go with it).
+            async with contextlib.aclosing(self._serve(node.id, first, requests)) as responses:
+                async for response in responses:
+                    await self._send(context, node.id, response)
         finally:
             self._metrics.xds_streams_active.dec()
             await self._hooks.on_stream_close(node)
