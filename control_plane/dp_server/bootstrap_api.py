@@ -141,6 +141,7 @@ def _authenticated_dataplane(
     dataplane, raw = _resolve_dataplane(store, req)
     if authenticator is not None:
         authenticator.authorize(token, dataplane, "bootstrap")
+    _check_mesh_exists(store, dataplane)  # after the token: a caller learns only of its own mesh
     return dataplane, raw
 
 
@@ -155,15 +156,18 @@ def _resolve_dataplane(store: ResourceStore, req: BootstrapRequest) -> tuple[Dat
         if stored is None:
             raise BootstrapError(404, "dataplane not found")
         dataplane = Dataplane.model_validate(stored.document())
+    if not req.dataplaneResource:
+        return dataplane, None
+    return dataplane, dataplane_json(dataplane.model_dump(mode="json", exclude_none=True))
+
+
+def _check_mesh_exists(store: ResourceStore, dataplane: Dataplane) -> None:
     if store.get(mesh_key(dataplane.mesh)) is None:
         raise BootstrapError(
             422,
             f'mesh "{dataplane.mesh}" does not exist; create it first (kumactl apply a Mesh)',
             [{"field": "mesh", "message": "mesh does not exist"}],
         )
-    if not req.dataplaneResource:
-        return dataplane, None
-    return dataplane, dataplane_json(dataplane.model_dump(mode="json", exclude_none=True))
 
 
 def _validate_sent_dataplane(req: BootstrapRequest) -> Dataplane:
