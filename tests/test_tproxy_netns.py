@@ -179,6 +179,29 @@ def test_a_rule_the_kernel_refuses_leaves_the_tables_as_they_were(world: World) 
     assert world.save() == installed
 
 
+def test_a_refused_later_table_takes_back_the_tables_already_committed(world: World) -> None:
+    """iptables-restore commits nat before it reads raw: a refused raw rule must not leave nat in."""
+    before = world.save()
+    message = world.lab.call(world.app, _install_with_a_refused_raw_rule, world.backend)
+    after = world.save()
+    assert not [line for line in after if "KUMA" in line]
+    assert "70000" in message and "put back as they were" in message
+    if world.backend.name == "legacy":  # the kernel keeps a legacy table once used; it stays empty
+        after = [line for line in after if not line.startswith((":", "*", "COMMIT"))]
+    assert after == before
+
+
+def _install_with_a_refused_raw_rule(backend: Backend) -> str:
+    from transparent_proxy import constants
+
+    constants.DNS_CT_ZONE_APP = 70000  # `CT --zone 70000`: iptables refuses it, after nat's COMMIT
+    try:
+        apply.install(config(dns_capture_all=True), backend=backend)
+    except TProxyError as exc:
+        return str(exc)
+    return "installed?!"
+
+
 def test_a_failing_ipv6_step_rolls_back_ipv4(world: World, tmp_path) -> None:
     before = world.save()
     stub = tmp_path / world.backend.tool(True, "restore")

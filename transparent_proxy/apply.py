@@ -2,8 +2,11 @@
 
 Per IP family, one `iptables-restore --noflush --wait` carries both the removal of any earlier
 install and the new rules, so the kernel swaps them in one transaction per table (install twice ==
-install once). Afterwards `iptables-save` must show exactly the built rules; if it does not, or a
-later family fails, the families already changed are put back from the snapshot taken before.
+install once). iptables-restore commits table by table (legacy and nft alike): when a later table
+(raw, mangle) is refused, the tables before it are already in. So a family's apply is all or nothing
+only through the snapshot (`iptables-save -c`) taken before: afterwards `iptables-save` must show
+exactly the built rules; if it does not, or any table or a later family fails, every family touched,
+the failing one included, is put back from its snapshot, and the error says whether that worked.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def _restore_failure(tool: str, text: str, stderr: str) -> str:
     lines = text.splitlines()
     if match and 0 < int(match.group(1)) <= len(lines):
         message += f"\n  offending line: {lines[int(match.group(1)) - 1]}"
-    return message + "\n  nothing was changed (iptables-restore applies a table all or nothing)"
+    return message
 
 
 def _hint(stderr: str) -> str:
@@ -276,23 +279,39 @@ def _apply_all(
     report: Report,
     log: Log,
 ) -> None:
-    done: list[Family] = []
+    touched: list[Family] = []
     try:
         for fam in (IPV4, IPV6):
             text = report.texts.get(fam.name)
             if not text:
                 continue
+            touched.append(fam)  # before restoring: a refused later table leaves the earlier ones in
             restore(backend, fam, text, wait_s)
-            done.append(fam)
             problems = verify(plans[fam], save(backend, fam))
             if problems:
                 raise TProxyError(f"{fam.name} rules not in place after restore: " + "; ".join(problems))
             report.changed.append(fam.name)
             log(f"{fam.name}: {backend.tool(fam.ipv6, 'restore')} applied and verified")
-    except TProxyError:
-        for fam in done:
+    except TProxyError as exc:
+        raise TProxyError(f"{exc}\n  {_roll_back_all(backend, touched, snapshots, log)}") from None
+
+
+def _roll_back_all(
+    backend: Backend, families: Sequence[Family], snapshots: dict[Family, SavedRules], log: Log
+) -> str:
+    """Put every touched family back; one line saying truthfully what the tables hold now."""
+    failed: list[str] = []
+    for fam in families:
+        try:
             _rollback(backend, fam, snapshots[fam], log)
-        raise
+        except TProxyError as exc:
+            failed.append(f"{fam.name}: {exc}")
+    if failed:
+        return (
+            "rolling back FAILED, the tables may hold part of the new rules (run `uninstall`): "
+            + "; ".join(failed)
+        )
+    return "nothing was changed: the tables were put back as they were before"
 
 
 def _rollback(backend: Backend, fam: Family, snapshot: SavedRules, log: Log) -> None:
