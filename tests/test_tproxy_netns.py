@@ -256,17 +256,19 @@ def test_ipv4_mode_or_no_ipv6_address_installs_ipv4_only(world: World) -> None:
     ]
 
 
-def test_a_namespace_without_ipv6_gets_ipv4_rules_only_and_no_loopback_address() -> None:
+def test_ipv6_rules_go_in_before_any_ipv6_address_unless_the_kernel_has_ipv6_off() -> None:
+    """An address added after install (SLAAC, a late CNI) must find the IPv6 rules already there."""
     require_root()
     with NetnsLab("t4") as lab:
-        ns = lab.namespace()  # lo only: no IPv6 beyond ::1
+        ns = lab.namespace()  # lo only: no IPv6 address beyond ::1 yet
         report = lab.call(ns, apply.install, config(), backend=Backend("nft"))
-        assert report.changed == ["IPv4"]
-        assert not lab.call(ns, _lo_has, "::6")
-        with_v6 = lab.namespace()
-        lab.veth(with_v6, "10.79.0.1/24", lab.namespace(), "10.79.0.2/24")  # link-local IPv6 appears
-        assert lab.call(with_v6, apply.install, config(), backend=Backend("nft")).changed == ["IPv4", "IPv6"]
-        assert lab.call(with_v6, _lo_has, "::6")
+        assert report.changed == ["IPv4", "IPv6"]
+        assert [line for line in save(lab, ns, "ip6tables-nft-save") if "KUMA_MESH_OUTBOUND" in line]
+        assert lab.call(ns, _lo_has, "::6")
+        off = lab.namespace()
+        lab.run(off, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=True)
+        assert lab.call(off, apply.install, config(), backend=Backend("nft")).changed == ["IPv4"]
+        assert not [line for line in save(lab, off, "ip6tables-nft-save") if "KUMA" in line]
 
 
 def _lo_has(address: str) -> bool:

@@ -109,11 +109,25 @@ def _hint(stderr: str) -> str:
 
 
 def wanted_families(config: TProxyConfig, ipv6: bool | None = None) -> list[Family]:
-    """IPv4 always; IPv6 in dualstack mode when the namespace has a non-loopback IPv6 address."""
+    """IPv4 always; IPv6 in dualstack mode when the namespace's kernel has IPv6 enabled, whether or
+    not an address exists yet: one added later (SLAAC, a late CNI) must not let IPv6 leave unproxied."""
     if config.ip_family_mode != c.IP_FAMILY_DUALSTACK:
         return [IPV4]
-    with_v6 = netns.has_ipv6() if ipv6 is None else ipv6
+    with_v6 = netns.ipv6_enabled() if ipv6 is None else ipv6
     return [IPV4, IPV6] if with_v6 else [IPV4]
+
+
+def usable_families(backend: Backend, families: list[Family], log: Log = _quiet) -> list[Family]:
+    """`families` without IPv6 when ip6tables cannot work here (no ip6_tables in the kernel) and no
+    IPv6 address exists, so no IPv6 traffic can flow; with an address that is an error, as before."""
+    if IPV6 not in families or netns.has_ipv6():
+        return families
+    try:
+        save(backend, IPV6)
+    except TProxyError as exc:
+        log(f"IPv6 is enabled but {exc}; no IPv6 address here, so IPv4 rules only")
+        return [fam for fam in families if fam != IPV6]
+    return families
 
 
 def nameservers_for(
@@ -193,6 +207,8 @@ def check(
     families = wanted_families(config, ipv6)
     servers = nameservers_for(config, families, nameservers)
     backend = backend or detect()
+    if ipv6 is None:
+        families = usable_families(backend, families)
     problems: list[str] = []
     for fam in (IPV4, IPV6):
         plan = build(config, fam, servers) if fam in families else ()
@@ -219,6 +235,8 @@ def install(
     families = wanted_families(config, ipv6)
     servers = nameservers_for(config, families, nameservers)  # a bad resolv.conf stops us here
     backend = backend or detect(warn=log)
+    if ipv6 is None and not dry_run:
+        families = usable_families(backend, families, log)
     report = Report(backend, nameservers=servers)
     if servers:
         log(f"DNS: redirecting queries for {', '.join(servers)} (from {config.resolv_config_path})")
