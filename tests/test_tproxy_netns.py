@@ -207,21 +207,21 @@ def test_a_failing_ipv6_step_rolls_back_ipv4(world: World, tmp_path) -> None:
     stub = tmp_path / world.backend.tool(True, "restore")
     stub.write_text("#!/bin/sh\necho 'ip6tables-restore: line 3 failed' >&2\nexit 1\n")
     stub.chmod(0o755)
-
-    def install_with_broken_ip6tables() -> str:
-        os.environ["PATH"] = f"{tmp_path}:{os.environ['PATH']}"
-        try:
-            apply.install(config(), backend=world.backend)
-        except TProxyError as exc:
-            return str(exc)
-        return "installed?!"
-
-    message = world.lab.call(world.app, install_with_broken_ip6tables)
+    message = world.lab.call(world.app, _install_with_tools_first_from, str(tmp_path), world.backend)
     assert "refused the rules" in message
     after = world.save()
     if world.backend.name == "legacy":
         after = [line for line in after if not line.startswith((":", "*", "COMMIT"))]
     assert after == before
+
+
+def _install_with_tools_first_from(directory: str, backend: Backend) -> str:
+    os.environ["PATH"] = f"{directory}:{os.environ['PATH']}"
+    try:
+        apply.install(config(), backend=backend)
+    except TProxyError as exc:
+        return str(exc)
+    return "installed?!"
 
 
 def test_detection_follows_the_backend_that_holds_rules(world: World) -> None:
