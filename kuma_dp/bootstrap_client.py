@@ -8,6 +8,7 @@ import binascii
 import enum
 import json
 import logging
+import random
 import ssl
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from kuma_dp import constants as c
 from kuma_dp.config import RunConfig
 from kuma_dp.envoy.binary import EnvoyVersion
 from kuma_dp.errors import BootstrapError, ConfigError
+from kuma_dp.retry import retry_delay_s
 
 log = logging.getLogger("bootstrap")
 _MESSAGE_LIMIT = 2000
@@ -143,8 +145,12 @@ def is_tls_verification_failure(exc: BaseException) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
-async def fetch_bootstrap(config: RunConfig, body: dict[str, Any], ca: TrustedCa | None) -> BootstrapResponse:
-    """POST until success; retry connection errors, 5xx and empty 404 every backoff up to the max duration."""
+async def fetch_bootstrap(
+    config: RunConfig, body: dict[str, Any], ca: TrustedCa | None, rng: random.Random | None = None
+) -> BootstrapResponse:
+    """POST until success; retry connection errors, 5xx and empty 404 with jittered backoff
+    (kuma_dp.retry) up to the max duration."""
+    rng = rng or random.Random()
     url = f"{config.cp_address}{contract.BOOTSTRAP_PATH}"
     deadline = time.monotonic() + config.retry_max_duration_s
     async with httpx.AsyncClient(
@@ -156,15 +162,14 @@ async def fetch_bootstrap(config: RunConfig, body: dict[str, Any], ca: TrustedCa
             reason = await _attempt(client, url, body, ca)
             if isinstance(reason, BootstrapResponse):
                 return reason
-            if time.monotonic() + config.retry_backoff_s > deadline:
+            delay = retry_delay_s(attempt, config.retry_backoff_s, rng)
+            if time.monotonic() + delay > deadline:
                 raise BootstrapError(
                     f"could not get a bootstrap from the control plane at {config.cp_address} within "
                     f"{config.retry_max_duration_s:g}s ({attempt} attempts; last: {reason})"
                 )
-            log.info(
-                "bootstrap attempt %d failed (%s); retrying in %gs", attempt, reason, config.retry_backoff_s
-            )
-            await asyncio.sleep(config.retry_backoff_s)
+            log.info("bootstrap attempt %d failed (%s); retrying in %.1fs", attempt, reason, delay)
+            await asyncio.sleep(delay)
 
 
 async def _attempt(
