@@ -3,11 +3,8 @@ through the real DP server (TLS) — `/bootstrap`, `POST /certificate` and an AD
 
 from __future__ import annotations
 
-import asyncio
 import json
-import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +16,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.config.core.v3 import base_pb2
 
-from control_plane.dp_server.authn import DpAuthenticator
-from control_plane.dp_server.bootstrap_api import BootstrapSettings
-from control_plane.dp_server.http_app import create_dp_http_app
-from control_plane.dp_server.server import DpServer
-from control_plane.dp_server.tls import resolve_tls_files
 from control_plane.resources.dataplane import Dataplane
-from control_plane.store.base import dataplane_key, mesh_key
-from control_plane.store.memory import MemoryStore
+from control_plane.store.base import dataplane_key
 from control_plane.tokens import TokenRequest, issue_token
 from control_plane.xds.binding import conflict, registration_key
 from control_plane.xds.client import AdsClient
-from control_plane.xds.component import XdsComponent
 from control_plane.xds.names import CLUSTER_TYPE
-from labkit.ports import free_port
+from tests.support.dp_server_harness import Cp, running_dp_server
 
 
 def dataplane(service: str, port: int = 20001, **extra_tags: str) -> dict[str, Any]:
@@ -52,36 +42,10 @@ def spec(document: dict[str, Any]) -> dict[str, Any]:
 NAME_ONLY = TokenRequest("default", "web-1", {}, 3600)
 
 
-@dataclass
-class Cp:
-    port: int
-    ca: Path
-    store: MemoryStore
-
-    def client(self) -> httpx.AsyncClient:
-        verify = ssl.create_default_context(cafile=str(self.ca))
-        return httpx.AsyncClient(base_url=f"https://localhost:{self.port}", verify=verify)
-
-
 @pytest.fixture
 async def cp(tmp_path: Path) -> AsyncIterator[Cp]:
-    store = MemoryStore()
-    store.upsert(mesh_key("default"), {})
-    (tmp_path / "cp").mkdir()
-    tls = resolve_tls_files(tmp_path / "cp", None, None)
-    authn = DpAuthenticator(store, "dpToken")
-    xds = XdsComponent(store, deregistration_delay_s=0.1, authenticate=authn.authenticate_stream)
-    port = free_port()
-    app = create_dp_http_app(store, BootstrapSettings(dp_server_port=port), authn)
-    server = DpServer(tls, port, app, xds.register, host="127.0.0.1")
-    tasks = [asyncio.create_task(server.run()), asyncio.create_task(xds.run())]
-    await asyncio.wait_for(server.started.wait(), 10)
-    try:
-        yield Cp(port, tls.cert_file, store)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async with running_dp_server(tmp_path / "cp") as server:
+        yield server
 
 
 def _csr(*uris: str) -> str:
