@@ -37,6 +37,15 @@ class TrustedCa:
     source: str  # "--ca-cert-file /x/ca.pem" or "KUMA_CONTROL_PLANE_CA_CERT"
 
 
+class BootstrapRefused(BootstrapError):
+    """A final 4xx: `status` and the server's own words (`reason`)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"control plane refused the bootstrap request (HTTP {status}): {reason}")
+        self.status = status
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class BootstrapResponse:
     bootstrap_yaml: bytes
@@ -193,7 +202,14 @@ async def _attempt(
             "Dataplane not yet known" if response.status_code == 404 else server_message(response.content)
         )
         return f"HTTP {response.status_code}: {detail}"
-    raise BootstrapError(
-        f"control plane refused the bootstrap request (HTTP {response.status_code}): "
-        f"{server_message(response.content)}"
-    )
+    raise BootstrapRefused(response.status_code, server_message(response.content))
+
+
+async def bootstrap_once(
+    config: RunConfig, body: dict[str, Any], ca: TrustedCa | None
+) -> BootstrapResponse | str:
+    """One POST /bootstrap: the response, or why it may be retried; BootstrapRefused if final."""
+    async with httpx.AsyncClient(
+        verify=ssl_context(ca), timeout=c.BOOTSTRAP_REQUEST_TIMEOUT_S, trust_env=False
+    ) as client:
+        return await _attempt(client, f"{config.cp_address}{contract.BOOTSTRAP_PATH}", body, ca)
