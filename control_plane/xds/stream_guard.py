@@ -43,3 +43,6 @@ async def until_rejected(responses: AsyncIterator[T], watch: Awaitable[None] | N
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher
+        aclose = getattr(responses, "aclose", None)
+        if aclose is not None:  # the protocol loop's cleanup, now rather than when collected
+            await aclose()
