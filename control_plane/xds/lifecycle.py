@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # before removing a Dataplane whose proxy has not come back.
 STARTUP_GRACE_S = 60.0
 _HEADER_FIELDS = ("type", "mesh", "name", *READ_ONLY_FIELDS)
+# A deregistration the store refused (disk full, database locked) is tried again, backing off.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
 
 
 class DataplaneLifecycle:
@@ -110,14 +113,26 @@ class DataplaneLifecycle:
             )
 
     async def _deregister_later(self, node_id: str, delay_s: float) -> None:
+        """The timer: waits, then deregisters; a failure is logged and retried until it works
+        (or the node reconnects, or the control plane stops: both cancel this task)."""
         await asyncio.sleep(delay_s)
-        self._pending.pop(node_id, None)
-        if self._streams[node_id] > 0:
-            return
-        self._registered.discard(node_id)
+        retry_s = RETRY_FIRST_S
+        while self._streams[node_id] == 0:
+            try:
+                await self._deregister(node_id)
+                break
+            except Exception as exc:  # the store failing: the Dataplane must still go, later
+                log.warning("could not deregister %s (trying again in %gs): %s", node_id, retry_s, exc)
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, RETRY_MAX_S)
+        if self._pending.get(node_id) is asyncio.current_task():
+            del self._pending[node_id]
+
+    async def _deregister(self, node_id: str) -> None:
         mesh, name = parse_node_id(node_id)
         deleted = await asyncio.to_thread(self._store.delete, dataplane_key(name, mesh))
         await asyncio.to_thread(self._store.delete, ResourceKey(REGISTRATION_TYPE, mesh, name))
+        self._registered.discard(node_id)
         if deleted:
             log.info("Dataplane %s/%s deregistered: its proxy disconnected", mesh, name)
 
