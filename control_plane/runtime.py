@@ -20,13 +20,14 @@ from control_plane.dp_server.authn import DpAuthenticator
 from control_plane.dp_server.bootstrap_api import BootstrapSettings
 from control_plane.dp_server.http_app import create_dp_http_app
 from control_plane.dp_server.server import DpServer
+from control_plane.dp_server.stream_reverify import StreamReverifier
 from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
 from control_plane.monitoring.server import create_monitoring_app
 from control_plane.store.base import ResourceStore
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
 from control_plane.store.metered import MeteredStore
-from control_plane.xds.component import XdsComponent
+from control_plane.xds.component import StreamWatcher, XdsComponent
 
 log = logging.getLogger("kuma-cp")
 
@@ -73,6 +74,7 @@ class ControlPlane:
             self.store,
             deregistration_delay_s=cfg.xds.dataplane_deregistration_delay,
             authenticate=authn.authenticate_stream if authn.enabled else None,
+            watch_stream=_stream_reverifier(self.store, authn, cfg.xds.token_reverify_interval),
             dns=cfg.dns_server,
             metrics=self.metrics,
         )
@@ -124,6 +126,13 @@ class ControlPlane:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _stream_reverifier(
+    store: ResourceStore, authn: DpAuthenticator, interval_s: float
+) -> StreamWatcher | None:
+    """Open ADS streams' tokens checked again every interval (None when authentication is off)."""
+    return StreamReverifier(store, authn, interval_s).watch if authn.enabled else None
 
 
 def _monitoring_server(store: ResourceStore, cfg: CpConfig) -> uvicorn.Server | None:

@@ -23,6 +23,7 @@ from control_plane.dp_server.recent_dataplanes import RecentDataplanes
 from control_plane.resources.dataplane import Dataplane
 from control_plane.store.base import ResourceStore, dataplane_key
 from control_plane.tokens.verify import TokenRejected, allowed_services
+from control_plane.xds.binding import BindingConflict, check_binding
 from kuma_common import dp_contract as contract
 
 log = logging.getLogger("kuma-cp.identity")
@@ -47,7 +48,10 @@ def certificate_routes(
             mesh, name, csr = _parse_body(await request.body())
         except _Refused as err:
             return err.response()
-        dataplane = recent.get(mesh, name) or _stored_dataplane(store, mesh, name)
+        try:
+            dataplane = _dataplane(store, recent, mesh, name)
+        except BindingConflict as exc:
+            return _Refused(409, "dataplane conflicts with the applied one", str(exc)).response()
         if dataplane is None:
             return Response(status_code=404)  # empty body: "not known yet, retry"
         try:
@@ -83,6 +87,17 @@ def _parse_body(raw: bytes) -> tuple[str, str, str]:
             raise _Refused(400, f"{field} is required (a non-empty string)")
         values.append(value)
     return values[0], values[1], values[2]
+
+
+def _dataplane(store: ResourceStore, recent: RecentDataplanes, mesh: str, name: str) -> Dataplane | None:
+    """What the certificate is for: the Dataplane the agent sent at bootstrap, checked again
+    against an admin-applied one (applied since, perhaps: control_plane/xds/binding.py), else the
+    stored one."""
+    sent = recent.get(mesh, name)
+    if sent is None:
+        return _stored_dataplane(store, mesh, name)
+    check_binding(store, sent)
+    return sent
 
 
 def _stored_dataplane(store: ResourceStore, mesh: str, name: str) -> Dataplane | None:

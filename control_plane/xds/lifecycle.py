@@ -26,6 +26,7 @@ from control_plane.resources.registry import (
     to_document,
 )
 from control_plane.store.base import ResourceKey, ResourceStore, dataplane_key, mesh_key
+from control_plane.xds.binding import REGISTRATION_TYPE, BindingConflict, check_binding
 from control_plane.xds.names import InvalidNodeId, parse_node_id
 from control_plane.xds.names import node_id as node_id_of
 from control_plane.xds.server import StreamRejected
@@ -33,9 +34,6 @@ from kuma_common.dp_contract import RESOURCE_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
-# Store records (internal: not served by the API) remembering which Dataplanes a proxy registered,
-# so that after a control-plane restart those whose proxy never returns are still removed.
-REGISTRATION_TYPE = "DataplaneRegistration"
 # After a restart, proxies reconnect with Envoy's backoff (up to 30 s): wait at least this long
 # before removing a Dataplane whose proxy has not come back.
 STARTUP_GRACE_S = 60.0
@@ -149,6 +147,10 @@ class DataplaneLifecycle:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"mesh {dataplane.mesh!r} of the Dataplane does not exist",
             )
+        try:
+            check_binding(self._store, dataplane)  # an admin's Dataplane keeps its services
+        except BindingConflict as exc:
+            raise StreamRejected(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
         key = dataplane_key(dataplane.name, dataplane.mesh)
         marker = ResourceKey(REGISTRATION_TYPE, dataplane.mesh, dataplane.name)
         if self._store.get(marker) is None:  # first, so a crash in between cannot leak a Dataplane

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from control_plane.xds.names import (
     SERVED_TYPES,
     short_type,
 )
+from control_plane.xds.stream_guard import until_rejected
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,16 @@ class StreamHooks(Protocol):
 
     async def on_stream_close(self, node: base_pb2.Node) -> None: ...
 
+    def watch_stream(self, node: base_pb2.Node, metadata: dict[str, str]) -> Awaitable[None] | None:
+        """None, or what raises StreamRejected when an open stream must end (stream_guard.py)."""
+        ...
+
 
 class NoHooks:
     async def on_stream_open(self, node: base_pb2.Node, metadata: dict[str, str]) -> None:
+        return None
+
+    def watch_stream(self, node: base_pb2.Node, metadata: dict[str, str]) -> Awaitable[None] | None:
         return None
 
     async def on_stream_close(self, node: base_pb2.Node) -> None:
@@ -227,14 +235,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         node = first.node
         if not node.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+        metadata = _text_metadata(context)
         try:
-            await self._hooks.on_stream_open(node, _text_metadata(context))
+            await self._hooks.on_stream_open(node, metadata)
         except StreamRejected as exc:
             await context.abort(exc.code, exc.message)
         self._metrics.xds_streams_active.inc()
         try:
-            async for response in self._serve(node.id, first, requests):
+            serving = self._serve(node.id, first, requests)
+            async for response in until_rejected(serving, self._hooks.watch_stream(node, metadata)):
                 yield response
+        except StreamRejected as exc:  # e.g. its token was revoked meanwhile
+            await context.abort(exc.code, exc.message)
         finally:
             self._metrics.xds_streams_active.dec()
             await self._hooks.on_stream_close(node)
