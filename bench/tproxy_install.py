@@ -46,16 +46,21 @@ def _timed(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _engine_round(backend: Backend) -> dict[str, float]:
-    def inside() -> dict[str, float]:
-        first = _timed(lambda: apply.install(CONFIG, backend=backend))
-        again = _timed(lambda: apply.install(CONFIG, backend=backend))
-        removed = _timed(lambda: apply.uninstall(backend=backend))
-        detected = _timed(lambda: apply.install(CONFIG))  # with backend detection, as the CLIs do
-        return {"install": first, "reinstall": again, "uninstall": removed, "install (detect)": detected}
+def _engine_rounds_inside(backend: Backend) -> dict[str, float]:
+    """Runs inside the namespace (NetnsLab.call: a module-level function, it is pickled)."""
+    first = _timed(lambda: apply.install(CONFIG, backend=backend))
+    again = _timed(lambda: apply.install(CONFIG, backend=backend))
+    removed = _timed(lambda: apply.uninstall(backend=backend))
+    detected = _timed(lambda: apply.install(CONFIG))  # with backend detection, as the CLIs do
+    return {"install": first, "reinstall": again, "uninstall": removed, "install (detect)": detected}
 
+
+def _engine_round(backend: Backend) -> dict[str, float]:
     with NetnsLab("bt") as lab:
-        return lab.call(_fresh(lab), inside)
+        # by its importable name: run as a script, this module is __main__, which the child lacks
+        from bench.tproxy_install import _engine_rounds_inside as inside  # noqa: PLC0415
+
+        return lab.call(_fresh(lab), inside, backend)
 
 
 def _kuma_init_round() -> float:

@@ -50,6 +50,14 @@ def run(config_file: str | None, log_level: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+def stop_reason(exc: BaseException) -> str:
+    """What stopped the control plane, in words: the errors inside its TaskGroup's group (whose
+    own text, "unhandled errors in a TaskGroup", says nothing)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(stop_reason(inner) for inner in exc.exceptions))
+    return str(exc) or type(exc).__name__
+
+
 class StartupError(Exception):
     """The control plane cannot start with this configuration or environment."""
 
@@ -74,7 +82,7 @@ async def _serve(config: CpConfig) -> None:
             stopper.cancel()
             exc = runner.exception()
             if exc is not None:
-                raise StartupError(f"control plane stopped: {exc}") from None
+                raise StartupError(f"control plane stopped: {stop_reason(exc)}") from None
             return
         log.info("stopping")
         runner.cancel()

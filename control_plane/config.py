@@ -282,6 +282,9 @@ _SETTINGS: tuple[_Setting, ...] = (
         _duration,
         DEFAULT_DEREGISTRATION_DELAY,
     ),
+    # Ours: how often each open ADS stream's token is checked again (revocation, expiry, a
+    # removed signing key end the stream within this time).
+    _Setting(("xds", "tokenReverifyInterval"), "KUMA_XDS_TOKEN_REVERIFY_INTERVAL", _positive_duration, "10s"),
     _Setting(("defaults", "skipMeshCreation"), "KUMA_DEFAULTS_SKIP_MESH_CREATION", _bool, False),
     _Setting(
         ("monitoringAssignmentServer", "enabled"), "KUMA_MONITORING_ASSIGNMENT_SERVER_ENABLED", _bool, True
@@ -395,6 +398,7 @@ class DiagnosticsConfig:
 @dataclass(frozen=True)
 class XdsConfig:
     dataplane_deregistration_delay: float  # seconds
+    token_reverify_interval: float = 10.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -569,7 +573,10 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
             max_request_body_bytes=v("apiServer", "maxRequestBodyBytes"),
         ),
         diagnostics=DiagnosticsConfig(server_port=v("diagnostics", "serverPort")),
-        xds=XdsConfig(dataplane_deregistration_delay=v("xds", "dataplaneDeregistrationDelay")),
+        xds=XdsConfig(
+            dataplane_deregistration_delay=v("xds", "dataplaneDeregistrationDelay"),
+            token_reverify_interval=v("xds", "tokenReverifyInterval"),
+        ),
         defaults=DefaultsConfig(skip_mesh_creation=v("defaults", "skipMeshCreation")),
         dns_server=DnsServerConfig(
             domain=v("dnsServer", "domain"),

@@ -20,6 +20,7 @@ from control_plane.dp_server.authn import DpAuthenticator
 from control_plane.dp_server.bootstrap_api import BootstrapSettings
 from control_plane.dp_server.http_app import create_dp_http_app, limited
 from control_plane.dp_server.server import DpServer
+from control_plane.dp_server.stream_reverify import StreamReverifier
 from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
 from control_plane.http_limits import BodyLimit
 from control_plane.monitoring.server import create_monitoring_app
@@ -27,7 +28,7 @@ from control_plane.store.base import ResourceStore
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
 from control_plane.store.metered import MeteredStore
-from control_plane.xds.component import XdsComponent
+from control_plane.xds.component import StreamWatcher, XdsComponent
 
 log = logging.getLogger("kuma-cp")
 
@@ -74,6 +75,7 @@ class ControlPlane:
             self.store,
             deregistration_delay_s=cfg.xds.dataplane_deregistration_delay,
             authenticate=authn.authenticate_stream if authn.enabled else None,
+            watch_stream=_stream_reverifier(self.store, authn, cfg.xds.token_reverify_interval),
             dns=cfg.dns_server,
             metrics=self.metrics,
             limits=cfg.dp_server.xds_limits,
@@ -84,7 +86,12 @@ class ControlPlane:
         limits = cfg.dp_server.limits
         dp_http = limited(dp_http, limits.max_request_body_bytes, limits.read_timeout)
         dp_server = DpServer(
-            self.tls, cfg.dp_server.port, dp_http, xds.register, None, limits, cfg.dp_server.xds_limits
+            self.tls,
+            cfg.dp_server.port,
+            dp_http,
+            xds.register,
+            limits=limits,
+            xds_limits=cfg.dp_server.xds_limits,
         )
         xds.ads.disconnect = dp_server.disconnect
         admin = cfg.api_server.localhost_is_admin
@@ -135,6 +142,13 @@ class ControlPlane:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _stream_reverifier(
+    store: ResourceStore, authn: DpAuthenticator, interval_s: float
+) -> StreamWatcher | None:
+    """Open ADS streams' tokens checked again every interval (None when authentication is off)."""
+    return StreamReverifier(store, authn, interval_s).watch if authn.enabled else None
 
 
 def _monitoring_server(store: ResourceStore, cfg: CpConfig) -> uvicorn.Server | None:

@@ -29,6 +29,7 @@ from kuma_dp.identity.keygen import EarlyKeygen
 from kuma_dp.identity.renewal import WorkloadIdentity
 from kuma_dp.identity.sds import IdentityPaths
 from kuma_dp.identity.services import spiffe_ids
+from kuma_dp.identity.token_refusal import watch_token_refusal
 from kuma_dp.identity.token_rotation import TokenRotation
 from kuma_dp.metrics.component import run_metrics
 from kuma_dp.readiness import ReadinessState, start_readiness_server
@@ -125,6 +126,12 @@ async def _bootstrap_and_run(
         on_sidecar(response.sidecar_configuration)
         return response.bootstrap_yaml
 
+    async def probe_token() -> object:
+        """One bootstrap request with the current token, only to learn whether the CP accepts it."""
+        return await bc.bootstrap_once(
+            config, bc.request_body(config, tokens.current(), envoy_version, ca, workdir), ca
+        )
+
     certificates = CertificateClient(config.cp_address, ca, config.mesh, config.name, tokens)
     identity = _workload_identity(config, certificates, workdir, first_key)
     try:
@@ -141,7 +148,7 @@ async def _bootstrap_and_run(
         readiness.admin = admin
         try:
             await _run_with_identity(config, binary, bootstrap_path, admin, shutdown, tokens, identity,
-                                     fetch_and_write_bootstrap)  # fmt: skip
+                                     fetch_and_write_bootstrap, probe_token)  # fmt: skip
         finally:
             readiness.admin = None
             await admin.aclose()
@@ -160,8 +167,10 @@ async def _run_with_identity(
     tokens: TokenSource,
     identity: WorkloadIdentity | None,
     refresh_bootstrap: Callable[[], Awaitable[object]],
+    probe_token: Callable[[], Awaitable[object]],
 ) -> None:
-    """Envoy under supervision, with certificate renewal and token-file watching beside it."""
+    """Envoy under supervision, with certificate renewal and token-file watching beside it, and an
+    end (TokenRefused) when the CP closes ADS because it no longer accepts the token."""
     restart = asyncio.Event()
     rotation = TokenRotation(tokens, refresh_bootstrap, admin, restart.set)
     async with asyncio.TaskGroup() as side:
@@ -172,6 +181,8 @@ async def _run_with_identity(
                 side.create_task(rotation.refresh_on_change()),
                 side.create_task(rotation.watch_ads()),
             ]
+        if tokens.current():
+            side_tasks.append(side.create_task(watch_token_refusal(admin, probe_token)))
         if identity is not None:
             side_tasks.append(side.create_task(identity.renew_forever()))
         if config.proxy_type == DEFAULT_PROXY_TYPE:  # the merged metrics endpoint (MeshMetric)

@@ -8,6 +8,7 @@ import binascii
 import enum
 import json
 import logging
+import random
 import ssl
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from kuma_dp import constants as c
 from kuma_dp.config import RunConfig
 from kuma_dp.envoy.binary import EnvoyVersion
 from kuma_dp.errors import BootstrapError, ConfigError
+from kuma_dp.retry import retry_delay_s
 
 log = logging.getLogger("bootstrap")
 _MESSAGE_LIMIT = 2000
@@ -33,6 +35,15 @@ class TrustedCa:
 
     pem: str
     source: str  # "--ca-cert-file /x/ca.pem" or "KUMA_CONTROL_PLANE_CA_CERT"
+
+
+class BootstrapRefused(BootstrapError):
+    """A final 4xx: `status` and the server's own words (`reason`)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"control plane refused the bootstrap request (HTTP {status}): {reason}")
+        self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -143,8 +154,12 @@ def is_tls_verification_failure(exc: BaseException) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
-async def fetch_bootstrap(config: RunConfig, body: dict[str, Any], ca: TrustedCa | None) -> BootstrapResponse:
-    """POST until success; retry connection errors, 5xx and empty 404 every backoff up to the max duration."""
+async def fetch_bootstrap(
+    config: RunConfig, body: dict[str, Any], ca: TrustedCa | None, rng: random.Random | None = None
+) -> BootstrapResponse:
+    """POST until success; retry connection errors, 5xx and empty 404 with jittered backoff
+    (kuma_dp.retry) up to the max duration."""
+    rng = rng or random.Random()
     url = f"{config.cp_address}{contract.BOOTSTRAP_PATH}"
     deadline = time.monotonic() + config.retry_max_duration_s
     async with httpx.AsyncClient(
@@ -156,15 +171,14 @@ async def fetch_bootstrap(config: RunConfig, body: dict[str, Any], ca: TrustedCa
             reason = await _attempt(client, url, body, ca)
             if isinstance(reason, BootstrapResponse):
                 return reason
-            if time.monotonic() + config.retry_backoff_s > deadline:
+            delay = retry_delay_s(attempt, config.retry_backoff_s, rng)
+            if time.monotonic() + delay > deadline:
                 raise BootstrapError(
                     f"could not get a bootstrap from the control plane at {config.cp_address} within "
                     f"{config.retry_max_duration_s:g}s ({attempt} attempts; last: {reason})"
                 )
-            log.info(
-                "bootstrap attempt %d failed (%s); retrying in %gs", attempt, reason, config.retry_backoff_s
-            )
-            await asyncio.sleep(config.retry_backoff_s)
+            log.info("bootstrap attempt %d failed (%s); retrying in %.1fs", attempt, reason, delay)
+            await asyncio.sleep(delay)
 
 
 async def _attempt(
@@ -188,7 +202,14 @@ async def _attempt(
             "Dataplane not yet known" if response.status_code == 404 else server_message(response.content)
         )
         return f"HTTP {response.status_code}: {detail}"
-    raise BootstrapError(
-        f"control plane refused the bootstrap request (HTTP {response.status_code}): "
-        f"{server_message(response.content)}"
-    )
+    raise BootstrapRefused(response.status_code, server_message(response.content))
+
+
+async def bootstrap_once(
+    config: RunConfig, body: dict[str, Any], ca: TrustedCa | None
+) -> BootstrapResponse | str:
+    """One POST /bootstrap: the response, or why it may be retried; BootstrapRefused if final."""
+    async with httpx.AsyncClient(
+        verify=ssl_context(ca), timeout=c.BOOTSTRAP_REQUEST_TIMEOUT_S, trust_env=False
+    ) as client:
+        return await _attempt(client, f"{config.cp_address}{contract.BOOTSTRAP_PATH}", body, ca)

@@ -18,6 +18,7 @@ from kuma_dp.envoy.binary import VersionProbe, resolve_binary
 from kuma_dp.errors import AgentError
 from kuma_dp.identity.keygen import EarlyKeygen
 from kuma_dp.identity.services import spiffe_ids
+from kuma_dp.secrets_env import scrub_own_environment
 
 
 class Duration(click.ParamType):
@@ -61,7 +62,11 @@ def main() -> None:
 @click.option("--name", help=f"Dataplane name [env {c.ENV_NAME}]")
 @click.option("--mesh", help=f"Mesh [env {c.ENV_MESH}; default: the resource's, else {c.DEFAULT_MESH}]")
 @click.option("--proxy-type", type=click.Choice(PROXY_TYPES), default=c.DEFAULT_PROXY_TYPE, show_default=True)
-@click.option("--dataplane-token", help=f"Dataplane token [env {c.ENV_TOKEN}]")
+@click.option(
+    "--dataplane-token",
+    help=f"Dataplane token; visible to every local user in the process list: prefer {c.ENV_TOKEN} "
+    "or --dataplane-token-file",
+)
 @click.option("--dataplane-token-file", help=f"File holding the dataplane token [env {c.ENV_TOKEN_PATH}]")
 @click.option("--dataplane", "dataplane_inline", help="Dataplane resource, inline YAML or JSON")
 @click.option("-d", "--dataplane-file", help="File holding the Dataplane resource ('-' = stdin)")
@@ -128,6 +133,9 @@ def run(
         resource = load_dataplane(dataplane_inline, dataplane_file, variables, sys.stdin)
         run_flags = RunFlags(drain_time_s=drain_time, envoy_restart_window_s=envoy_restart_window, **flags)
         config = build_run_config(run_flags, os.environ, resource)
+        scrub_own_environment()  # no child (Envoy, keygen, version probe) inherits the token
+        if flags["dataplane_token"] is not None:
+            _warn_token_in_argv()
         binary = resolve_binary(config.binary_path)
         with VersionProbe(binary) as probe, _first_key(config) as first_key:
             # Imported only now: asyncio/httpx take longer to import than `envoy --version` to run
@@ -139,6 +147,18 @@ def run(
             asyncio.run(run_agent(config, binary, probe, first_key))
     except AgentError as exc:
         _fail(str(exc))
+
+
+def _warn_token_in_argv() -> None:
+    """Kept for Kuma compatibility; the command line cannot be rewritten from Python (the kernel
+    shows the original argv in /proc/<pid>/cmdline), so the user is told."""
+    import logging  # noqa: PLC0415
+
+    logging.getLogger("agent").warning(
+        "--dataplane-token puts the token on the command line, readable by every user of this host "
+        "(ps, /proc/<pid>/cmdline); pass it in %s or with --dataplane-token-file instead",
+        c.ENV_TOKEN,
+    )
 
 
 def _first_key(config: RunConfig) -> contextlib.AbstractContextManager[EarlyKeygen | None]:

@@ -75,7 +75,13 @@ def build_run_config(
 ) -> RunConfig:
     """Merge flags, environment and the Dataplane resource into one RunConfig (ConfigError if invalid)."""
     cp_address = (_pick(flags.cp_address, env, c.ENV_CP_ADDRESS) or c.DEFAULT_CP_ADDRESS).rstrip("/")
-    if not cp_address.startswith(("https://", "http://")):
+    if cp_address.lower().startswith("http://"):
+        raise ConfigError(
+            f'--cp-address "{cp_address}": plain http:// is refused (the dataplane token and the '
+            f"certificate request would cross the network in clear); use https://, "
+            f"e.g. {c.DEFAULT_CP_ADDRESS}"
+        )
+    if not cp_address.lower().startswith("https://"):
         raise ConfigError(f'--cp-address "{cp_address}": expected a URL such as {c.DEFAULT_CP_ADDRESS}')
     ca_file, ca_pem = _ca_source(flags, env)
     token, token_path = _token_source(flags, env)

@@ -60,6 +60,9 @@ TOKEN_WATCH_DEBOUNCE_MS = 200
 ADS_STALE_TOKEN_RESTART_S = 10.0
 ADS_WATCH_INTERVAL_S = 1.0
 ADS_CONNECTED_STAT = "control_plane.connected_state"
+# Envoy's ADS stream down this long: the agent asks the CP whether it still accepts the token
+# (kuma_dp/identity/token_refusal.py); a refusal (revoked, expired, key removed) ends the agent.
+ADS_DOWN_PROBE_S = 5.0
 
 # kuma-dp wait (Kuma's defaults)
 DEFAULT_WAIT_URL = f"http://localhost:{DEFAULT_READINESS_PORT}{READINESS_PATH}"

@@ -185,3 +185,21 @@ def test_without_a_fifo_the_path_leads_nowhere_instead_of_a_growing_file(
     assert start_access_log_streamer(tmp_path, "web-1", "default") is None
     path = Path(access_log_socket_path(str(tmp_path), "web-1", "default"))
     assert path.resolve() == Path(os.devnull)
+
+
+async def test_a_collector_name_no_resolver_takes_is_retried_and_said(
+    fifo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 64-character DNS label fails in the IDNA codec (UnicodeError, not OSError): the sender
+    used to die of it silently, with its lines buffered for nobody."""
+    streamer = AccessLogStreamer(fifo, LIMITS)
+    task = asyncio.create_task(streamer.run())
+    address = "a" * 64 + ".example:9"
+    try:
+        await asyncio.to_thread(write_like_envoy, fifo, [envoy_line(address, "x\n")])
+        await eventually(lambda: f"access-log collector {address} unreachable" in caplog.text, timeout=10)
+        assert "idna" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert "never retrieved" not in caplog.text

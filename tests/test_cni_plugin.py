@@ -212,7 +212,7 @@ def test_pod_settings_and_older_versions(runtime: Runtime) -> None:
 
 
 def test_dns_capture_per_pod_and_per_node(runtime: Runtime, tmp_path: Path) -> None:
-    ns = runtime.lab.namespace()  # lo only: IPv4 rules alone
+    ns = runtime.lab.namespace()  # lo only, but the kernel has IPv6: rules for both families
     # the pod's annotations: every DNS query, UDP and TCP, to its own port
     args = "K8S_POD_NAMESPACE=web;kuma.io/builtin-dns=enabled;kuma.io/builtin-dns-port=16053"
     assert runtime.call("ADD", ns, runtime.conf(), args)[:2] == (0, PREV_1_0)
@@ -221,7 +221,7 @@ def test_dns_capture_per_pod_and_per_node(runtime: Runtime, tmp_path: Path) -> N
         assert f"-A OUTPUT -p {proto} -m {proto} --dport 53 -m owner --uid-owner 5678 " in saved
         everything = f"-A OUTPUT -p {proto} -m {proto} --dport 53 -m comment"  # no -d: every address
         assert f'{everything} --comment "kuma/mesh/transparent/proxy/redirect all' in saved
-    assert saved.count("-j REDIRECT --to-ports 16053") == 2 and "CT --zone 2" in saved
+    assert saved.count("-j REDIRECT --to-ports 16053") == 4 and "CT --zone 2" in saved  # UDP, TCP × v4, v6
     assert runtime.call("CHECK", ns, runtime.conf(), args)[0] == 0
     assert runtime.call("CHECK", ns, runtime.conf(), "K8S_POD_NAMESPACE=web")[0] != 0  # without DNS: differs
     assert runtime.call("DEL", ns, runtime.conf(), args)[:2] == (0, None)

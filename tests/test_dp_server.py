@@ -162,3 +162,25 @@ async def test_malformed_json_is_400(dp_server: tuple[int, Path, MemoryStore]) -
         resp = await client.post(f"https://localhost:{port}/bootstrap", content=b"{not json")
     assert resp.status_code == 400
     assert "not valid JSON" in resp.json()["title"]
+
+
+async def test_the_http_server_ending_stops_the_dp_server_with_a_clear_error(tmp_path: Path) -> None:
+    """Not left as a TLS port that accepts and never answers: the control plane's TaskGroup sees
+    the error and the process exits non-zero with it."""
+    store = MemoryStore()
+    tls = resolve_tls_files(tmp_path, None, None)
+    port = free_port()
+    app = create_bootstrap_app(store, BootstrapSettings(dp_server_port=port))
+    # uvicorn's limit_max_requests: the bootstrap HTTP server ends after one request
+    server = DpServer(tls, port, app, _echo_service, host="127.0.0.1", http_max_requests=1)
+    task = asyncio.create_task(server.run())
+    try:
+        await asyncio.wait_for(server.started.wait(), 10)
+        verify = ssl.create_default_context(cafile=str(tls.cert_file))
+        async with httpx.AsyncClient(verify=verify) as client:
+            await client.get(f"https://localhost:{port}/no-such-path")
+        with pytest.raises(RuntimeError, match=r"DP server stopped serving: its HTTP server .* ended"):
+            await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

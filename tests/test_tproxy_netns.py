@@ -179,26 +179,49 @@ def test_a_rule_the_kernel_refuses_leaves_the_tables_as_they_were(world: World) 
     assert world.save() == installed
 
 
+def test_a_refused_later_table_takes_back_the_tables_already_committed(world: World) -> None:
+    """iptables-restore commits nat before it reads raw: a refused raw rule must not leave nat in."""
+    before = world.save()
+    message = world.lab.call(world.app, _install_with_a_refused_raw_rule, world.backend)
+    after = world.save()
+    assert not [line for line in after if "KUMA" in line]
+    assert "70000" in message and "put back as they were" in message
+    if world.backend.name == "legacy":  # the kernel keeps a legacy table once used; it stays empty
+        after = [line for line in after if not line.startswith((":", "*", "COMMIT"))]
+    assert after == before
+
+
+def _install_with_a_refused_raw_rule(backend: Backend) -> str:
+    from transparent_proxy import constants
+
+    constants.DNS_CT_ZONE_APP = 70000  # `CT --zone 70000`: iptables refuses it, after nat's COMMIT
+    try:
+        apply.install(config(dns_capture_all=True), backend=backend)
+    except TProxyError as exc:
+        return str(exc)
+    return "installed?!"
+
+
 def test_a_failing_ipv6_step_rolls_back_ipv4(world: World, tmp_path) -> None:
     before = world.save()
     stub = tmp_path / world.backend.tool(True, "restore")
     stub.write_text("#!/bin/sh\necho 'ip6tables-restore: line 3 failed' >&2\nexit 1\n")
     stub.chmod(0o755)
-
-    def install_with_broken_ip6tables() -> str:
-        os.environ["PATH"] = f"{tmp_path}:{os.environ['PATH']}"
-        try:
-            apply.install(config(), backend=world.backend)
-        except TProxyError as exc:
-            return str(exc)
-        return "installed?!"
-
-    message = world.lab.call(world.app, install_with_broken_ip6tables)
+    message = world.lab.call(world.app, _install_with_tools_first_from, str(tmp_path), world.backend)
     assert "refused the rules" in message
     after = world.save()
     if world.backend.name == "legacy":
         after = [line for line in after if not line.startswith((":", "*", "COMMIT"))]
     assert after == before
+
+
+def _install_with_tools_first_from(directory: str, backend: Backend) -> str:
+    os.environ["PATH"] = f"{directory}:{os.environ['PATH']}"
+    try:
+        apply.install(config(), backend=backend)
+    except TProxyError as exc:
+        return str(exc)
+    return "installed?!"
 
 
 def test_detection_follows_the_backend_that_holds_rules(world: World) -> None:
@@ -233,17 +256,19 @@ def test_ipv4_mode_or_no_ipv6_address_installs_ipv4_only(world: World) -> None:
     ]
 
 
-def test_a_namespace_without_ipv6_gets_ipv4_rules_only_and_no_loopback_address() -> None:
+def test_ipv6_rules_go_in_before_any_ipv6_address_unless_the_kernel_has_ipv6_off() -> None:
+    """An address added after install (SLAAC, a late CNI) must find the IPv6 rules already there."""
     require_root()
     with NetnsLab("t4") as lab:
-        ns = lab.namespace()  # lo only: no IPv6 beyond ::1
+        ns = lab.namespace()  # lo only: no IPv6 address beyond ::1 yet
         report = lab.call(ns, apply.install, config(), backend=Backend("nft"))
-        assert report.changed == ["IPv4"]
-        assert not lab.call(ns, _lo_has, "::6")
-        with_v6 = lab.namespace()
-        lab.veth(with_v6, "10.79.0.1/24", lab.namespace(), "10.79.0.2/24")  # link-local IPv6 appears
-        assert lab.call(with_v6, apply.install, config(), backend=Backend("nft")).changed == ["IPv4", "IPv6"]
-        assert lab.call(with_v6, _lo_has, "::6")
+        assert report.changed == ["IPv4", "IPv6"]
+        assert [line for line in save(lab, ns, "ip6tables-nft-save") if "KUMA_MESH_OUTBOUND" in line]
+        assert lab.call(ns, _lo_has, "::6")
+        off = lab.namespace()
+        lab.run(off, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=True)
+        assert lab.call(off, apply.install, config(), backend=Backend("nft")).changed == ["IPv4"]
+        assert not [line for line in save(lab, off, "ip6tables-nft-save") if "KUMA" in line]
 
 
 def _lo_has(address: str) -> bool:

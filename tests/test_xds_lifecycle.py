@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import pytest
 
-from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
+from control_plane.store.base import ResourceKey, ResourceStore, StoreError, dataplane_key, mesh_key
 from control_plane.store.sqlite import SqliteStore
 from control_plane.xds.client import AdsClient
 from control_plane.xds.component import XdsComponent
@@ -68,5 +69,41 @@ async def test_registered_dataplane_removed_after_restart_unless_its_proxy_retur
             assert store.get(dataplane_key("applied-1")) is not None  # applied by hand: kept
     finally:
         for item in opened:  # clients before their channels
+            await item.close()
+        store.close()
+
+
+class RefusesOneDelete(SqliteStore):
+    """The store refusing the first delete, as a full disk or a locked database would."""
+
+    refused = 0
+
+    def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
+        if not self.refused:
+            self.refused += 1
+            raise StoreError(f"the SQLite store {self.path}: deleting failed: database is locked")
+        return super().delete(key, expected_version)
+
+
+async def test_a_failed_deregistration_is_logged_and_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RefusesOneDelete(tmp_path / "kuma.db")
+    store.upsert(mesh_key("default"), {})
+    opened: list[AdsClient | grpc.aio.Channel] = []
+    try:
+        async with xds(store, grace_s=0.5) as port:
+            await connect(port, opened)
+            await eventually(lambda: store.get(dataplane_key("web-1")) is not None)
+            for item in opened:  # the proxy goes away: deregistered 0.2 s later, first try refused
+                await item.close()
+            opened.clear()
+            await eventually(lambda: store.refused == 1, timeout=5)
+            await eventually(lambda: store.get(dataplane_key("web-1")) is None, timeout=10)
+        warnings = [r.getMessage() for r in caplog.records if "could not deregister" in r.getMessage()]
+        assert len(warnings) == 1 and "database is locked" in warnings[0]
+        assert "never retrieved" not in caplog.text
+    finally:
+        for item in opened:
             await item.close()
         store.close()

@@ -2,8 +2,11 @@
 
 Per IP family, one `iptables-restore --noflush --wait` carries both the removal of any earlier
 install and the new rules, so the kernel swaps them in one transaction per table (install twice ==
-install once). Afterwards `iptables-save` must show exactly the built rules; if it does not, or a
-later family fails, the families already changed are put back from the snapshot taken before.
+install once). iptables-restore commits table by table (legacy and nft alike): when a later table
+(raw, mangle) is refused, the tables before it are already in. So a family's apply is all or nothing
+only through the snapshot (`iptables-save -c`) taken before: afterwards `iptables-save` must show
+exactly the built rules; if it does not, or any table or a later family fails, every family touched,
+the failing one included, is put back from its snapshot, and the error says whether that worked.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def _restore_failure(tool: str, text: str, stderr: str) -> str:
     lines = text.splitlines()
     if match and 0 < int(match.group(1)) <= len(lines):
         message += f"\n  offending line: {lines[int(match.group(1)) - 1]}"
-    return message + "\n  nothing was changed (iptables-restore applies a table all or nothing)"
+    return message
 
 
 def _hint(stderr: str) -> str:
@@ -106,11 +109,25 @@ def _hint(stderr: str) -> str:
 
 
 def wanted_families(config: TProxyConfig, ipv6: bool | None = None) -> list[Family]:
-    """IPv4 always; IPv6 in dualstack mode when the namespace has a non-loopback IPv6 address."""
+    """IPv4 always; IPv6 in dualstack mode when the namespace's kernel has IPv6 enabled, whether or
+    not an address exists yet: one added later (SLAAC, a late CNI) must not let IPv6 leave unproxied."""
     if config.ip_family_mode != c.IP_FAMILY_DUALSTACK:
         return [IPV4]
-    with_v6 = netns.has_ipv6() if ipv6 is None else ipv6
+    with_v6 = netns.ipv6_enabled() if ipv6 is None else ipv6
     return [IPV4, IPV6] if with_v6 else [IPV4]
+
+
+def usable_families(backend: Backend, families: list[Family], log: Log = _quiet) -> list[Family]:
+    """`families` without IPv6 when ip6tables cannot work here (no ip6_tables in the kernel) and no
+    IPv6 address exists, so no IPv6 traffic can flow; with an address that is an error, as before."""
+    if IPV6 not in families or netns.has_ipv6():
+        return families
+    try:
+        save(backend, IPV6)
+    except TProxyError as exc:
+        log(f"IPv6 is enabled but {exc}; no IPv6 address here, so IPv4 rules only")
+        return [fam for fam in families if fam != IPV6]
+    return families
 
 
 def nameservers_for(
@@ -190,6 +207,8 @@ def check(
     families = wanted_families(config, ipv6)
     servers = nameservers_for(config, families, nameservers)
     backend = backend or detect()
+    if ipv6 is None:
+        families = usable_families(backend, families)
     problems: list[str] = []
     for fam in (IPV4, IPV6):
         plan = build(config, fam, servers) if fam in families else ()
@@ -216,6 +235,8 @@ def install(
     families = wanted_families(config, ipv6)
     servers = nameservers_for(config, families, nameservers)  # a bad resolv.conf stops us here
     backend = backend or detect(warn=log)
+    if ipv6 is None and not dry_run:
+        families = usable_families(backend, families, log)
     report = Report(backend, nameservers=servers)
     if servers:
         log(f"DNS: redirecting queries for {', '.join(servers)} (from {config.resolv_config_path})")
@@ -276,23 +297,39 @@ def _apply_all(
     report: Report,
     log: Log,
 ) -> None:
-    done: list[Family] = []
+    touched: list[Family] = []
     try:
         for fam in (IPV4, IPV6):
             text = report.texts.get(fam.name)
             if not text:
                 continue
+            touched.append(fam)  # before restoring: a refused later table leaves the earlier ones in
             restore(backend, fam, text, wait_s)
-            done.append(fam)
             problems = verify(plans[fam], save(backend, fam))
             if problems:
                 raise TProxyError(f"{fam.name} rules not in place after restore: " + "; ".join(problems))
             report.changed.append(fam.name)
             log(f"{fam.name}: {backend.tool(fam.ipv6, 'restore')} applied and verified")
-    except TProxyError:
-        for fam in done:
+    except TProxyError as exc:
+        raise TProxyError(f"{exc}\n  {_roll_back_all(backend, touched, snapshots, log)}") from None
+
+
+def _roll_back_all(
+    backend: Backend, families: Sequence[Family], snapshots: dict[Family, SavedRules], log: Log
+) -> str:
+    """Put every touched family back; one line saying truthfully what the tables hold now."""
+    failed: list[str] = []
+    for fam in families:
+        try:
             _rollback(backend, fam, snapshots[fam], log)
-        raise
+        except TProxyError as exc:
+            failed.append(f"{fam.name}: {exc}")
+    if failed:
+        return (
+            "rolling back FAILED, the tables may hold part of the new rules (run `uninstall`): "
+            + "; ".join(failed)
+        )
+    return "nothing was changed: the tables were put back as they were before"
 
 
 def _rollback(backend: Backend, fam: Family, snapshot: SavedRules, log: Log) -> None:

@@ -3,7 +3,7 @@
 Everything here acts on the namespace of the calling process; `enter` moves the whole process,
 so call it in a process made for that (a forked child, an init container, a CNI plugin).
 pyroute2 is imported on first use: it costs ~110-140 ms, which `kumactl get ...` should not pay,
-nor the CNI plugin on every pod: the install path (`enter`, `has_ipv6`, `ensure_loopback_ipv6`)
+nor the CNI plugin on every pod: the install path (`enter`, `ipv6_enabled`, `ensure_loopback_ipv6`)
 needs only setns(2), /proc/self/net and one netlink message, done here without it.
 """
 
@@ -102,6 +102,18 @@ def _inet6_lines() -> list[list[str]]:
             return [line.split() for line in f if line.strip()]
     except FileNotFoundError:  # IPv6 disabled in the kernel
         return []
+
+
+DISABLE_IPV6 = "/proc/sys/net/ipv6/conf/all/disable_ipv6"  # per namespace, like IF_INET6
+
+
+def ipv6_enabled() -> bool:
+    """True when this namespace's kernel side speaks IPv6 (an address can appear at any time)."""
+    try:
+        with open(DISABLE_IPV6) as f:
+            return f.read().strip() == "0"
+    except OSError:  # no IPv6 in the kernel at all
+        return False
 
 
 def has_ipv6() -> bool:

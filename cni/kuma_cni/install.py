@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kuma_common import safe_json
+
 PLUGIN_TYPE = "kuma-cni"
 LAUNCHER_MARK = "# written by kuma-cni-install"
 ORIG_SUFFIX = ".kuma-cni.orig"
@@ -65,7 +67,7 @@ def render(document: dict[str, Any]) -> bytes:
 
 def parse(path: Path, data: bytes, conflist: bool) -> dict[str, Any]:
     try:
-        document = json.loads(data)
+        document = safe_json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InstallError(f"{path}: not valid JSON ({exc}); nothing was changed") from None
     if not isinstance(document, dict):

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from kuma_cni import spec
 from kuma_cni.spec import CniError
+from kuma_common import safe_json
 
 DEFAULT_LOG_FILE = "/var/log/kuma-cni.log"
 UNEXPECTED = 102  # a bug of ours: the log file has the traceback
@@ -47,7 +48,7 @@ def open_log(path: str, context: str) -> Log:
 
 def _log_path(data: bytes) -> str:
     try:
-        conf = json.loads(data)
+        conf = safe_json.loads(data)
     except ValueError:
         return DEFAULT_LOG_FILE
     path = conf.get("log_file") if isinstance(conf, dict) else None

@@ -6,9 +6,10 @@ Environment and stdin in; results and the spec's error object out. Everything he
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from kuma_common import safe_json
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 LATEST_VERSION = "1.0.0"
@@ -72,7 +73,7 @@ def parse_cni_args(text: str) -> dict[str, str]:
 def parse_config(data: bytes) -> dict[str, Any]:
     """The network configuration on stdin: a JSON object with a supported `cniVersion`, `name`, `type`."""
     try:
-        conf = json.loads(data)
+        conf = safe_json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(DECODING_FAILURE, f"the network configuration on stdin is not JSON: {exc}") from None
     if not isinstance(conf, dict):
@@ -93,7 +94,7 @@ def parse_config(data: bytes) -> dict[str, Any]:
 def error_version(data: bytes) -> str:
     """The cniVersion to answer an error with: the config's when it names a supported one."""
     try:
-        version = json.loads(data).get("cniVersion")
+        version = safe_json.loads(data).get("cniVersion")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return LATEST_VERSION
     return version if version in SUPPORTED_VERSIONS else LATEST_VERSION

@@ -29,6 +29,7 @@ from control_plane.resources.dataplane import Dataplane
 from control_plane.resources.registry import DATAPLANE, InvalidResource, parse_resource
 from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
 from control_plane.tokens.verify import TokenRejected
+from control_plane.xds.binding import BindingConflict, check_binding
 from kuma_common import dp_contract as contract
 from kuma_common.dp_contract import BootstrapRequest
 
@@ -78,6 +79,8 @@ def create_bootstrap_app(
         try:
             body = _parse_request(raw_body)
             dataplane, raw = _authenticated_dataplane(store, body, authenticator)
+            if raw is not None:
+                _check_binding(store, dataplane)
             yaml_text = render_bootstrap(_params(body, dataplane, raw, cp_host, settings))
         except BootstrapError as err:
             log.info("bootstrap from %s refused (%d): %s", client, err.status, err.title)
@@ -101,6 +104,14 @@ def create_bootstrap_app(
         )
 
     return Starlette(routes=[Route(contract.BOOTSTRAP_PATH, bootstrap, methods=["POST"])])
+
+
+def _check_binding(store: ResourceStore, sent: Dataplane) -> None:
+    """409 when the agent's Dataplane would change an admin-applied one (control_plane/xds/binding.py)."""
+    try:
+        check_binding(store, sent)
+    except BindingConflict as exc:
+        raise BootstrapError(409, str(exc), [{"field": "dataplaneResource", "message": str(exc)}]) from None
 
 
 def _client(request: Request) -> str:

@@ -24,6 +24,7 @@ from control_plane.dp_server.recent_dataplanes import RecentDataplanes
 from control_plane.resources.dataplane import Dataplane
 from control_plane.store.base import ResourceStore, dataplane_key
 from control_plane.tokens.verify import TokenRejected, allowed_services
+from control_plane.xds.binding import BindingConflict, check_binding
 from kuma_common import dp_contract as contract
 
 log = logging.getLogger("kuma-cp.identity")
@@ -59,12 +60,14 @@ def certificate_routes(
             # The token before the store: an unauthenticated caller learns nothing of what exists.
             token = authenticator.authenticate_caller(presented, where, f"{mesh}/{name}")
             authenticator.authorize_names(token, mesh, name, where)
-            dataplane = recent.get(mesh, name) or _stored_dataplane(store, mesh, name)
+            dataplane = _dataplane(store, recent, mesh, name)
             if dataplane is None:
                 return Response(status_code=404)  # empty body: "not known yet, retry"
             authenticator.authorize(token, dataplane, where)
         except TokenRejected as exc:
             return unauthorized(exc)
+        except BindingConflict as exc:
+            return _Refused(409, "dataplane conflicts with the applied one", str(exc)).response()
         try:
             issued = issue_certificate(store, mesh, allowed_services(token, dataplane), csr)
         except CsrInvalid as exc:
@@ -95,6 +98,17 @@ def _parse_body(raw: bytes) -> tuple[str, str, str]:
             raise _Refused(400, f"{field} is required (a non-empty string)")
         values.append(value)
     return values[0], values[1], values[2]
+
+
+def _dataplane(store: ResourceStore, recent: RecentDataplanes, mesh: str, name: str) -> Dataplane | None:
+    """What the certificate is for: the Dataplane the agent sent at bootstrap, checked again
+    against an admin-applied one (applied since, perhaps: control_plane/xds/binding.py), else the
+    stored one."""
+    sent = recent.get(mesh, name)
+    if sent is None:
+        return _stored_dataplane(store, mesh, name)
+    check_binding(store, sent)
+    return sent
 
 
 def _stored_dataplane(store: ResourceStore, mesh: str, name: str) -> Dataplane | None:

@@ -32,7 +32,9 @@ class DpServer:
         host: str | None = None,
         limits: DpServerLimits | None = None,
         xds_limits: XdsServerLimits | None = None,
+        http_max_requests: int | None = None,  # uvicorn's limit_max_requests: None in production
     ) -> None:
+        self._http_max_requests = http_max_requests
         self._tls = tls
         self._limits = limits or DpServerLimits()
         self._xds_limits = xds_limits or XdsServerLimits()
@@ -67,22 +69,45 @@ class DpServer:
             await grpc_server.start()
             http = uvicorn.Server(
                 uvicorn.Config(
-                    self._http_app, uds=str(backends.http_socket), log_level="warning", lifespan="off"
+                    self._http_app,
+                    uds=str(backends.http_socket),
+                    log_level="warning",
+                    lifespan="off",
+                    limit_max_requests=self._http_max_requests,
                 )
             )
-            http_task = asyncio.create_task(http.serve())
+            http_task = asyncio.create_task(http.serve(), name="dp-server-http")
             ssl_context = server_ssl_context(self._tls.cert_file, self._tls.key_file)
             front = TlsFront(backends, ssl_context, self._limits)
             self._front = front
+            front_task: asyncio.Task[None] | None = None
             try:
                 await _wait_for_socket(backends.http_socket, http_task)
                 log.info("DP server (bootstrap, certificates, ADS) listening on :%d (TLS)", self._port)
-                await front.serve(self._host, self._port, self.started)
+                front_task = asyncio.create_task(front.serve(self._host, self._port, self.started))
+                await _until_one_ends(http_task, front_task)
             finally:
+                if front_task is not None:
+                    front_task.cancel()
+                    await asyncio.gather(front_task, return_exceptions=True)
                 http.should_exit = True
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(http_task, 5)
                 await grpc_server.stop(grace=1)
+
+
+async def _until_one_ends(http_task: asyncio.Task[None], front_task: asyncio.Task[None]) -> None:
+    """Both serve until cancelled: either ending is an error that must stop the control plane
+    (the caller's TaskGroup), not leave a DP server that accepts TLS but never answers."""
+    done, _ = await asyncio.wait({http_task, front_task}, return_when=asyncio.FIRST_COMPLETED)
+    task, what = (
+        (http_task, "its HTTP server (bootstrap, certificates)")
+        if http_task in done
+        else (front_task, "its TLS listener")
+    )
+    error = task.exception()
+    reason = f": {type(error).__name__}: {error}" if error is not None else ""
+    raise RuntimeError(f"the DP server stopped serving: {what} ended{reason}") from error
 
 
 async def _wait_for_socket(path: Path, task: asyncio.Task[None]) -> None:

@@ -5,15 +5,22 @@ control plane is one process, so a pool would add nothing but contention on the 
 mode keeps readers of other processes (e.g. a backup) from blocking us; `busy_timeout` makes us
 wait for them instead of failing. Each write is one transaction; listeners run after the commit,
 outside the lock.
+
+Failures: any SQLite error comes out as StoreError carrying SQLite's own reason ("database or disk
+is full"), never the ROLLBACK's "no transaction is active" that used to hide it (SQLite rolls back
+by itself on some errors). A row that cannot be decoded (written by hand, a damaged file) is skipped
+by reads and logged once: one bad row must not take every list, and so every xDS rebuild, down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,8 @@ from control_plane.store.base import (
     Write,
     now_rfc3339,
 )
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 DB_FILE_MODE = 0o600
@@ -51,6 +60,9 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = "type, mesh, name, spec, version, creation_time, modification_time"
+# Reads take text as bytes and decode row by row: one row of invalid UTF-8 would otherwise fail the
+# whole fetch inside sqlite3, before any row reaches us.
+_READ_COLUMNS = ", ".join(f"CAST({col} AS BLOB)" if col != "version" else col for col in _COLUMNS.split(", "))
 
 
 @dataclass
@@ -58,6 +70,7 @@ class SqliteStore(ResourceStore):
     path: Path | str
     _conn: sqlite3.Connection = field(init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _reported: set[tuple[Any, ...]] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -82,34 +95,48 @@ class SqliteStore(ResourceStore):
 
     # --- reads --------------------------------------------------------------------------------
     def get(self, key: ResourceKey) -> StoredResource | None:
-        with self._lock:
+        with self._lock, self._failures("reading"):
             row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                f"SELECT {_READ_COLUMNS} FROM resources WHERE type = ? AND mesh = ? AND name = ?",
                 (key.type, key.mesh, key.name),
             ).fetchone()
-        return None if row is None else _row_to_resource(row)
+        return None if row is None else self._decode(row)
 
     def list(
         self, type: str, mesh: str | None = None, offset: int = 0, limit: int | None = None
     ) -> tuple[list[StoredResource], int]:
         where, params = ("type = ?", [type]) if mesh is None else ("type = ? AND mesh = ?", [type, mesh])
-        with self._lock:
-            self._conn.execute("BEGIN")  # one snapshot for the page and the total
-            try:
-                total = self._conn.execute(
-                    f"SELECT COUNT(*) FROM resources WHERE {where}", params
-                ).fetchone()[0]
-                rows = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM resources WHERE {where} ORDER BY mesh, name LIMIT ? OFFSET ?",
-                    [*params, -1 if limit is None else limit, offset],
-                ).fetchall()
-            finally:
-                self._conn.execute("COMMIT")
-        return [_row_to_resource(row) for row in rows], total
+        with self._lock, self._failures("reading"), _snapshot(self._conn):  # one for page and total
+            total = self._conn.execute(f"SELECT COUNT(*) FROM resources WHERE {where}", params).fetchone()[0]
+            rows = self._conn.execute(
+                f"SELECT {_READ_COLUMNS} FROM resources WHERE {where} ORDER BY mesh, name LIMIT ? OFFSET ?",
+                [*params, -1 if limit is None else limit, offset],
+            ).fetchall()
+        items = [item for item in map(self._decode, rows) if item is not None]
+        return items, total - (len(rows) - len(items))
+
+    def _decode(self, row: tuple[Any, ...]) -> StoredResource | None:
+        """The row as a resource, or None (logged once per row version) when it cannot be read."""
+        try:
+            return _row_to_resource(row)
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            if row[:3] + row[4:5] not in self._reported:
+                self._reported.add(row[:3] + row[4:5])
+                names = "/".join(bytes(v).decode("utf-8", "replace") for v in row[:3] if v is not None)
+                log.error("the SQLite store %s: skipping the unreadable row %s (%s)", self.path, names, exc)
+            return None
+
+    @contextlib.contextmanager
+    def _failures(self, action: str) -> Iterator[None]:
+        """sqlite3's errors as StoreError with SQLite's reason (the caller names no SQL)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"the SQLite store {self.path}: {action} failed: {exc}") from exc
 
     # --- writes -------------------------------------------------------------------------------
     def upsert_all(self, writes: Sequence[Write]) -> list[tuple[StoredResource, bool]]:
-        with self._lock, _transaction(self._conn):
+        with self._lock, self._failures("writing"), _transaction(self._conn):
             results = [self._upsert(write) for write in writes]
         for write in writes:
             self._notify(ChangeEvent("upsert", write.key))
@@ -141,7 +168,7 @@ class SqliteStore(ResourceStore):
         return stored, row is None
 
     def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
-        with self._lock, _transaction(self._conn):
+        with self._lock, self._failures("deleting"), _transaction(self._conn):
             row = self._conn.execute(
                 "SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?",
                 (key.type, key.mesh, key.name),
@@ -160,7 +187,7 @@ class SqliteStore(ResourceStore):
     def delete_mesh_contents(self, mesh: str) -> int:
         if not mesh:
             return 0  # "" is the scope of global resources, never a mesh's contents
-        with self._lock, _transaction(self._conn):
+        with self._lock, self._failures("deleting"), _transaction(self._conn):
             rows = self._conn.execute(
                 "SELECT type, mesh, name FROM resources WHERE mesh = ?", (mesh,)
             ).fetchall()
@@ -175,7 +202,7 @@ class SqliteStore(ResourceStore):
 
 
 class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raised."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raised; the first error is the one raised."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -185,17 +212,46 @@ class _transaction:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is None:
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                _roll_back(self._conn)
+                raise
+        else:
+            _roll_back(self._conn)
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """ROLLBACK if a transaction is still open: on SQLITE_FULL, IOERR, ... SQLite may have rolled
+    back already, and a failing ROLLBACK must not replace the error that made us roll back."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+@contextlib.contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """A read transaction: several SELECTs see one state of the database."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        _roll_back(conn)  # nothing was written: ending it either way is the same
 
 
 def _row_to_resource(row: tuple[Any, ...]) -> StoredResource:
-    type_, mesh, name, spec_json, version, creation_time, modification_time = row
+    """A row read with _READ_COLUMNS; UnicodeDecodeError / ValueError / TypeError when it is damaged."""
+    type_, mesh, name, spec_json, created, modified = (bytes(v).decode("utf-8") for v in (*row[:4], *row[5:]))
+    spec = json.loads(spec_json)
+    if not isinstance(spec, dict) or type(row[4]) is not int:
+        raise ValueError("the spec is not a JSON object or the version not an integer")
     return StoredResource(
         key=ResourceKey(type_, mesh, name),
-        spec=json.loads(spec_json),
-        version=version,
-        creation_time=creation_time,
-        modification_time=modification_time,
+        spec=spec,
+        version=row[4],
+        creation_time=created,
+        modification_time=modified,
     )
 
 

@@ -21,8 +21,11 @@ from control_plane.xds.server import AdsServer, StreamRejected
 # (the node, the stream's initial metadata) → None, or raise StreamRejected (e.g. UNAUTHENTICATED).
 # It runs before the lifecycle registers the node's Dataplane: a refused stream changes nothing.
 Authenticator = Callable[[base_pb2.Node, dict[str, str]], Awaitable[None]]
+# (the node, the stream's initial metadata) → runs while the stream is open; raising
+# StreamRejected ends it (e.g. its token was revoked: control_plane/dp_server/stream_reverify.py).
+StreamWatcher = Callable[[base_pb2.Node, dict[str, str]], Awaitable[None]]
 
-__all__ = ["Authenticator", "StreamRejected", "XdsComponent"]
+__all__ = ["Authenticator", "StreamRejected", "StreamWatcher", "XdsComponent"]
 
 
 class XdsComponent:
@@ -32,6 +35,7 @@ class XdsComponent:
         *,
         deregistration_delay_s: float = 10.0,
         authenticate: Authenticator | None = None,
+        watch_stream: StreamWatcher | None = None,
         generator: SnapshotGenerator = generate_snapshot,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
         startup_grace_s: float = STARTUP_GRACE_S,
@@ -43,6 +47,7 @@ class XdsComponent:
         outbounds and DNS records); None leaves them out. `metrics`: where to count (the
         control plane's registry); None counts into a private one."""
         self._authenticate = authenticate
+        self._watch_stream = watch_stream
         self.metrics = metrics or CpMetrics()
         self.cache = SnapshotCache()
         self.reconciler = Reconciler(
@@ -74,6 +79,9 @@ class XdsComponent:
         await self.lifecycle.on_open(node)
         self.reconciler.track(node.id, json_format.MessageToDict(node.metadata))
         self.metrics.xds_dataplanes_connected.labels(mesh_of(node.id)).inc()
+
+    def watch_stream(self, node: base_pb2.Node, metadata: dict[str, str]) -> Awaitable[None] | None:
+        return None if self._watch_stream is None else self._watch_stream(node, metadata)
 
     async def on_stream_close(self, node: base_pb2.Node) -> None:
         self.metrics.xds_dataplanes_connected.labels(mesh_of(node.id)).dec()

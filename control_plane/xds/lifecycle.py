@@ -26,6 +26,7 @@ from control_plane.resources.registry import (
     to_document,
 )
 from control_plane.store.base import ResourceKey, ResourceStore, dataplane_key, mesh_key
+from control_plane.xds.binding import REGISTRATION_TYPE, BindingConflict, check_binding
 from control_plane.xds.names import InvalidNodeId, parse_node_id
 from control_plane.xds.names import node_id as node_id_of
 from control_plane.xds.server import StreamRejected
@@ -33,13 +34,13 @@ from kuma_common.dp_contract import RESOURCE_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
-# Store records (internal: not served by the API) remembering which Dataplanes a proxy registered,
-# so that after a control-plane restart those whose proxy never returns are still removed.
-REGISTRATION_TYPE = "DataplaneRegistration"
 # After a restart, proxies reconnect with Envoy's backoff (up to 30 s): wait at least this long
 # before removing a Dataplane whose proxy has not come back.
 STARTUP_GRACE_S = 60.0
 _HEADER_FIELDS = ("type", "mesh", "name", *READ_ONLY_FIELDS)
+# A deregistration the store refused (disk full, database locked) is tried again, backing off.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
 
 
 class DataplaneLifecycle:
@@ -112,14 +113,26 @@ class DataplaneLifecycle:
             )
 
     async def _deregister_later(self, node_id: str, delay_s: float) -> None:
+        """The timer: waits, then deregisters; a failure is logged and retried until it works
+        (or the node reconnects, or the control plane stops: both cancel this task)."""
         await asyncio.sleep(delay_s)
-        self._pending.pop(node_id, None)
-        if self._streams[node_id] > 0:
-            return
-        self._registered.discard(node_id)
+        retry_s = RETRY_FIRST_S
+        while self._streams[node_id] == 0:
+            try:
+                await self._deregister(node_id)
+                break
+            except Exception as exc:  # the store failing: the Dataplane must still go, later
+                log.warning("could not deregister %s (trying again in %gs): %s", node_id, retry_s, exc)
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, RETRY_MAX_S)
+        if self._pending.get(node_id) is asyncio.current_task():
+            del self._pending[node_id]
+
+    async def _deregister(self, node_id: str) -> None:
         mesh, name = parse_node_id(node_id)
         deleted = await asyncio.to_thread(self._store.delete, dataplane_key(name, mesh))
         await asyncio.to_thread(self._store.delete, ResourceKey(REGISTRATION_TYPE, mesh, name))
+        self._registered.discard(node_id)
         if deleted:
             log.info("Dataplane %s/%s deregistered: its proxy disconnected", mesh, name)
 
@@ -134,6 +147,10 @@ class DataplaneLifecycle:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"mesh {dataplane.mesh!r} of the Dataplane does not exist",
             )
+        try:
+            check_binding(self._store, dataplane)  # an admin's Dataplane keeps its services
+        except BindingConflict as exc:
+            raise StreamRejected(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
         key = dataplane_key(dataplane.name, dataplane.mesh)
         marker = ResourceKey(REGISTRATION_TYPE, dataplane.mesh, dataplane.name)
         if self._store.get(marker) is None:  # first, so a crash in between cannot leak a Dataplane

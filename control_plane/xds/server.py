@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from control_plane.xds.names import (
     SERVED_TYPES,
     short_type,
 )
+from control_plane.xds.stream_guard import until_rejected
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,16 @@ class StreamHooks(Protocol):
 
     async def on_stream_close(self, node: base_pb2.Node) -> None: ...
 
+    def watch_stream(self, node: base_pb2.Node, metadata: dict[str, str]) -> Awaitable[None] | None:
+        """None, or what raises StreamRejected when an open stream must end (stream_guard.py)."""
+        ...
+
 
 class NoHooks:
     async def on_stream_open(self, node: base_pb2.Node, metadata: dict[str, str]) -> None:
+        return None
+
+    def watch_stream(self, node: base_pb2.Node, metadata: dict[str, str]) -> Awaitable[None] | None:
         return None
 
     async def on_stream_close(self, node: base_pb2.Node) -> None:
@@ -271,16 +279,21 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         node = first.node
         if not node.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+        metadata = _text_metadata(context)
         try:
-            await self._hooks.on_stream_open(node, _text_metadata(context))
+            await self._hooks.on_stream_open(node, metadata)
         except StreamRejected as exc:
             await context.abort(exc.code, exc.message)
         self._metrics.xds_streams_active.inc()
         try:
+            serving = self._serve(node.id, first, requests)
+            watched = until_rejected(serving, self._hooks.watch_stream(node, metadata))
             # Closed at once when a send fails (its reader task and cache watch go with it).
-            async with contextlib.aclosing(self._serve(node.id, first, requests)) as responses:
+            async with contextlib.aclosing(watched) as responses:
                 async for response in responses:
                     await self._send(context, node.id, response)
+        except StreamRejected as exc:  # e.g. its token was revoked meanwhile
+            await context.abort(exc.code, exc.message)
         finally:
             self._metrics.xds_streams_active.dec()
             await self._hooks.on_stream_close(node)

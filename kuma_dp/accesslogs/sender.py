@@ -77,7 +77,7 @@ class Sender:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(self._host, self._port), self._limits.connect_timeout_s
                 )
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a name IDNA refuses
                 if not self._unreachable:
                     log.warning("access-log collector %s unreachable (%s); retrying", self.address, exc)
                     self._unreachable = True

@@ -126,8 +126,18 @@ class AccessLogStreamer:
             self._malformed(str(exc))
             return None
         self.senders[address] = sender
-        self._tasks.append(asyncio.get_running_loop().create_task(sender.run()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._keep_sending(sender)))
         return sender
+
+    async def _keep_sending(self, sender: Sender) -> None:
+        """The sender's owner: it runs until cancelled; if it fails all the same (a bug), say so
+        and start it again after the longest backoff, rather than lose the collector silently."""
+        while True:
+            try:
+                await sender.run()
+            except Exception:
+                log.exception("access-log collector %s: the sender failed; starting it again", sender.address)
+            await asyncio.sleep(self._limits.backoff_max_s)
 
     def _malformed(self, why: str) -> None:
         self.malformed += 1

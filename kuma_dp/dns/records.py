@@ -10,10 +10,10 @@ understand: better to keep the last good records than to answer from half of the
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kuma_common import safe_json
 from kuma_common.dp_contract import DNS_DOMAIN
 
 _MAX_NAME = 253
@@ -60,7 +60,7 @@ def build_records(domain: str, names: dict[str, tuple[ipaddress.IPv4Address, ...
 def parse_records(body: bytes) -> Records:
     """The contract's JSON body as Records (RecordsError when it does not follow the contract)."""
     try:
-        document = json.loads(body)
+        document = safe_json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RecordsError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kuma_dp.constants import ENV_BINARY_PATH, ENVOY_VERSION_TIMEOUT_S
 from kuma_dp.errors import EnvoyError
+from kuma_dp.secrets_env import child_environment
 
 # `envoy --version` prints e.g. "envoy  version: 9e55.../1.40.0/Clean/RELEASE/BoringSSL".
 _VERSION_LINE = re.compile(r"version:\s*(\S+)")
@@ -72,6 +73,7 @@ class VersionProbe:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
                 [str(path), "--version"],
                 stdin=subprocess.DEVNULL,
+                env=child_environment(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )

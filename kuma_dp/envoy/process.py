@@ -15,6 +15,7 @@ from pathlib import Path
 from kuma_dp.constants import ENVOY_STOP_GRACE_S
 from kuma_dp.errors import EnvoyError
 from kuma_dp.logs import envoy_line_level
+from kuma_dp.secrets_env import child_environment
 
 log = logging.getLogger("envoy")
 
@@ -132,6 +133,7 @@ async def running_envoy(launch: EnvoyLaunch) -> AsyncIterator[EnvoyProcess]:
         proc = await asyncio.create_subprocess_exec(
             *envoy_args(launch),
             stdin=asyncio.subprocess.DEVNULL,
+            env=child_environment(),  # never the dataplane token
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kuma_dp.errors import AgentError
+from kuma_dp.secrets_env import child_environment
 
 _STDERR_LIMIT = 2000
 
@@ -42,7 +43,9 @@ async def generate(uris: Sequence[str]) -> KeyAndCsr:
     import asyncio  # noqa: PLC0415 - `kuma-dp run` imports this module before asyncio (EarlyKeygen)
 
     pipe = asyncio.subprocess.PIPE
-    proc = await asyncio.create_subprocess_exec(*_CHILD_ARGV, stdin=pipe, stdout=pipe, stderr=pipe)
+    proc = await asyncio.create_subprocess_exec(
+        *_CHILD_ARGV, stdin=pipe, stdout=pipe, stderr=pipe, env=child_environment()
+    )
     try:
         out, err = await proc.communicate(_request(uris))
     finally:
@@ -60,7 +63,9 @@ class EarlyKeygen:
 
     def __init__(self, uris: Sequence[str]) -> None:
         pipe = subprocess.PIPE
-        self._proc = subprocess.Popen(_CHILD_ARGV, stdin=pipe, stdout=pipe, stderr=pipe)
+        self._proc = subprocess.Popen(
+            _CHILD_ARGV, stdin=pipe, stdout=pipe, stderr=pipe, env=child_environment()
+        )
         self._request = _request(uris)
 
     def __enter__(self) -> EarlyKeygen:

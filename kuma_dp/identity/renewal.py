@@ -1,8 +1,9 @@
 """Getting the workload certificate at start-up and keeping it fresh (docs/identity.md).
 
-Start-up follows the bootstrap's retry rules (constant backoff up to the max duration; final 4xx
-fatal). Renewal runs for the agent's lifetime: at 80 % of the lifetime (+- 5 points of jitter) a new
-key and CSR; failures are retried with backoff 1 s doubling to 30 s and never end the agent.
+Start-up follows the bootstrap's retry rules (jittered exponential backoff up to the max
+duration; final 4xx fatal). Renewal runs for the agent's lifetime: at 80 % of the lifetime
+(+- 5 points of jitter) a new key and CSR; failures are retried with backoff 1 s doubling to
+30 s and never end the agent.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kuma_dp import constants as c
 from kuma_dp.identity import keygen
 from kuma_dp.identity.client import CertificateClient, IdentityError, IssuedCertificate
 from kuma_dp.identity.sds import IdentityFilesError, IdentityPaths, write_identity
+from kuma_dp.retry import retry_delay_s
 
 log = logging.getLogger("identity")
 
@@ -80,7 +82,11 @@ class WorkloadIdentity:
         self.current, self._key_pem = issued, material.key_pem
         return issued
 
-    async def obtain_at_start(self, backoff_s: float, max_duration_s: float) -> IssuedCertificate:
+    async def obtain_at_start(
+        self, backoff_s: float, max_duration_s: float, rng: random.Random | None = None
+    ) -> IssuedCertificate:
+        """Retried with the bootstrap's jittered backoff (kuma_dp.retry) up to `max_duration_s`."""
+        rng = rng or random.Random()
         deadline = time.monotonic() + max_duration_s
         attempt = 0
         while True:
@@ -89,13 +95,14 @@ class WorkloadIdentity:
             if isinstance(result, IssuedCertificate):
                 self._log_issued("workload certificate issued", result)
                 return result
-            if time.monotonic() + backoff_s > deadline:
+            delay = retry_delay_s(attempt, backoff_s, rng)
+            if time.monotonic() + delay > deadline:
                 raise IdentityError(
                     f"could not get a workload certificate from {self._client.url} within "
                     f"{max_duration_s:g}s ({attempt} attempts; last: {result})"
                 )
-            log.info("certificate attempt %d failed (%s); retrying in %gs", attempt, result, backoff_s)
-            await asyncio.sleep(backoff_s)
+            log.info("certificate attempt %d failed (%s); retrying in %.1fs", attempt, result, delay)
+            await asyncio.sleep(delay)
 
     async def renew_forever(self, rng: random.Random | None = None) -> None:
         """Until cancelled: sleep to the renewal time, renew (retrying), repeat."""

@@ -1,7 +1,8 @@
 """The identity files in the work dir and Envoy's file-based SDS documents (docs/identity.md).
 
-Each file is written as `.<name>.tmp` beside its final name, fsynced, then renamed over the old
-one: Envoy watches the directory and must only ever see complete files.
+Each file is written as a new `.<name>.<random>.tmp` beside its final name (O_EXCL|O_NOFOLLOW),
+fsynced, then renamed over the old one: Envoy watches the directory and must only ever see
+complete files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from kuma_common import dp_contract as contract
 from kuma_dp import constants as c
 from kuma_dp.errors import AgentError
+from kuma_dp.workdir import check_private_dir, fsync_directory, stage_private_file, write_private_file
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
@@ -74,37 +76,19 @@ def ca_secret_yaml(ca_bundle_pem: str) -> bytes:
 
 
 def _stage(path: Path, data: bytes, mode: int = c.IDENTITY_FILE_MODE) -> Path:
-    """Write `.<name>.tmp` beside `path`, owner-only and fsynced; returns the temp path."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask or a leftover file must not widen it
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return tmp
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """A new, uniquely named file beside `path` (O_EXCL|O_NOFOLLOW), owner-only and fsynced."""
+    return stage_private_file(path, data, mode)
 
 
 def write_atomically(path: Path, data: bytes, mode: int = c.IDENTITY_FILE_MODE) -> None:
     """Replace `path` by a complete, fsynced file readable by the owner only."""
-    os.replace(_stage(path, data, mode), path)
-    _fsync_directory(path.parent)
+    write_private_file(path, data, mode)
 
 
 def prepare_directories(paths: IdentityPaths) -> None:
     for directory in (paths.directory, paths.sds_directory):
         directory.mkdir(mode=c.IDENTITY_DIR_MODE, exist_ok=True)
+        check_private_dir(directory, "identity directory")  # never chmod through a planted symlink
         directory.chmod(c.IDENTITY_DIR_MODE)
 
 
@@ -139,5 +123,5 @@ def write_identity(paths: IdentityPaths, key_pem: bytes, certificate_pem: str, c
         raise
     for tmp, final in staged:
         os.replace(tmp, final)
-    _fsync_directory(paths.directory)
-    _fsync_directory(paths.sds_directory)
+    fsync_directory(paths.directory)
+    fsync_directory(paths.sds_directory)

@@ -18,11 +18,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import httpx
-
 from kuma_dp import constants as c
 from kuma_dp.envoy.admin import EnvoyAdmin
 from kuma_dp.errors import BootstrapError
+from kuma_dp.identity.token_refusal import ads_connected
 from kuma_dp.token_source import TokenSource
 
 log = logging.getLogger("token")
@@ -78,12 +77,7 @@ class TokenRotation:
             log.info("bootstrap refreshed with the new dataplane token; Envoy uses it from its next start")
 
     async def _ads_connected(self) -> bool | None:
-        try:
-            stats = await self._admin.stats(f"^{c.ADS_CONNECTED_STAT.replace('.', '[.]')}$")
-        except (httpx.HTTPError, ValueError):
-            return None
-        value = stats.get(c.ADS_CONNECTED_STAT)
-        return None if value is None else value == 1
+        return await ads_connected(self._admin)
 
     async def watch_ads(self) -> None:
         """Until cancelled: restart an Envoy holding an old token whose ADS stream stays down."""

@@ -10,10 +10,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import netns as pr_netns
-
 from labkit.lab import BIN
-from tests.support.netns_lab import NETNS_DIR, NetnsLab
+from tests.support.netns_lab import NETNS_DIR, NetnsLab, ip
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 PLUGIN_ENV_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -109,6 +107,6 @@ class Runtime:
 def bare_namespace(lab: NetnsLab) -> str:
     """A pod's namespace as a runtime makes it: nothing in it, not even lo up (loopback's job)."""
     name = f"{lab.prefix}p{secrets.token_hex(2)}"
-    pr_netns.create(name)
+    ip("netns", "add", name)
     lab.namespaces.append(name)
     return name

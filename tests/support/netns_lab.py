@@ -4,32 +4,34 @@
         a, b = lab.namespace(), lab.namespace()
         lab.veth(a, "10.11.0.1/24", b, "10.11.0.2/24")
         lab.run(a, ["iptables-save"])             # a command inside a
-        lab.call(a, some_function, arg)            # a Python callable inside a (forked child)
+        lab.call(a, some_function, arg)            # a module-level function inside a (see call)
         lab.popen(b, [...], uid=1000)              # a background process inside b, as UID 1000
 
 Names are unique per lab (pid + counter + random), so labs of parallel runs never collide; every
 process is killed and every namespace removed in `close()`, also when the test fails.
+
+Nothing runs Python in a child forked from the test process (no `preexec_fn`, no bare fork): that
+process has gRPC loaded, whose threads and fork handlers can abort such a child (SIGABRT, "epoll_wait:
+Bad file descriptor"). Commands go through `netns_exec` (exec'd at once, then it enters the namespace
+and execs the command); `call` runs the callable in a child of `netns_forkserver`, a separate
+interpreter that never loads gRPC; namespaces and links are made with iproute2's `ip` (pyroute2's
+`netns.create` and `NetNS` fork this process and run Python in the child: the same hazard).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import pickle
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from pyroute2 import NetNS
-from pyroute2 import netns as pr_netns
-
-from transparent_proxy import netns
+from tests.support import netns_exec
+from tests.support.netns_forkserver import ForkServer
 
 T = TypeVar("T")
 
@@ -71,51 +73,14 @@ def require_root() -> None:
     pytest.skip(reason)
 
 
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/var/run/netns"
-_libc = ctypes.CDLL(None, use_errno=True)
+NETNS_DIR = netns_exec.NETNS_DIR
 
 
-def setns(name: str) -> None:
-    """Move the calling process (single-threaded: a fresh child) into the named namespace."""
-    fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-CLONE_NEWNS = 0x00020000
-MS_BIND, MS_REC, MS_SLAVE = 0x1000, 0x4000, 0x80000
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def use_resolv_conf(path: str) -> None:
-    """What `ip netns exec` does with /etc/netns/<name>/resolv.conf: in a mount namespace of the
-    calling process's own (changes below / do not leak out), `path` shows as /etc/resolv.conf."""
-    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /")
-    _check(_libc.mount(path.encode(), b"/etc/resolv.conf", None, MS_BIND, None), "bind resolv.conf")
-
-
-def _preexec(name: str, uid: int | None, resolv_conf: str | None = None) -> Callable[[], None]:
-    def enter() -> None:
-        setns(name)
-        if resolv_conf is not None:
-            use_resolv_conf(resolv_conf)
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-
-    return enter
+def ip(*args: str) -> None:
+    """iproute2's `ip` (exec'd, never a fork of this process running Python); raises with its stderr."""
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
 def probe_as(uid: int, probe: Callable[..., str], *args: Any) -> str:
@@ -153,11 +118,9 @@ class NetnsLab:
     def namespace(self) -> str:
         """A fresh namespace with lo up."""
         name = self._name()
-        pr_netns.create(name)
+        ip("netns", "add", name)
         self.namespaces.append(name)
-        with NetNS(name) as ns:
-            (lo,) = ns.link_lookup(ifname="lo")
-            ns.link("set", index=lo, state="up")
+        ip("-n", name, "link", "set", "lo", "up")
         return name
 
     def veth(
@@ -167,8 +130,7 @@ class NetnsLab:
         (cidr_a, cidr_b) pairs, e.g. IPv6). Returns the interface names (a's, b's)."""
         self._count += 1
         if_a, if_b = f"va{self._count}", f"vb{self._count}"
-        with NetNS(ns_a) as ns:
-            ns.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
+        ip("-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b)
         for name, ifname, cidrs in ((ns_a, if_a, [cidr_a]), (ns_b, if_b, [cidr_b])):
             cidrs += [pair[0] if name == ns_a else pair[1] for pair in extra]
             self.add_addresses(name, ifname, *cidrs)
@@ -177,14 +139,10 @@ class NetnsLab:
     @staticmethod
     def add_addresses(name: str, ifname: str, *cidrs: str) -> None:
         """Add addresses to an interface of a namespace and bring it up."""
-        with NetNS(name) as ns:
-            (index,) = ns.link_lookup(ifname=ifname)
-            for cidr in cidrs:
-                address, prefix = cidr.split("/")
-                # nodad: an IPv6 address usable at once, not after duplicate detection (~1 s)
-                flags = {"flags": 0x02} if ":" in address else {}
-                ns.addr("add", index=index, address=address, prefixlen=int(prefix), **flags)
-            ns.link("set", index=index, state="up")
+        for cidr in cidrs:
+            # nodad: an IPv6 address usable at once, not after duplicate detection (~1 s)
+            ip("-n", name, "addr", "add", cidr, "dev", ifname, *(["nodad"] if ":" in cidr else []))
+        ip("-n", name, "link", "set", ifname, "up")
 
     def resolv_conf(self, name: str, text: str) -> None:
         """Processes started in namespace `name` from now on see `text` as /etc/resolv.conf (the
@@ -195,8 +153,8 @@ class NetnsLab:
         os.chmod(path, 0o644)
         self._resolv_confs[name] = path
 
-    def _enter(self, name: str, uid: int | None) -> Callable[[], None]:
-        return _preexec(name, uid, self._resolv_confs.get(name))
+    def _inside(self, name: str, argv: Sequence[str], uid: int | None) -> list[str]:
+        return netns_exec.command_line(name, list(argv), uid, self._resolv_confs.get(name))
 
     # --- running inside ---------------------------------------------------------------------------------
 
@@ -205,14 +163,14 @@ class NetnsLab:
     ) -> subprocess.CompletedProcess[str]:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("timeout", 30)
-        return subprocess.run(list(argv), preexec_fn=self._enter(name, uid), text=True, check=check, **kwargs)
+        return subprocess.run(self._inside(name, argv, uid), text=True, check=check, **kwargs)
 
     def popen(
         self, name: str, argv: Sequence[str], uid: int | None = None, **kwargs: Any
     ) -> subprocess.Popen[str]:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
-        proc = subprocess.Popen(list(argv), preexec_fn=self._enter(name, uid), text=True, **kwargs)
+        proc = subprocess.Popen(self._inside(name, argv, uid), text=True, **kwargs)
         self.processes.append(proc)
         return proc
 
@@ -223,29 +181,9 @@ class NetnsLab:
         return self.popen(name, [sys.executable, "-c", code, *args], uid=uid, **kwargs)
 
     def call(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `fn(*args, **kwargs)` in a forked child inside the namespace; return or re-raise."""
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: never returns into the test
-            os.close(read_fd)
-            try:
-                netns.enter(name)  # the engine's own helper (libc setns), exercised here
-                payload = (True, fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - sent to the parent
-                payload = (False, _picklable(exc))
-            with os.fdopen(write_fd, "wb") as pipe:
-                pickle.dump(payload, pipe)
-            os._exit(0)
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            data = pipe.read()
-        os.waitpid(pid, 0)
-        if not data:
-            raise RuntimeError(f"child in {name} died without an answer")
-        ok, value = pickle.loads(data)
-        if not ok:
-            raise value
-        return value
+        """Run `fn(*args, **kwargs)` inside the namespace, in a child of the fork server (so `fn`
+        and its arguments must pickle: a module-level function); return or re-raise."""
+        return ForkServer.get().call(name, fn, args, kwargs)
 
     # --- cleanup -------------------------------------------------------------------------------------------
 
@@ -259,17 +197,9 @@ class NetnsLab:
         self.processes.clear()
         for name in reversed(self.namespaces):
             with contextlib.suppress(Exception):
-                pr_netns.remove(name)
+                ip("netns", "delete", name)
         self.namespaces.clear()
         for path in self._resolv_confs.values():
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._resolv_confs.clear()
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.dumps(exc)
-        return exc
-    except Exception:  # noqa: BLE001 - fall back to the text
-        return RuntimeError("".join(traceback.format_exception(exc)))
