@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from control_plane.yaml_errors import yaml_error_message
-from kuma_common import defaults
+from kuma_common import defaults, safe_yaml
 from kuma_common.durations import parse_duration
 
 StoreType = Literal["sqlite", "memory", "postgres"]
@@ -405,7 +405,7 @@ def _parse(setting: _Setting, raw: Any, where: str) -> Any:
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
+            document = safe_yaml.safe_load(handle.read())
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:

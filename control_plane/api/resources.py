@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from control_plane.api.access import require_admin
-from control_plane.api.bodies import decode_body
+from control_plane.api.bodies import request_document
 from control_plane.api.errors import ApiError, Cause, invalid
 from control_plane.resources.registry import (
     MESH,
@@ -112,7 +112,7 @@ class ResourceEndpoints:
     async def put(self, request: Request) -> Response:
         require_admin(request, self.localhost_is_admin)
         key = self._key(request)
-        doc = decode_body(await request.body(), request.headers.get("content-type"))
+        doc = await request_document(request)
         async with self.mesh_lock:
             spec = await self._validate(doc, key)
             try:

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from control_plane.api.access import require_admin
-from control_plane.api.bodies import decode_body
+from control_plane.api.bodies import request_document
 from control_plane.api.errors import ApiError, invalid
 from control_plane.resources.common import DEFAULT_MESH, format_validation_error
 from control_plane.store.base import ResourceStore, mesh_key
@@ -88,7 +88,7 @@ def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
 
 
 async def _body(request: Request, model: type[M]) -> M:
-    doc = decode_body(await request.body(), request.headers.get("content-type"))
+    doc = await request_document(request)
     if not isinstance(doc, dict):
         raise invalid([{"field": "(body)", "message": "must be an object"}], "Request is not valid")
     try:

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import yaml
 
 from control_plane.kumactl.errors import KumactlError
-from kuma_common import defaults
+from kuma_common import defaults, safe_yaml
 
 CONFIG_ENV = "KUMACTL_CONFIG"
 DEFAULT_CONFIG_PATH = "~/.kumactl/config"
@@ -104,7 +104,7 @@ def load(path: Path) -> KumactlConfig:
     except OSError as exc:
         raise KumactlError(f"cannot read the kumactl config {path}: {exc.strerror}") from None
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = safe_yaml.safe_load(text) or {}
         return _from_document(doc)
     except (yaml.YAMLError, TypeError, KeyError, AttributeError) as exc:
         raise KumactlError(f"the kumactl config {path} is malformed ({exc}); fix or remove it") from None
