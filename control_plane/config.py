@@ -2,14 +2,17 @@
 
 Every setting is declared once in `_SETTINGS` with its YAML path, its environment variable, its
 parser and its default; `load_config` folds the three sources and builds the frozen `CpConfig`.
-Keys of Kuma's own configuration that we do not implement are accepted and listed in
-`CpConfig.ignored_keys` (so a Kuma config file still loads and the CLI can warn); a top-level key
-Kuma does not know either is a typo and refused. An empty environment variable counts as unset,
-and so does a YAML key without a value (as in Kuma's commented defaults file).
+Keys and `KUMA_*` variables of Kuma's own configuration that we do not implement are accepted and
+listed in `CpConfig.ignored_keys` (so a Kuma config file still loads and the CLI warns); a key or a
+`KUMA_*` variable that no Kuma program has (control_plane/kuma_settings.py, generated from Kuma's
+source) is a typo and refused, naming it: a misspelt security setting must not be silently
+ignored. An empty environment variable counts as unset, and so does a YAML key without a value (as
+in Kuma's commented defaults file).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -20,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from control_plane.kuma_settings import KUMA_CP_ENV, KUMA_CP_KEYS, KUMA_CP_OPEN_KEYS, KUMA_OTHER_ENV
 from control_plane.yaml_errors import yaml_error_message
 from kuma_common import defaults, safe_yaml
 from kuma_common.durations import parse_duration
@@ -45,31 +49,6 @@ DEFAULT_MONITORING_ASSIGNMENT_PORT = 5676  # Kuma's MADS port: Prometheus discov
 # redeploy or a VM reboot does not change the address clients cached or flap the name to NXDOMAIN.
 DEFAULT_VIP_RELEASE_GRACE_PERIOD = "10m"
 DEFAULT_VIP_REFRESH_INTERVAL = "500ms"  # Kuma's KUMA_RUNTIME_UNIVERSAL_VIP_REFRESH_INTERVAL
-
-# Top-level sections of Kuma's kuma-cp.yaml that this control plane does not (yet) implement.
-_KUMA_ONLY_SECTIONS = frozenset(
-    {
-        "environment",
-        "mode",
-        "multizone",
-        "metrics",
-        "reports",
-        "guiServer",
-        "access",
-        "experimental",
-        "proxy",
-        "interCp",
-        "monitoringAssignmentServer",
-        "bootstrapServer",
-        "xdsServer",
-        "kds",
-        "eventBus",
-        "policies",
-        "coreResources",
-        "ipam",
-        "tracing",
-    }
-)
 
 
 class ConfigError(ValueError):
@@ -263,7 +242,9 @@ _SETTINGS: tuple[_Setting, ...] = (
     ),
 )
 _BY_PATH: dict[tuple[str, ...], _Setting] = {s.path: s for s in _SETTINGS}
+_BY_ENV: dict[str, _Setting] = {s.env: s for s in _SETTINGS}
 _SECTIONS: frozenset[str] = frozenset(s.path[0] for s in _SETTINGS)
+ENV_PREFIX = "KUMA_"
 # Every prefix of a setting path is a mapping in the YAML file.
 _BRANCHES: frozenset[tuple[str, ...]] = frozenset(
     s.path[:i] for s in _SETTINGS for i in range(1, len(s.path))
@@ -381,6 +362,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] = os.environ) ->
         raw = env.get(setting.env)
         if raw is not None and raw != "":
             values[setting.path] = _parse(setting, raw, f"environment variable {setting.env}")
+    ignored.extend(_foreign_env(env))
     config = _build(values, tuple(ignored))
     _check_consistency(config)
     return config
@@ -417,6 +399,47 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return document
 
 
+def _foreign_env(env: Mapping[str, str]) -> list[str]:
+    """The `KUMA_*` variables Kuma has but kuma-cp does not use (to warn about); ConfigError for one
+    no Kuma program has."""
+    ignored = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in _BY_ENV:
+            continue
+        if name in KUMA_CP_ENV:
+            ignored.append(f"{name} (environment)")
+        elif name in KUMA_OTHER_ENV:
+            ignored.append(f"{name} (environment; a kuma-dp setting)")
+        else:
+            raise ConfigError(
+                f"unknown environment variable {name}: no Kuma setting has this name{_hint(name)}"
+            )
+    return ignored
+
+
+def _hint(name: str) -> str:
+    known = (
+        [*_BY_ENV, *KUMA_CP_ENV] if name.startswith(ENV_PREFIX) else [*KUMA_CP_KEYS, *map(_dotted, _BY_PATH)]
+    )
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path)
+
+
+def _check_kuma_keys(node: Any, dotted: str, source: str) -> None:
+    """Everything below a Kuma key we ignore must still be Kuma's (a typo there is refused too)."""
+    if dotted in KUMA_CP_OPEN_KEYS or not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        path = f"{dotted}.{key}"
+        if path not in KUMA_CP_KEYS:
+            raise ConfigError(f"unknown key {path!r} in {source}: no Kuma setting has this name{_hint(path)}")
+        _check_kuma_keys(value, path, source)
+
+
 def _flatten(
     node: dict[str, Any], prefix: tuple[str, ...], ignored: list[str], source: str
 ) -> list[tuple[tuple[str, ...], Any]]:
@@ -436,11 +459,16 @@ def _flatten(
                     f"invalid value for {dotted} in {source}: expected a mapping, got {value!r}"
                 )
             found.extend(_flatten(value, path, ignored, source))
-        elif not prefix and key not in _SECTIONS and key not in _KUMA_ONLY_SECTIONS:
-            known = ", ".join(sorted(_SECTIONS))
-            raise ConfigError(f"unknown key {dotted!r} in {source} (known sections: {known})")
-        else:
+        elif dotted in KUMA_CP_KEYS:
+            _check_kuma_keys(value, dotted, source)
             ignored.append(dotted)
+        elif not prefix:
+            known = ", ".join(sorted(_SECTIONS))
+            raise ConfigError(f"unknown key {dotted!r} in {source} (known sections: {known}){_hint(dotted)}")
+        else:
+            raise ConfigError(
+                f"unknown key {dotted!r} in {source}: no Kuma setting has this name{_hint(dotted)}"
+            )
     return found
 
 

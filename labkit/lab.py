@@ -151,15 +151,20 @@ class Lab:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _kumactl_target: str = ""
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, inherit_kuma: bool = True
+    ) -> Proc:
+        """`inherit_kuma=False`: the lab's own KUMA_* variables only, none from the caller's
+        environment (kuma-cp refuses a KUMA_* name no Kuma program has, e.g. KUMA_TEST_KEEP)."""
         log = self.root / f"{name}.log"
+        base = self.env if inherit_kuma else without_kuma_vars(self.env)
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**self.env, **(env or {})},
+                env={**base, **(env or {})},
                 start_new_session=True,
             )
         proc = Proc(name, popen, log)
@@ -188,7 +193,7 @@ class Lab:
             "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT": str(free_port()),
             **env,
         }
-        proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env)
+        proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env, inherit_kuma=False)
         cp = ControlPlaneProc(
             proc, work_dir, f"http://127.0.0.1:{api_port}", dp_port, f"http://127.0.0.1:{diagnostics_port}"
         )
@@ -273,6 +278,10 @@ class Lab:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 proc.stop()
         self.procs.clear()
+
+
+def without_kuma_vars(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("KUMA_")}
 
 
 def dataplane(
