@@ -30,9 +30,11 @@ from kuma_common.durations import parse_duration
 
 StoreType = Literal["sqlite", "memory", "postgres"]
 DpProxyAuthnType = Literal["dpToken", "none"]
+ApiAuthnType = Literal["tokens"]
 
 STORE_TYPES: tuple[str, ...] = ("sqlite", "memory", "postgres")
 DP_PROXY_AUTHN_TYPES: tuple[str, ...] = ("dpToken", "none")
+API_AUTHN_TYPES: tuple[str, ...] = ("tokens",)  # Kuma's legacy "clientCerts" is not implemented
 
 DEFAULT_WORK_DIR = "~/.kuma"
 DEFAULT_DP_SERVER_PORT = defaults.DP_SERVER_PORT
@@ -194,8 +196,36 @@ _SETTINGS: tuple[_Setting, ...] = (
         DEFAULT_API_HTTP_INTERFACE,
     ),
     _Setting(("apiServer", "https", "port"), "KUMA_API_SERVER_HTTPS_PORT", _port, DEFAULT_API_HTTPS_PORT),
+    _Setting(("apiServer", "https", "enabled"), "KUMA_API_SERVER_HTTPS_ENABLED", _bool, True),
+    _Setting(
+        ("apiServer", "https", "interface"),
+        "KUMA_API_SERVER_HTTPS_INTERFACE",
+        _string,
+        DEFAULT_API_HTTP_INTERFACE,
+    ),
+    _Setting(
+        ("apiServer", "https", "tlsCertFile"), "KUMA_API_SERVER_HTTPS_TLS_CERT_FILE", _optional_string, None
+    ),
+    _Setting(
+        ("apiServer", "https", "tlsKeyFile"), "KUMA_API_SERVER_HTTPS_TLS_KEY_FILE", _optional_string, None
+    ),
     _Setting(
         ("apiServer", "authn", "localhostIsAdmin"), "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN", _bool, True
+    ),
+    _Setting(
+        ("apiServer", "authn", "type"), "KUMA_API_SERVER_AUTHN_TYPE", _choice(API_AUTHN_TYPES), "tokens"
+    ),
+    _Setting(
+        ("apiServer", "authn", "tokens", "bootstrapAdminToken"),
+        "KUMA_API_SERVER_AUTHN_TOKENS_BOOTSTRAP_ADMIN_TOKEN",
+        _bool,
+        True,
+    ),
+    _Setting(
+        ("apiServer", "authn", "tokens", "enableIssuer"),
+        "KUMA_API_SERVER_AUTHN_TOKENS_ENABLE_ISSUER",
+        _bool,
+        True,
     ),
     _Setting(
         ("diagnostics", "serverPort"),
@@ -288,6 +318,13 @@ class ApiServerConfig:
     http_interface: str
     https_port: int
     localhost_is_admin: bool
+    authn_type: ApiAuthnType = "tokens"
+    bootstrap_admin_token: bool = True  # the admin user token, as global secret admin-user-token
+    token_issuer: bool = True  # POST /tokens/user
+    https_enabled: bool = True
+    https_interface: str = DEFAULT_API_HTTP_INTERFACE
+    https_tls_cert_file: str | None = None  # None: the general TLS pair (KUMA_GENERAL_TLS_*)
+    https_tls_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -369,11 +406,17 @@ def load_config(path: str | None = None, env: Mapping[str, str] = os.environ) ->
 
 
 def _check_consistency(config: CpConfig) -> None:
-    general = config.general
+    general, api = config.general, config.api_server
     if (general.tls_cert_file is None) != (general.tls_key_file is None):
         raise ConfigError(
             "general.tlsCertFile (KUMA_GENERAL_TLS_CERT_FILE) and general.tlsKeyFile "
             "(KUMA_GENERAL_TLS_KEY_FILE) must be given together"
+        )
+    if (api.https_tls_cert_file is None) != (api.https_tls_key_file is None):
+        raise ConfigError(
+            "apiServer.https.tlsCertFile (KUMA_API_SERVER_HTTPS_TLS_CERT_FILE) and "
+            "apiServer.https.tlsKeyFile "
+            "(KUMA_API_SERVER_HTTPS_TLS_KEY_FILE) must be given together"
         )
 
 
@@ -500,6 +543,13 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
             http_interface=v("apiServer", "http", "interface"),
             https_port=v("apiServer", "https", "port"),
             localhost_is_admin=v("apiServer", "authn", "localhostIsAdmin"),
+            authn_type=v("apiServer", "authn", "type"),
+            bootstrap_admin_token=v("apiServer", "authn", "tokens", "bootstrapAdminToken"),
+            token_issuer=v("apiServer", "authn", "tokens", "enableIssuer"),
+            https_enabled=v("apiServer", "https", "enabled"),
+            https_interface=v("apiServer", "https", "interface"),
+            https_tls_cert_file=v("apiServer", "https", "tlsCertFile"),
+            https_tls_key_file=v("apiServer", "https", "tlsKeyFile"),
         ),
         diagnostics=DiagnosticsConfig(server_port=v("diagnostics", "serverPort")),
         xds=XdsConfig(dataplane_deregistration_delay=v("xds", "dataplaneDeregistrationDelay")),

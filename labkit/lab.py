@@ -109,6 +109,7 @@ class ControlPlaneProc:
     api_url: str
     dp_port: int
     diagnostics_url: str = ""  # /metrics, /ready, /healthy
+    https_api_url: str = ""  # the same API over TLS (the CP's certificate: ca_cert)
 
     @property
     def ca_cert(self) -> Path:
@@ -183,10 +184,13 @@ class Lab:
         # Not Kuma's 5680: several labs may run at once.
         diagnostics_port = int(env.get("KUMA_DIAGNOSTICS_SERVER_PORT") or free_port())
         work_dir = work_dir or self.root / "kuma-cp"
+        https_port = int(env.get("KUMA_API_SERVER_HTTPS_PORT") or free_port())
         cp_env = {
             "KUMA_GENERAL_WORK_DIR": str(work_dir),
             "KUMA_API_SERVER_HTTP_PORT": str(api_port),
             "KUMA_API_SERVER_HTTP_INTERFACE": "127.0.0.1",
+            "KUMA_API_SERVER_HTTPS_PORT": str(https_port),  # not Kuma's 5682: labs run side by side
+            "KUMA_API_SERVER_HTTPS_INTERFACE": "127.0.0.1",
             "KUMA_DP_SERVER_PORT": str(dp_port),
             "KUMA_DIAGNOSTICS_SERVER_PORT": str(diagnostics_port),
             # Prometheus discovery (5676 by default): one port per lab, so labs run side by side.
@@ -195,7 +199,12 @@ class Lab:
         }
         proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env, inherit_kuma=False)
         cp = ControlPlaneProc(
-            proc, work_dir, f"http://127.0.0.1:{api_port}", dp_port, f"http://127.0.0.1:{diagnostics_port}"
+            proc,
+            work_dir,
+            f"http://127.0.0.1:{api_port}",
+            dp_port,
+            f"http://127.0.0.1:{diagnostics_port}",
+            f"https://localhost:{https_port}",
         )
         return cp
 

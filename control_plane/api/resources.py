@@ -82,7 +82,6 @@ def spec_of(document: dict[str, Any]) -> dict[str, Any]:
 class ResourceEndpoints:
     store: ResourceStore
     rtype: ResourceType
-    localhost_is_admin: bool
     # Held across "the Mesh exists" + write, and across a Mesh's cascading delete, so that an API
     # write cannot land in a Mesh being deleted and be orphaned. Shared by every type's endpoints.
     mesh_lock: asyncio.Lock
@@ -110,7 +109,7 @@ class ResourceEndpoints:
         return JSONResponse(stored.document())
 
     async def put(self, request: Request) -> Response:
-        require_admin(request, self.localhost_is_admin)
+        require_admin(request)
         key = self._key(request)
         doc = await request_document(request)
         async with self.mesh_lock:
@@ -128,7 +127,7 @@ class ResourceEndpoints:
         return self.store.upsert(key, spec)
 
     async def delete(self, request: Request) -> Response:
-        require_admin(request, self.localhost_is_admin)
+        require_admin(request)
         key = self._key(request)
         async with self.mesh_lock:
             # A Mesh takes its contents with it (contents first: a failure halfway leaves no orphans).

@@ -44,9 +44,9 @@ class RevocationBody(BaseModel):
     jti: str = Field(min_length=1)
 
 
-def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
+def token_routes(store: ResourceStore) -> list[Route]:
     async def generate(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         body = await _body(request, DataplaneTokenBody)
         token_request = TokenRequest(body.mesh, body.name, body.tags, _valid_for(body.validFor))
         _require_mesh(store, body.mesh)
@@ -54,14 +54,14 @@ def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
         return PlainTextResponse(token)
 
     async def revocations(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         body = await _body(request, RevocationBody)
         _require_mesh(store, body.mesh)
         added = await asyncio.to_thread(revoke, store, body.mesh, body.jti)
         return JSONResponse({"mesh": body.mesh, "jti": body.jti, "alreadyRevoked": not added})
 
     async def signing_keys(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         mesh = request.path_params["mesh"]
         _require_mesh(store, mesh)
         if request.method == "POST":
@@ -71,7 +71,7 @@ def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
         return JSONResponse({"mesh": mesh, "kids": kids})
 
     async def signing_key(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         mesh, kid = request.path_params["mesh"], request.path_params["kid"]
         _require_mesh(store, mesh)
         if not await asyncio.to_thread(remove_signing_key, store, mesh, kid):
