@@ -140,3 +140,25 @@ def test_control_plane_refuses_a_bomb_as_its_config_file(lab: Lab) -> None:
     assert res.returncode != 0, out
     assert "max expanded nodes" in out, out
     assert "Traceback" not in out
+
+
+@pytest.mark.e2e
+def test_api_refuses_a_bomb_inside_a_mesh_proxy_patch_value(cp: ControlPlaneProc) -> None:
+    """MeshProxyPatch values are YAML inside the resource: parsed with the same limits."""
+    laughs = BOMB.split("a: &a", 1)[1]
+    value = "a: &a" + laughs.replace("spec: {targetRef: {kind: Mesh}, x: *g}\n", "name: x\nmetadata: *g\n")
+    policy = {
+        "type": "MeshProxyPatch",
+        "mesh": "default",
+        "name": "lol",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "default": {"appendModifications": [{"cluster": {"operation": "Add", "value": value}}]},
+        },
+    }
+    started = time.monotonic()
+    res = httpx.put(f"{cp.api_url}/meshes/default/meshproxypatches/lol", json=policy, timeout=10)
+    assert time.monotonic() - started < 2.0
+    assert res.status_code == 400, res.text
+    assert "max expanded nodes" in res.text
+    assert httpx.get(f"{cp.api_url}/meshes/default/meshproxypatches/lol", timeout=10).status_code == 404
