@@ -2,14 +2,17 @@
 
 Every setting is declared once in `_SETTINGS` with its YAML path, its environment variable, its
 parser and its default; `load_config` folds the three sources and builds the frozen `CpConfig`.
-Keys of Kuma's own configuration that we do not implement are accepted and listed in
-`CpConfig.ignored_keys` (so a Kuma config file still loads and the CLI can warn); a top-level key
-Kuma does not know either is a typo and refused. An empty environment variable counts as unset,
-and so does a YAML key without a value (as in Kuma's commented defaults file).
+Keys and `KUMA_*` variables of Kuma's own configuration that we do not implement are accepted and
+listed in `CpConfig.ignored_keys` (so a Kuma config file still loads and the CLI warns); a key or a
+`KUMA_*` variable that no Kuma program has (control_plane/kuma_settings.py, generated from Kuma's
+source) is a typo and refused, naming it: a misspelt security setting must not be silently
+ignored. An empty environment variable counts as unset, and so does a YAML key without a value (as
+in Kuma's commented defaults file).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -20,15 +23,18 @@ from typing import Any, Literal
 
 import yaml
 
+from control_plane.kuma_settings import KUMA_CP_ENV, KUMA_CP_KEYS, KUMA_CP_OPEN_KEYS, KUMA_OTHER_ENV
 from control_plane.yaml_errors import yaml_error_message
-from kuma_common import defaults
+from kuma_common import defaults, safe_yaml
 from kuma_common.durations import parse_duration
 
 StoreType = Literal["sqlite", "memory", "postgres"]
 DpProxyAuthnType = Literal["dpToken", "none"]
+ApiAuthnType = Literal["tokens"]
 
 STORE_TYPES: tuple[str, ...] = ("sqlite", "memory", "postgres")
 DP_PROXY_AUTHN_TYPES: tuple[str, ...] = ("dpToken", "none")
+API_AUTHN_TYPES: tuple[str, ...] = ("tokens",)  # Kuma's legacy "clientCerts" is not implemented
 
 DEFAULT_WORK_DIR = "~/.kuma"
 DEFAULT_DP_SERVER_PORT = defaults.DP_SERVER_PORT
@@ -45,31 +51,6 @@ DEFAULT_MONITORING_ASSIGNMENT_PORT = 5676  # Kuma's MADS port: Prometheus discov
 # redeploy or a VM reboot does not change the address clients cached or flap the name to NXDOMAIN.
 DEFAULT_VIP_RELEASE_GRACE_PERIOD = "10m"
 DEFAULT_VIP_REFRESH_INTERVAL = "500ms"  # Kuma's KUMA_RUNTIME_UNIVERSAL_VIP_REFRESH_INTERVAL
-
-# Top-level sections of Kuma's kuma-cp.yaml that this control plane does not (yet) implement.
-_KUMA_ONLY_SECTIONS = frozenset(
-    {
-        "environment",
-        "mode",
-        "multizone",
-        "metrics",
-        "reports",
-        "guiServer",
-        "access",
-        "experimental",
-        "proxy",
-        "interCp",
-        "monitoringAssignmentServer",
-        "bootstrapServer",
-        "xdsServer",
-        "kds",
-        "eventBus",
-        "policies",
-        "coreResources",
-        "ipam",
-        "tracing",
-    }
-)
 
 
 class ConfigError(ValueError):
@@ -236,9 +217,6 @@ _DP_SERVER_LIMITS: tuple[_Setting, ...] = (
     ),
     _Setting(("xdsServer", "requestQueueSize"), "KUMA_XDS_SERVER_REQUEST_QUEUE_SIZE", _positive_int, 64),
     _Setting(("xdsServer", "sendTimeout"), "KUMA_XDS_SERVER_SEND_TIMEOUT", _positive_duration, "1m"),
-    _Setting(
-        ("apiServer", "maxRequestBodyBytes"), "KUMA_API_SERVER_MAX_REQUEST_BODY_BYTES", _positive_int, 4 << 20
-    ),
 )
 
 _SETTINGS: tuple[_Setting, ...] = (
@@ -267,8 +245,36 @@ _SETTINGS: tuple[_Setting, ...] = (
         DEFAULT_API_HTTP_INTERFACE,
     ),
     _Setting(("apiServer", "https", "port"), "KUMA_API_SERVER_HTTPS_PORT", _port, DEFAULT_API_HTTPS_PORT),
+    _Setting(("apiServer", "https", "enabled"), "KUMA_API_SERVER_HTTPS_ENABLED", _bool, True),
+    _Setting(
+        ("apiServer", "https", "interface"),
+        "KUMA_API_SERVER_HTTPS_INTERFACE",
+        _string,
+        DEFAULT_API_HTTP_INTERFACE,
+    ),
+    _Setting(
+        ("apiServer", "https", "tlsCertFile"), "KUMA_API_SERVER_HTTPS_TLS_CERT_FILE", _optional_string, None
+    ),
+    _Setting(
+        ("apiServer", "https", "tlsKeyFile"), "KUMA_API_SERVER_HTTPS_TLS_KEY_FILE", _optional_string, None
+    ),
     _Setting(
         ("apiServer", "authn", "localhostIsAdmin"), "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN", _bool, True
+    ),
+    _Setting(
+        ("apiServer", "authn", "type"), "KUMA_API_SERVER_AUTHN_TYPE", _choice(API_AUTHN_TYPES), "tokens"
+    ),
+    _Setting(
+        ("apiServer", "authn", "tokens", "bootstrapAdminToken"),
+        "KUMA_API_SERVER_AUTHN_TOKENS_BOOTSTRAP_ADMIN_TOKEN",
+        _bool,
+        True,
+    ),
+    _Setting(
+        ("apiServer", "authn", "tokens", "enableIssuer"),
+        "KUMA_API_SERVER_AUTHN_TOKENS_ENABLE_ISSUER",
+        _bool,
+        True,
     ),
     _Setting(
         ("diagnostics", "serverPort"),
@@ -318,7 +324,9 @@ _SETTINGS: tuple[_Setting, ...] = (
     ),
 )
 _BY_PATH: dict[tuple[str, ...], _Setting] = {s.path: s for s in _SETTINGS}
+_BY_ENV: dict[str, _Setting] = {s.env: s for s in _SETTINGS}
 _SECTIONS: frozenset[str] = frozenset(s.path[0] for s in _SETTINGS)
+ENV_PREFIX = "KUMA_"
 # Every prefix of a setting path is a mapping in the YAML file.
 _BRANCHES: frozenset[tuple[str, ...]] = frozenset(
     s.path[:i] for s in _SETTINGS for i in range(1, len(s.path))
@@ -387,7 +395,13 @@ class ApiServerConfig:
     http_interface: str
     https_port: int
     localhost_is_admin: bool
-    max_request_body_bytes: int = 4 << 20  # a PUT's resource (413 beyond)
+    authn_type: ApiAuthnType = "tokens"
+    bootstrap_admin_token: bool = True  # the admin user token, as global secret admin-user-token
+    token_issuer: bool = True  # POST /tokens/user
+    https_enabled: bool = True
+    https_interface: str = DEFAULT_API_HTTP_INTERFACE
+    https_tls_cert_file: str | None = None  # None: the general TLS pair (KUMA_GENERAL_TLS_*)
+    https_tls_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -463,17 +477,24 @@ def load_config(path: str | None = None, env: Mapping[str, str] = os.environ) ->
         raw = env.get(setting.env)
         if raw is not None and raw != "":
             values[setting.path] = _parse(setting, raw, f"environment variable {setting.env}")
+    ignored.extend(_foreign_env(env))
     config = _build(values, tuple(ignored))
     _check_consistency(config)
     return config
 
 
 def _check_consistency(config: CpConfig) -> None:
-    general = config.general
+    general, api = config.general, config.api_server
     if (general.tls_cert_file is None) != (general.tls_key_file is None):
         raise ConfigError(
             "general.tlsCertFile (KUMA_GENERAL_TLS_CERT_FILE) and general.tlsKeyFile "
             "(KUMA_GENERAL_TLS_KEY_FILE) must be given together"
+        )
+    if (api.https_tls_cert_file is None) != (api.https_tls_key_file is None):
+        raise ConfigError(
+            "apiServer.https.tlsCertFile (KUMA_API_SERVER_HTTPS_TLS_CERT_FILE) and "
+            "apiServer.https.tlsKeyFile "
+            "(KUMA_API_SERVER_HTTPS_TLS_KEY_FILE) must be given together"
         )
 
 
@@ -487,7 +508,7 @@ def _parse(setting: _Setting, raw: Any, where: str) -> Any:
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
+            document = safe_yaml.safe_load(handle.read())
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -497,6 +518,47 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"configuration file {path} must be a YAML mapping of sections, not {document!r}")
     return document
+
+
+def _foreign_env(env: Mapping[str, str]) -> list[str]:
+    """The `KUMA_*` variables Kuma has but kuma-cp does not use (to warn about); ConfigError for one
+    no Kuma program has."""
+    ignored = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in _BY_ENV:
+            continue
+        if name in KUMA_CP_ENV:
+            ignored.append(f"{name} (environment)")
+        elif name in KUMA_OTHER_ENV:
+            ignored.append(f"{name} (environment; a kuma-dp setting)")
+        else:
+            raise ConfigError(
+                f"unknown environment variable {name}: no Kuma setting has this name{_hint(name)}"
+            )
+    return ignored
+
+
+def _hint(name: str) -> str:
+    known = (
+        [*_BY_ENV, *KUMA_CP_ENV] if name.startswith(ENV_PREFIX) else [*KUMA_CP_KEYS, *map(_dotted, _BY_PATH)]
+    )
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path)
+
+
+def _check_kuma_keys(node: Any, dotted: str, source: str) -> None:
+    """Everything below a Kuma key we ignore must still be Kuma's (a typo there is refused too)."""
+    if dotted in KUMA_CP_OPEN_KEYS or not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        path = f"{dotted}.{key}"
+        if path not in KUMA_CP_KEYS:
+            raise ConfigError(f"unknown key {path!r} in {source}: no Kuma setting has this name{_hint(path)}")
+        _check_kuma_keys(value, path, source)
 
 
 def _flatten(
@@ -518,11 +580,16 @@ def _flatten(
                     f"invalid value for {dotted} in {source}: expected a mapping, got {value!r}"
                 )
             found.extend(_flatten(value, path, ignored, source))
-        elif not prefix and key not in _SECTIONS and key not in _KUMA_ONLY_SECTIONS:
-            known = ", ".join(sorted(_SECTIONS))
-            raise ConfigError(f"unknown key {dotted!r} in {source} (known sections: {known})")
-        else:
+        elif dotted in KUMA_CP_KEYS:
+            _check_kuma_keys(value, dotted, source)
             ignored.append(dotted)
+        elif not prefix:
+            known = ", ".join(sorted(_SECTIONS))
+            raise ConfigError(f"unknown key {dotted!r} in {source} (known sections: {known}){_hint(dotted)}")
+        else:
+            raise ConfigError(
+                f"unknown key {dotted!r} in {source}: no Kuma setting has this name{_hint(dotted)}"
+            )
     return found
 
 
@@ -570,7 +637,13 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
             http_interface=v("apiServer", "http", "interface"),
             https_port=v("apiServer", "https", "port"),
             localhost_is_admin=v("apiServer", "authn", "localhostIsAdmin"),
-            max_request_body_bytes=v("apiServer", "maxRequestBodyBytes"),
+            authn_type=v("apiServer", "authn", "type"),
+            bootstrap_admin_token=v("apiServer", "authn", "tokens", "bootstrapAdminToken"),
+            token_issuer=v("apiServer", "authn", "tokens", "enableIssuer"),
+            https_enabled=v("apiServer", "https", "enabled"),
+            https_interface=v("apiServer", "https", "interface"),
+            https_tls_cert_file=v("apiServer", "https", "tlsCertFile"),
+            https_tls_key_file=v("apiServer", "https", "tlsKeyFile"),
         ),
         diagnostics=DiagnosticsConfig(server_port=v("diagnostics", "serverPort")),
         xds=XdsConfig(

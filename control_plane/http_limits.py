@@ -1,9 +1,10 @@
 """Request body bounds for the control plane's HTTP apps (DP server and API): size and read time.
 
-A body declared larger than the limit (Content-Length) is refused before a byte of it is read;
-a chunked one is refused as soon as it passes the limit. Either way the app never holds more than
-the limit, and the client gets 413 naming the limit and the setting that raises it. A body that
-trickles in slower than `read_timeout` gets 408.
+A body declared larger than the limit (Content-Length) is refused before the app sees it; a
+chunked one as soon as it passes the limit. Either way the app never holds more than the limit:
+the rest is read and dropped (bounded in bytes and time) so that the client, still sending, sees
+the 413 (naming the limit and how to raise it) rather than a reset. A body that trickles in
+slower than `read_timeout` gets 408.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 class BodyLimit:
-    """ASGI middleware; `setting` names the variable that raises the limit (for the message)."""
+    """ASGI middleware; `hint` ends the 413 message (e.g. which setting raises the limit)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, setting: str, read_timeout: float | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, hint: str, read_timeout: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.setting = setting
+        self.hint = hint
         self.read_timeout = read_timeout
 
     def too_large_message(self) -> str:
-        return f"the request body is larger than {self.max_bytes} bytes (the limit is set by {self.setting})"
+        return f"the request body is larger than {self.max_bytes} bytes ({self.hint})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from control_plane.api.app import create_app
+from control_plane.api.bodies import MAX_BODY_BYTES
 from control_plane.config import CpConfig
 from control_plane.diagnostics.http_metrics import instrumented
 from control_plane.diagnostics.metrics import CpMetrics
@@ -28,6 +31,7 @@ from control_plane.store.base import ResourceStore
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
 from control_plane.store.metered import MeteredStore
+from control_plane.tokens.user import ADMIN_USER_TOKEN, bootstrap_admin_token
 from control_plane.xds.component import StreamWatcher, XdsComponent
 
 log = logging.getLogger("kuma-cp")
@@ -59,8 +63,18 @@ class ControlPlane:
         except TlsConfigError as exc:
             store.close()
             raise RuntimeStartError(str(exc)) from None
+        api = config.api_server
+        if api.https_enabled and api.https_tls_cert_file and api.https_tls_key_file:
+            for var, path in (
+                ("KUMA_API_SERVER_HTTPS_TLS_CERT_FILE", api.https_tls_cert_file),
+                ("KUMA_API_SERVER_HTTPS_TLS_KEY_FILE", api.https_tls_key_file),
+            ):
+                if not os.access(path, os.R_OK):
+                    store.close()
+                    raise RuntimeStartError(f"{var}={path}: file does not exist or is not readable")
         if not config.defaults.skip_mesh_creation:
             ensure_default_mesh(store)
+        _bootstrap_admin_token(store, config)
         if config.dp_server.dp_proxy_authn == "none":
             log.warning(
                 "dataplane authentication is off (KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none): any "
@@ -95,13 +109,21 @@ class ControlPlane:
         )
         xds.ads.disconnect = dp_server.disconnect
         admin = cfg.api_server.localhost_is_admin
-        api_app = create_app(self.store, localhost_is_admin=admin, dns=cfg.dns_server)
+        api_app = create_app(
+            self.store,
+            localhost_is_admin=admin,
+            user_tokens=cfg.api_server.authn_type == "tokens",
+            token_issuer=cfg.api_server.token_issuer,
+            dns=cfg.dns_server,
+        )
         api = uvicorn.Server(
             uvicorn.Config(
+                # The API reads bodies up to MAX_BODY_BYTES itself; this refuses a declared larger
+                # one before reading it, with a 413 the client sees (the rest is drained).
                 BodyLimit(
                     instrumented(api_app, self.metrics.api_server_http_request_duration_seconds),
-                    cfg.api_server.max_request_body_bytes,
-                    "KUMA_API_SERVER_MAX_REQUEST_BODY_BYTES",
+                    MAX_BODY_BYTES,
+                    "limit: max body size",
                 ),
                 host=cfg.api_server.http_interface,
                 port=cfg.api_server.http_port,
@@ -110,16 +132,20 @@ class ControlPlane:
             )
         )
         api.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        api_https = self._https_api(api.config.app)
         # Ready once every server serves (the store is open: this object exists only then).
         diagnostics = DiagnosticsServer(
             self.metrics.registry,
-            lambda: dp_server.started.is_set() and api.started,
+            lambda: dp_server.started.is_set() and api.started and (api_https is None or api_https.started),
             cfg.diagnostics.server_port,
         )
         monitoring = _monitoring_server(self.store, cfg)
         log.info(
-            "kuma-cp: API on :%d, DP server on :%d (CA for agents: %s), diagnostics on :%d, store %s",
+            "kuma-cp: API on %s:%d (HTTPS: %s), DP server on :%d (CA for agents: %s), diagnostics on :%d, "
+            "store %s",
+            cfg.api_server.http_interface,
             cfg.api_server.http_port,
+            f"{cfg.api_server.https_interface}:{cfg.api_server.https_port}" if api_https else "off",
             cfg.dp_server.port,
             self.tls.cert_file,
             cfg.diagnostics.server_port,
@@ -132,16 +158,64 @@ class ControlPlane:
                 group.create_task(VipAllocator(self.store, cfg.dns_server).run())
                 group.create_task(dp_server.run())
                 group.create_task(_serve_api(api))
+                if api_https is not None:
+                    group.create_task(_serve_api(api_https))
                 if monitoring is not None:
                     group.create_task(_serve_api(monitoring))
         finally:
             api.should_exit = True
+            if api_https is not None:
+                api_https.should_exit = True
             diagnostics.stop()
             if monitoring is not None:
                 monitoring.should_exit = True
 
     def close(self) -> None:
         self.store.close()
+
+    def _https_api(self, app: ASGIApp) -> uvicorn.Server | None:
+        """The same API over TLS on KUMA_API_SERVER_HTTPS_PORT (5682), as Kuma: its own pair if
+        given, else the control plane's general TLS pair (the DP server's, autogenerated if unset)."""
+        api = self.config.api_server
+        if not api.https_enabled:
+            return None
+        cert = api.https_tls_cert_file or str(self.tls.cert_file)
+        key = api.https_tls_key_file or str(self.tls.key_file)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=api.https_interface,
+                port=api.https_port,
+                ssl_certfile=cert,
+                ssl_keyfile=key,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        return server
+
+
+def _bootstrap_admin_token(store: ResourceStore, config: CpConfig) -> None:
+    """Kuma's first start: an admin user token in the global secret admin-user-token (never logged)."""
+    api = config.api_server
+    if api.authn_type != "tokens" or not api.bootstrap_admin_token:
+        return
+    try:
+        created = bootstrap_admin_token(store)
+    except Exception as exc:  # as Kuma: the control plane runs on; admins still have localhost
+        log.error("could not create the admin user token: %s", exc)
+        return
+    if created:
+        log.info("admin user token created (global secret %s)", ADMIN_USER_TOKEN)
+    log.info(
+        "bootstrap of the admin user token is enabled. To read it (as an admin, e.g. from this host): "
+        "curl http://localhost:%d/global-secrets/%s | jq -r .data | base64 -d ; configure kumactl with "
+        "kumactl config control-planes add --auth-type=tokens --auth-conf token=YOUR_TOKEN. To disable "
+        "it set KUMA_API_SERVER_AUTHN_TOKENS_BOOTSTRAP_ADMIN_TOKEN to false.",
+        api.http_port,
+        ADMIN_USER_TOKEN,
+    )
 
 
 def _stream_reverifier(
@@ -178,6 +252,11 @@ def _check_ports_free(config: CpConfig) -> None:
         *(
             [("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT", "0.0.0.0", config.monitoring.port)]
             if config.monitoring.enabled
+            else []
+        ),
+        *(
+            [("KUMA_API_SERVER_HTTPS_PORT", config.api_server.https_interface, config.api_server.https_port)]
+            if config.api_server.https_enabled
             else []
         ),
     ):

@@ -3,3 +3,5 @@
 TOKENS_PATH = "/tokens/dataplane"
 REVOCATIONS_PATH = "/tokens/dataplane/revocations"
 SIGNING_KEYS_PATH = "/tokens/dataplane/signing-keys"
+USER_TOKENS_PATH = "/tokens/user"
+GLOBAL_SECRETS_PATH = "/global-secrets"

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from kuma_common import templating
+from kuma_common import safe_yaml, templating
 from kuma_dp.errors import ConfigError
 
 STDIN_MARKER = "-"
@@ -49,7 +49,8 @@ def substitute_vars(text: str, variables: Mapping[str, str], source: str) -> str
 def parse_dataplane(text: str, source: str) -> dict[str, Any]:
     """Parse YAML or JSON text into a resource mapping, with a message naming the source on failure."""
     try:
-        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # Limited (size, depth, aliases): the agent sends this document to the control plane.
+        document = safe_yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -109,6 +109,7 @@ class ControlPlaneProc:
     api_url: str
     dp_port: int
     diagnostics_url: str = ""  # /metrics, /ready, /healthy
+    https_api_url: str = ""  # the same API over TLS (the CP's certificate: ca_cert)
 
     @property
     def ca_cert(self) -> Path:
@@ -151,15 +152,20 @@ class Lab:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _kumactl_target: str = ""
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, inherit_kuma: bool = True
+    ) -> Proc:
+        """`inherit_kuma=False`: the lab's own KUMA_* variables only, none from the caller's
+        environment (kuma-cp refuses a KUMA_* name no Kuma program has, e.g. KUMA_TEST_KEEP)."""
         log = self.root / f"{name}.log"
+        base = self.env if inherit_kuma else without_kuma_vars(self.env)
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**self.env, **(env or {})},
+                env={**base, **(env or {})},
                 start_new_session=True,
             )
         proc = Proc(name, popen, log)
@@ -178,19 +184,27 @@ class Lab:
         # Not Kuma's 5680: several labs may run at once.
         diagnostics_port = int(env.get("KUMA_DIAGNOSTICS_SERVER_PORT") or free_port())
         work_dir = work_dir or self.root / "kuma-cp"
+        https_port = int(env.get("KUMA_API_SERVER_HTTPS_PORT") or free_port())
         cp_env = {
             "KUMA_GENERAL_WORK_DIR": str(work_dir),
             "KUMA_API_SERVER_HTTP_PORT": str(api_port),
             "KUMA_API_SERVER_HTTP_INTERFACE": "127.0.0.1",
+            "KUMA_API_SERVER_HTTPS_PORT": str(https_port),  # not Kuma's 5682: labs run side by side
+            "KUMA_API_SERVER_HTTPS_INTERFACE": "127.0.0.1",
             "KUMA_DP_SERVER_PORT": str(dp_port),
             "KUMA_DIAGNOSTICS_SERVER_PORT": str(diagnostics_port),
             # Prometheus discovery (5676 by default): one port per lab, so labs run side by side.
             "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT": str(free_port()),
             **env,
         }
-        proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env)
+        proc = self.spawn("kuma-cp", [str(BIN / "kuma-cp"), "run"], cp_env, inherit_kuma=False)
         cp = ControlPlaneProc(
-            proc, work_dir, f"http://127.0.0.1:{api_port}", dp_port, f"http://127.0.0.1:{diagnostics_port}"
+            proc,
+            work_dir,
+            f"http://127.0.0.1:{api_port}",
+            dp_port,
+            f"http://127.0.0.1:{diagnostics_port}",
+            f"https://localhost:{https_port}",
         )
         return cp
 
@@ -273,6 +287,10 @@ class Lab:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 proc.stop()
         self.procs.clear()
+
+
+def without_kuma_vars(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("KUMA_")}
 
 
 def dataplane(

@@ -151,7 +151,8 @@ def test_missing_ca_file(start_agent: StartAgent, cp: FakeControlPlane) -> None:
 
 def test_malformed_dataplane(start_agent: StartAgent, cp: FakeControlPlane) -> None:
     agent = start_agent(cp, "--dataplane", "name: a\nnetworking: [")
-    assert_user_error(agent, "Error: --dataplane: invalid YAML at line 3, column 1: did not find")
+    expected = "Error: --dataplane: invalid YAML at line 2, column 14: expected the node content"
+    assert_user_error(agent, expected)
 
 
 def test_unresolved_variable(start_agent: StartAgent, cp: FakeControlPlane, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from control_plane.api.app import create_app
 from control_plane.store.base import ResourceStore
 from control_plane.store.memory import MemoryStore
 
-BASE = "http://cp.test:5681"
+BASE = "http://localhost:5681"
 YAML = {"Content-Type": "application/yaml"}
 
 DATAPLANE = {

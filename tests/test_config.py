@@ -254,3 +254,50 @@ def test_dp_server_and_xds_limits_from_yaml_and_env(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, env={"KUMA_DP_SERVER_MAX_CONNECTIONS": "0"})
     assert "KUMA_DP_SERVER_MAX_CONNECTIONS" in str(info.value) and "'0'" in str(info.value)
+
+
+# --- unknown names: a typo is refused, Kuma's own names we do not implement are listed ----------
+
+
+def test_unknown_kuma_variable_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match="KUMA_API_SERVER_AUTHN_TYPO") as info:
+        load_config(None, env={"KUMA_API_SERVER_AUTHN_TYPO": "tokens"})
+    assert "no Kuma setting" in str(info.value)
+
+
+def test_a_misspelt_variable_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match="did you mean KUMA_API_SERVER_HTTP_PORT"):
+        load_config(None, env={"KUMA_API_SERVER_HTTP_PROT": "5681"})
+
+
+def test_kuma_variables_we_do_not_implement_are_listed_not_refused() -> None:
+    env = {"KUMA_REPORTS_ENABLED": "false", "KUMA_READINESS_PORT": "9902", "HOME": "/root", "KUMAX": "1"}
+    ignored = load_config(None, env=env).ignored_keys
+    assert ignored == (
+        "KUMA_READINESS_PORT (environment; a kuma-dp setting)",
+        "KUMA_REPORTS_ENABLED (environment)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("apiServer:\n  authn:\n    typo: tokens\n", "apiServer.authn.typo"),
+        ("reports:\n  enabld: false\n", "reports.enabld"),
+        ("store:\n  postgres:\n    hots: db\n", "store.postgres.hots"),
+    ],
+)
+def test_unknown_nested_keys_are_refused(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_kuma_lists_and_free_form_maps_are_accepted_whole(tmp_path: Path) -> None:
+    text = (
+        "apiServer:\n  corsAllowedDomains: [a.example]\n"
+        "access:\n  static:\n    adminResources:\n      users: [x]\n"
+    )
+    assert set(load_config(write(tmp_path, text), env={}).ignored_keys) == {
+        "apiServer.corsAllowedDomains",
+        "access",
+    }

@@ -76,7 +76,7 @@ async def test_api_requests_are_timed_by_route_and_status_class() -> None:
     metrics = CpMetrics()
     app = instrumented(create_app(MemoryStore()), metrics.api_server_http_request_duration_seconds)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost:5681") as client:
         assert (await client.put("/meshes/prod", json={"type": "Mesh", "name": "prod"})).status_code == 201
         assert (await client.get("/meshes/prod")).status_code == 200
         assert (await client.get("/meshes/nope/dataplanes/web-1")).status_code == 404

@@ -118,3 +118,30 @@ def test_control_plane_with_bad_configuration(lab: Lab) -> None:
         env={**lab.env, "KUMA_GENERAL_WORK_DIR": str(lab.root / "cp"), "KUMA_API_SERVER_HTTP_PORT": "fifty"},
     )
     _assert_clear_failure(res, "KUMA_API_SERVER_HTTP_PORT", "fifty")
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "named"),
+    [
+        ({"KUMA_API_SERVER_AUTHN_TYPO": "tokens"}, None, "KUMA_API_SERVER_AUTHN_TYPO"),
+        ({}, "apiServer:\n  authn:\n    typo: tokens\n", "apiServer.authn.typo"),
+    ],
+    ids=["variable", "config-key"],
+)
+def test_control_plane_refuses_an_unknown_setting(
+    lab: Lab, env: dict[str, str], config: str | None, named: str
+) -> None:
+    """A misspelt security setting must stop the start, not be silently ignored."""
+    argv = [str(BIN / "kuma-cp"), "run"]
+    if config is not None:
+        path = lab.root / "kuma-cp.yaml"
+        path.write_text(config)
+        argv += ["-c", str(path)]
+    res = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**lab.env, "KUMA_GENERAL_WORK_DIR": str(lab.root / "cp"), **env},
+    )
+    _assert_clear_failure(res, named, "no Kuma setting")

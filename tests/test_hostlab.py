@@ -97,14 +97,14 @@ def root_snapshot() -> dict[str, list[str]]:
 
 
 def marked_processes(mark: str) -> list[str]:
-    """Processes descended from a lab run of this test: they inherit KUMA_LAB_TEST_MARK."""
+    """Processes descended from a lab run of this test: they inherit KUMALAB_TEST_MARK."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             environ = (proc / "environ").read_bytes()
-            if f"KUMA_LAB_TEST_MARK={mark}".encode() in environ.split(b"\0"):
+            if f"KUMALAB_TEST_MARK={mark}".encode() in environ.split(b"\0"):
                 stat = (proc / "stat").read_text()
                 if stat.rsplit(")", 1)[1].split()[0] != "Z":  # zombies are reaped by init
                     cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -115,7 +115,7 @@ def marked_processes(mark: str) -> list[str]:
 
 
 def lab(*args: str, mark: str, timeout: float = 150, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUMA_LAB_TEST_MARK": mark}
+    env = {**os.environ, "KUMALAB_TEST_MARK": mark}
     return subprocess.run(
         [*LAB, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, **kwargs
     )
@@ -190,7 +190,7 @@ def test_down_without_up_is_harmless(clean_root: tuple[dict[str, list[str]], str
 
 def test_down_after_a_killed_up_leaves_nothing(clean_root: tuple[dict[str, list[str]], str]) -> None:
     before, mark = clean_root
-    env = {**os.environ, "KUMA_LAB_TEST_MARK": mark}
+    env = {**os.environ, "KUMALAB_TEST_MARK": mark}
     up = subprocess.Popen(
         [*LAB, "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env
     )

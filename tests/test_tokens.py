@@ -268,7 +268,7 @@ def test_rejections_never_log_the_token(store: MemoryStore, caplog: pytest.LogCa
 
 def api(store: MemoryStore, client_host: str = "127.0.0.1") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=create_app(store), client=(client_host, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://cp")
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5681")
 
 
 async def test_api_issues_tokens_to_admins_only(store: MemoryStore) -> None:

@@ -310,7 +310,7 @@ async def test_api_answers_400_naming_the_field() -> None:
     store = MemoryStore()
     store.upsert(mesh_key("default"), {})
     transport = httpx.ASGITransport(app=create_app(store), client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp.test:5681") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost:5681") as client:
         response = await client.put("/meshes/default/dataplanes/web-1", json=TP_WITH_OUTBOUND)
     assert response.status_code == 400, response.text
     assert {"field": "networking.outbound", "message": MESSAGE} in response.json()["causes"]

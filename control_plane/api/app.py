@@ -8,14 +8,17 @@ from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from control_plane.api.access import Authenticate
 from control_plane.api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from control_plane.api.inspect import inspect_routes
 from control_plane.api.resources import ResourceEndpoints
 from control_plane.api.tokens import token_routes
+from control_plane.api.users import user_routes
 from control_plane.api.vips import vips_routes
 from control_plane.config import DnsServerConfig, default_config
 from control_plane.resources.registry import MESH, TYPES, ResourceType
@@ -75,18 +78,27 @@ def resource_routes(endpoints: ResourceEndpoints) -> list[Route]:
 
 
 def create_app(
-    store: ResourceStore, *, localhost_is_admin: bool = True, dns: DnsServerConfig | None = None
+    store: ResourceStore,
+    *,
+    localhost_is_admin: bool = True,
+    user_tokens: bool = True,
+    token_issuer: bool = True,
+    dns: DnsServerConfig | None = None,
 ) -> Starlette:
-    """`dns`: the service names settings the VIPs view reports with (the defaults if None)."""
+    """`dns`: the service names settings the VIPs view reports with (the defaults if None);
+    `user_tokens`: authn type `tokens` (Bearer user tokens); `token_issuer`: `POST /tokens/user`."""
     routes = [Route("/", index, methods=["GET"])]
     mesh_lock = asyncio.Lock()
     for rtype in TYPES.values():
-        routes.extend(resource_routes(ResourceEndpoints(store, rtype, localhost_is_admin, mesh_lock)))
-    routes.extend(token_routes(store, localhost_is_admin))
+        routes.extend(resource_routes(ResourceEndpoints(store, rtype, mesh_lock)))
+    routes.extend(token_routes(store))
+    routes.extend(user_routes(store, token_issuer))
     routes.extend(inspect_routes(store))
     routes.extend(vips_routes(store, dns or default_config().dns_server))
+    authn = Middleware(Authenticate, store=store, localhost_is_admin=localhost_is_admin, tokens=user_tokens)
     return Starlette(
         routes=routes,
+        middleware=[authn],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from control_plane.api.access import require_admin
-from control_plane.api.bodies import decode_body
+from control_plane.api.bodies import request_document
 from control_plane.api.errors import ApiError, Cause, invalid
 from control_plane.resources.registry import (
     MESH,
@@ -82,7 +82,6 @@ def spec_of(document: dict[str, Any]) -> dict[str, Any]:
 class ResourceEndpoints:
     store: ResourceStore
     rtype: ResourceType
-    localhost_is_admin: bool
     # Held across "the Mesh exists" + write, and across a Mesh's cascading delete, so that an API
     # write cannot land in a Mesh being deleted and be orphaned. Shared by every type's endpoints.
     mesh_lock: asyncio.Lock
@@ -110,9 +109,9 @@ class ResourceEndpoints:
         return JSONResponse(stored.document())
 
     async def put(self, request: Request) -> Response:
-        require_admin(request, self.localhost_is_admin)
+        require_admin(request)
         key = self._key(request)
-        doc = decode_body(await request.body(), request.headers.get("content-type"))
+        doc = await request_document(request)
         async with self.mesh_lock:
             spec = await self._validate(doc, key)
             try:
@@ -128,7 +127,7 @@ class ResourceEndpoints:
         return self.store.upsert(key, spec)
 
     async def delete(self, request: Request) -> Response:
-        require_admin(request, self.localhost_is_admin)
+        require_admin(request)
         key = self._key(request)
         async with self.mesh_lock:
             # A Mesh takes its contents with it (contents first: a failure halfway leaves no orphans).

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from control_plane.api.access import require_admin
-from control_plane.api.bodies import decode_body
+from control_plane.api.bodies import request_document
 from control_plane.api.errors import ApiError, invalid
 from control_plane.resources.common import DEFAULT_MESH, format_validation_error
 from control_plane.store.base import ResourceStore, mesh_key
@@ -44,9 +44,9 @@ class RevocationBody(BaseModel):
     jti: str = Field(min_length=1)
 
 
-def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
+def token_routes(store: ResourceStore) -> list[Route]:
     async def generate(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         body = await _body(request, DataplaneTokenBody)
         token_request = TokenRequest(body.mesh, body.name, body.tags, _valid_for(body.validFor))
         _require_mesh(store, body.mesh)
@@ -54,14 +54,14 @@ def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
         return PlainTextResponse(token)
 
     async def revocations(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         body = await _body(request, RevocationBody)
         _require_mesh(store, body.mesh)
         added = await asyncio.to_thread(revoke, store, body.mesh, body.jti)
         return JSONResponse({"mesh": body.mesh, "jti": body.jti, "alreadyRevoked": not added})
 
     async def signing_keys(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         mesh = request.path_params["mesh"]
         _require_mesh(store, mesh)
         if request.method == "POST":
@@ -71,7 +71,7 @@ def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
         return JSONResponse({"mesh": mesh, "kids": kids})
 
     async def signing_key(request: Request) -> Response:
-        require_admin(request, localhost_is_admin)
+        require_admin(request)
         mesh, kid = request.path_params["mesh"], request.path_params["kid"]
         _require_mesh(store, mesh)
         if not await asyncio.to_thread(remove_signing_key, store, mesh, kid):
@@ -88,7 +88,7 @@ def token_routes(store: ResourceStore, localhost_is_admin: bool) -> list[Route]:
 
 
 async def _body(request: Request, model: type[M]) -> M:
-    doc = decode_body(await request.body(), request.headers.get("content-type"))
+    doc = await request_document(request)
     if not isinstance(doc, dict):
         raise invalid([{"field": "(body)", "message": "must be an object"}], "Request is not valid")
     try:

@@ -33,7 +33,8 @@ def create_dp_http_app(
 
 def limited(app: ASGIApp, max_body_bytes: int, read_timeout: float) -> ASGIApp:
     """The app behind the DP server's request body bounds (413, 408)."""
-    return BodyLimit(app, max_body_bytes, "KUMA_DP_SERVER_MAX_REQUEST_BODY_BYTES", read_timeout)
+    hint = "the limit is set by KUMA_DP_SERVER_MAX_REQUEST_BODY_BYTES"
+    return BodyLimit(app, max_body_bytes, hint, read_timeout)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

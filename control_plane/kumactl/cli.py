@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from control_plane.kumactl import tokens_cmd
+from control_plane.kumactl import tokens_cmd, user_token_cmd
 from control_plane.kumactl.client import collection_path, resource_path
 from control_plane.kumactl.config_cmd import config_group
 from control_plane.kumactl.context import api_client
@@ -48,6 +48,7 @@ main.add_command(tokens_cmd.generate)
 main.add_command(tokens_cmd.revoke)
 main.add_command(tokens_cmd.rotate)
 tokens_cmd.generate.add_command(tls_certificate)
+tokens_cmd.generate.add_command(user_token_cmd.user_token)
 
 
 # --- apply ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -24,9 +25,25 @@ def resource_path(rtype: ResourceType, name: str, mesh: str) -> str:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
+        verify: str | bool | ssl.SSLContext = True,
+    ) -> None:
+        """`token`: a user token, sent as `Authorization: Bearer` (Kuma's `tokens` auth type);
+        `verify`: a CA file for an https:// control plane, True for the system's, False to skip."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=TIMEOUT_S, transport=transport)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise KumactlError(f"the CA certificate {verify} cannot be used: {exc}") from None
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=TIMEOUT_S, transport=transport, headers=headers, verify=verify
+        )
 
     def __enter__(self) -> ApiClient:
         return self

@@ -4,8 +4,10 @@
     controlPlanes: [{name: local, coordinates: {apiServer: {url: http://localhost:5681}}}]
     currentContext: local
 
+A control plane may also carry Kuma's `authType: tokens` with `authConf: {token: ...}` (sent as
+`Authorization: Bearer`), `caCertFile` (to verify an https:// address) and `skipVerify`.
 A missing file means the one control plane `local` at http://localhost:5681, as in Kuma.
-The file is written 0600 (it will hold admin tokens later).
+The file is written 0600: it holds user tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import urlparse
 import yaml
 
 from control_plane.kumactl.errors import KumactlError
-from kuma_common import defaults
+from kuma_common import defaults, safe_yaml
 
 CONFIG_ENV = "KUMACTL_CONFIG"
 DEFAULT_CONFIG_PATH = "~/.kumactl/config"
@@ -42,11 +44,20 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+AUTH_TYPES = ("tokens",)
+# Kuma's coordinates.apiServer keys besides the url, kept as given.
+EXTRA_KEYS = ("authType", "authConf", "caCertFile", "skipVerify")
+
+
 @dataclass
 class KumactlConfig:
     control_planes: dict[str, str] = field(default_factory=dict)  # name -> API server URL
     contexts: dict[str, str] = field(default_factory=dict)  # context name -> control plane name
     current_context: str = ""
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> EXTRA_KEYS given
+
+    def current_extras(self) -> dict[str, Any]:
+        return self.extras.get(self.contexts.get(self.current_context, ""), {})
 
     @classmethod
     def default(cls) -> KumactlConfig:
@@ -62,12 +73,13 @@ class KumactlConfig:
             )
         return url
 
-    def add(self, name: str, url: str, overwrite: bool) -> None:
+    def add(self, name: str, url: str, overwrite: bool, extras: dict[str, Any] | None = None) -> None:
         if name in self.control_planes and not overwrite:
             raise KumactlError(
                 f'Control Plane with name "{name}" already exists; use --overwrite to replace it'
             )
         self.control_planes[name] = check_url(url)
+        self.extras[name] = {k: v for k, v in (extras or {}).items() if v}
         self.contexts[name] = name
         self.current_context = name
 
@@ -81,6 +93,7 @@ class KumactlConfig:
         if name not in self.control_planes:
             raise KumactlError(f'there is no Control Plane with name "{name}"')
         del self.control_planes[name]
+        self.extras.pop(name, None)
         self.contexts = {ctx: cp for ctx, cp in self.contexts.items() if cp != name}
         if self.current_context not in self.contexts:
             self.current_context = next(iter(self.contexts), "")
@@ -89,7 +102,7 @@ class KumactlConfig:
         return {
             "contexts": [{"name": ctx, "controlPlane": cp} for ctx, cp in self.contexts.items()],
             "controlPlanes": [
-                {"name": name, "coordinates": {"apiServer": {"url": url}}}
+                {"name": name, "coordinates": {"apiServer": {"url": url, **self.extras.get(name, {})}}}
                 for name, url in self.control_planes.items()
             ],
             "currentContext": self.current_context,
@@ -104,16 +117,18 @@ def load(path: Path) -> KumactlConfig:
     except OSError as exc:
         raise KumactlError(f"cannot read the kumactl config {path}: {exc.strerror}") from None
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = safe_yaml.safe_load(text) or {}
         return _from_document(doc)
     except (yaml.YAMLError, TypeError, KeyError, AttributeError) as exc:
         raise KumactlError(f"the kumactl config {path} is malformed ({exc}); fix or remove it") from None
 
 
 def _from_document(doc: dict[str, Any]) -> KumactlConfig:
-    planes = {cp["name"]: cp["coordinates"]["apiServer"]["url"] for cp in doc.get("controlPlanes") or []}
+    servers = {cp["name"]: cp["coordinates"]["apiServer"] for cp in doc.get("controlPlanes") or []}
+    planes = {name: server["url"] for name, server in servers.items()}
+    extras = {name: {k: server[k] for k in EXTRA_KEYS if server.get(k)} for name, server in servers.items()}
     contexts = {ctx["name"]: ctx["controlPlane"] for ctx in doc.get("contexts") or []}
-    return KumactlConfig(planes, contexts, doc.get("currentContext") or "")
+    return KumactlConfig(planes, contexts, doc.get("currentContext") or "", extras)
 
 
 def save(path: Path, config: KumactlConfig) -> None:

@@ -18,4 +18,9 @@ def config_path_of(ctx: click.Context) -> Path:
 
 def api_client(ctx: click.Context) -> ApiClient:
     config = config_file.load(config_path_of(ctx))
-    return ApiClient(config.current_url())
+    extras = config.current_extras()
+    token = (extras.get("authConf") or {}).get("token") if extras.get("authType") == "tokens" else None
+    verify: str | bool = extras.get("caCertFile") or True
+    if extras.get("skipVerify"):
+        verify = False
+    return ApiClient(config.current_url(), token=token, verify=verify)

@@ -12,9 +12,12 @@ from control_plane.kumactl.errors import KumactlError
 from control_plane.resources.common import DEFAULT_MESH
 from control_plane.resources.registry import TYPES, InvalidResource, ResourceType, parse_resource
 from control_plane.yaml_errors import yaml_error_message
-from kuma_common import templating
+from kuma_common import safe_yaml, templating
 
 STDIN = "-"
+# A file may bundle many resources: a larger total than one API body, each document still bounded
+# (depth, aliases, expanded size) by the shared limits.
+FILE_LIMITS = safe_yaml.YamlLimits(max_bytes=16 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -67,20 +70,12 @@ def substitute(text: str, variables: dict[str, str], source: str) -> str:
 def parse_documents(text: str, source: str) -> list[Document]:
     """Every non-empty YAML document of `text`, checked for type and name (the server checks the rest)."""
     documents: list[Document] = []
-    loader = yaml.SafeLoader(text)
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            line = node.start_mark.line + 1
-            body = loader.construct_document(node)
+        for node, body in safe_yaml.iter_nodes(text, FILE_LIMITS):
             if body is not None:
-                documents.append(_checked(body, source, line))
+                documents.append(_checked(body, source, node.start_mark.line + 1))
     except yaml.YAMLError as exc:
         raise KumactlError(f"{source} is not valid YAML: {yaml_error_message(exc)}") from None
-    finally:
-        loader.dispose()
     return documents
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from control_plane.dp_server.tls import self_signed_pem
 from kuma_common.dp_contract import ADMIN_SOCKET_NAME
-from labkit.lab import BIN
+from labkit.lab import BIN, without_kuma_vars
 from labkit.waiting import wait_until
 from tests.support.netns_lab import PEER_ECHO_APP, NetnsLab
 
@@ -88,7 +88,7 @@ class TransparentMesh:
 
     def _run_control_plane(self) -> None:
         env = {
-            **os.environ,
+            **without_kuma_vars(dict(os.environ)),  # kuma-cp refuses KUMA_* names it does not know
             "KUMA_GENERAL_WORK_DIR": str(self.root / "cp"),
             "KUMA_GENERAL_TLS_CERT_FILE": str(self.root / "cp.crt"),
             "KUMA_GENERAL_TLS_KEY_FILE": str(self.root / "cp.key"),

@@ -276,6 +276,10 @@ start_child() { # start_child SERVICE: the same command as the unit, as a child 
   service_argv "$svc"
   uid="$(service_uid "$svc")"
   (
+    # The caller's KUMA_* variables (the script's own KUMA_LAB_* options, a developer's test knobs)
+    # are not the service's settings, and kuma-cp refuses KUMA_* names no Kuma program has: the
+    # child gets its env file only, as under systemd.
+    unset "${!KUMA_@}"
     set -a
     # shellcheck disable=SC1090 # the env file written by write_env
     . "$ENV_DIR/$svc.env"

@@ -19,6 +19,8 @@ import yaml
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
+from kuma_common import safe_yaml
+
 M = TypeVar("M", bound=Message)
 TYPE_URL_PREFIX = "type.googleapis.com/"
 _IMPORTABLE = re.compile(r"^(envoy|xds|udpa|google\.protobuf)(\.[a-z0-9_]+)+$")
@@ -31,7 +33,7 @@ class EnvoyJsonError(ValueError):
 def parse_text(text: str, message_type: type[M]) -> M:
     """The `message_type` message that YAML or JSON `text` describes."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.safe_load(text)  # API input: bounded (an alias bomb here would expand below)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
