@@ -22,6 +22,7 @@ from control_plane.xds.client import AdsClient
 from control_plane.xds.names import CLUSTER_TYPE
 from labkit.lab import ControlPlaneProc, Lab, dataplane
 from labkit.ports import free_port
+from tests.support.yaml_bomb import BOMB
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -249,3 +250,18 @@ def test_unauthenticated_ads_streams_get_one_answer_whatever_exists(cp: ControlP
         found = asyncio.run(answers(token))
         assert len(found) == 1, found
         assert next(iter(found))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_alias_bomb_sent_as_the_dataplane_resource_is_refused_at_once(
+    lab: Lab, cp: ControlPlaneProc, tmp_path: Path
+) -> None:
+    """Authenticated, so the document is parsed: with the YAML limits every entry point has."""
+    token = lab.dataplane_token(cp, "lol").read_text()
+    bomb = BOMB.replace("MeshTrafficPermission", "Dataplane")
+    body = _bootstrap_body(cp, tmp_path, name="lol", dataplaneToken=token, dataplaneResource=bomb)
+    started = time.monotonic()
+    with _dp_client(cp) as client:
+        resp = client.post(cp.dp_url + "/bootstrap", json=body)
+    assert resp.status_code == 422 and "alias" in resp.text, resp.text
+    assert time.monotonic() - started < 5  # generous: about a millisecond of parsing
+    _no_traceback(cp)

@@ -18,14 +18,7 @@ import yaml
 
 from kuma_common import safe_yaml
 from labkit.lab import BIN, ControlPlaneProc, Lab
-
-LAUGHS = "[" + ",".join(['"lol"'] * 9) + "]"
-BOMB = (
-    "type: MeshTrafficPermission\nmesh: default\nname: lol\n"
-    f"a: &a {LAUGHS}\n"
-    + "".join(f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdef", "bcdefg", strict=True))
-    + "spec: {targetRef: {kind: Mesh}, x: *g}\n"
-)
+from tests.support.yaml_bomb import BOMB
 
 
 def test_the_bomb_is_small() -> None:

@@ -31,6 +31,7 @@ from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
 from control_plane.tokens.verify import TokenRejected
 from control_plane.xds.binding import BindingConflict, check_binding
 from kuma_common import dp_contract as contract
+from kuma_common import safe_yaml
 from kuma_common.dp_contract import BootstrapRequest
 
 log = logging.getLogger("kuma-cp.bootstrap")
@@ -183,7 +184,7 @@ def _check_mesh_exists(store: ResourceStore, dataplane: Dataplane) -> None:
 
 def _validate_sent_dataplane(req: BootstrapRequest) -> Dataplane:
     try:
-        doc = yaml.safe_load(req.dataplaneResource)
+        doc = safe_yaml.safe_load(req.dataplaneResource)  # limits: aliases, depth, size
     except yaml.YAMLError as exc:
         raise BootstrapError(422, f"dataplaneResource is not valid YAML/JSON: {exc}") from None
     except RecursionError:
