@@ -303,7 +303,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         read: HTTP/2 flow control holds the write) loses its stream, so it cannot hold us up."""
         timeout = self.limits.send_timeout
         try:
-            await asyncio.wait_for(context.write(response), timeout)
+            async with asyncio.timeout(timeout):  # no task per write, as wait_for would make
+                await context.write(response)
         except TimeoutError:
             log.warning(
                 "closing the ADS stream of %s: a response waited %gs to be read "
