@@ -33,7 +33,7 @@ from control_plane.xds.names import (
     SERVED_TYPES,
     short_type,
 )
-from control_plane.xds.stream_guard import until_rejected
+from control_plane.xds.stream_guard import StreamGuard
 
 log = logging.getLogger(__name__)
 
@@ -285,14 +285,20 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         except StreamRejected as exc:
             await context.abort(exc.code, exc.message)
         self._metrics.xds_streams_active.inc()
+        guard = StreamGuard(self._hooks.watch_stream(node, metadata))
         try:
             serving = self._serve(node.id, first, requests)
-            watched = until_rejected(serving, self._hooks.watch_stream(node, metadata))
             # Closed at once when a send fails (its reader task and cache watch go with it).
-            async with contextlib.aclosing(watched) as responses:
+            async with guard, contextlib.aclosing(serving) as responses:
                 async for response in responses:
                     await self._send(context, node.id, response)
-        except StreamRejected as exc:  # e.g. its token was revoked meanwhile
+        except asyncio.CancelledError:
+            rejection = guard.rejected()
+            if not isinstance(rejection, StreamRejected):  # cancelled for another reason
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await context.abort(rejection.code, rejection.message)  # e.g. its token was revoked
+        except StreamRejected as exc:
             await context.abort(exc.code, exc.message)
         finally:
             self._metrics.xds_streams_active.dec()

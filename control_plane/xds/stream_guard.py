@@ -1,48 +1,49 @@
 """Ending an ADS stream from outside its protocol loop: when a watcher (e.g. the periodic token
 check, control_plane/dp_server/stream_reverify.py) decides the stream must end.
 
-`until_rejected` relays a stream's responses until the watcher raises StreamRejected; then the
-protocol loop is cancelled (its own cleanup runs) and the rejection is raised to the handler,
-which ends the RPC with the rejection's status. The server itself knows nothing of tokens.
+`StreamGuard` runs the watcher beside the stream's handler. When the watcher raises
+StreamRejected, the guard keeps the rejection and cancels the handler's task: whatever the handler
+awaited (the next response, a write) stops, its cleanup runs, and the handler, seeing
+`rejected()`, ends the RPC with the rejection's status. The responses themselves pass untouched:
+the guard costs nothing per response (a task per response to race the watcher cost the control
+plane ~20 % CPU per change at 1,000 proxies). The server itself knows nothing of tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
-
-T = TypeVar("T")
+from collections.abc import Awaitable
+from types import TracebackType
 
 
-async def until_rejected(responses: AsyncIterator[T], watch: Awaitable[None] | None) -> AsyncIterator[T]:
-    """`responses`, until it ends or `watch` raises (StreamRejected); `watch` None: no watcher.
-    A watcher that returns normally stops watching."""
-    if watch is None:
-        async for item in responses:
-            yield item
-        return
-    watcher: asyncio.Future[None] = asyncio.ensure_future(watch)
-    try:
-        while True:
-            step = asyncio.ensure_future(anext(responses))
-            if not watcher.done():
-                await asyncio.wait({step, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done() and watcher.exception() is not None:
-                step.cancel()  # the protocol loop's own cleanup (watches, reader task) runs
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
-                raise watcher.exception()  # type: ignore[misc]
-            try:
-                item = await step
-            except StopAsyncIteration:
-                return
-            yield item
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher
-        aclose = getattr(responses, "aclose", None)
-        if aclose is not None:  # the protocol loop's cleanup, now rather than when collected
-            await aclose()
+class StreamGuard:
+    def __init__(self, watch: Awaitable[None] | None) -> None:
+        self._watch = watch
+        self._watcher: asyncio.Task[None] | None = None
+        self._rejection: BaseException | None = None
+
+    async def __aenter__(self) -> StreamGuard:
+        if self._watch is not None:
+            self._watcher = asyncio.create_task(self._run(asyncio.current_task(), self._watch))
+        return self
+
+    async def _run(self, handler: asyncio.Task | None, watch: Awaitable[None]) -> None:
+        try:
+            await watch
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - StreamRejected, or a broken watcher: end the stream
+            self._rejection = exc
+            if handler is not None:
+                handler.cancel()
+
+    def rejected(self) -> BaseException | None:
+        """The watcher's rejection once it cancelled the handler (then call `uncancel` first)."""
+        return self._rejection
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
