@@ -75,10 +75,15 @@ def _load_stored(data: str) -> rsa.RSAPrivateKey:
 
 def serials(store: ResourceStore, mesh: str) -> list[int]:
     """The serials of the mesh's signing keys, oldest first."""
-    items, _ = store.list(SECRET_TYPE, mesh)
+    return stored_serials(store, SECRET_TYPE, mesh, SIGNING_KEY_PREFIX)
+
+
+def stored_serials(store: ResourceStore, secret_type: str, mesh: str | None, prefix: str) -> list[int]:
+    """The serials N of the stored secrets named `<prefix>N` (signing keys), oldest first."""
+    items, _ = store.list(secret_type, mesh)
     found = []
     for item in items:
-        suffix = item.key.name.removeprefix(SIGNING_KEY_PREFIX)
+        suffix = item.key.name.removeprefix(prefix)
         if suffix != item.key.name and suffix.isdigit():
             found.append(int(suffix))
     return sorted(found)

@@ -23,7 +23,13 @@ from typing import Any
 import jwt
 
 from control_plane.store.base import ConflictError, ResourceKey, ResourceStore
-from control_plane.tokens.keys import load_private_key_pem, new_private_key, private_key_pem, public_key_of
+from control_plane.tokens.keys import (
+    load_private_key_pem,
+    new_private_key,
+    private_key_pem,
+    public_key_of,
+    stored_serials,
+)
 from control_plane.tokens.verify import TokenRejected
 
 GLOBAL_SECRET = "GlobalSecret"
@@ -70,13 +76,7 @@ def admin_token_key() -> ResourceKey:
 
 
 def _serials(store: ResourceStore) -> list[int]:
-    items, _ = store.list(GLOBAL_SECRET, None)
-    found = []
-    for item in items:
-        suffix = item.key.name.removeprefix(SIGNING_KEY_PREFIX)
-        if suffix != item.key.name and suffix.isdigit():
-            found.append(int(suffix))
-    return sorted(found)
+    return stored_serials(store, GLOBAL_SECRET, None, SIGNING_KEY_PREFIX)
 
 
 def ensure_signing_key(store: ResourceStore) -> tuple[str, str]:
