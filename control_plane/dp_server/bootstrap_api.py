@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from control_plane.store.base import ResourceStore, dataplane_key, mesh_key
 from control_plane.tokens.verify import TokenRejected
 from control_plane.xds.binding import BindingConflict, check_binding
 from kuma_common import dp_contract as contract
-from kuma_common import safe_yaml
+from kuma_common import safe_json, safe_yaml
 from kuma_common.dp_contract import BootstrapRequest
 
 log = logging.getLogger("kuma-cp.bootstrap")
@@ -121,11 +120,9 @@ def _client(request: Request) -> str:
 
 def _parse_request(raw: bytes) -> BootstrapRequest:
     try:
-        doc = json.loads(raw)
+        doc = safe_json.loads(raw)  # a RecursionError (too deep) comes out as ValueError
     except ValueError as exc:
         raise BootstrapError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BootstrapError(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):  # the words pydantic used when the request was a pydantic model
         message = "Input should be a valid dictionary or instance of BootstrapRequest"
         raise BootstrapError(400, "invalid bootstrap request", [{"field": "(root)", "message": message}])

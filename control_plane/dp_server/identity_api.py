@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 
 from starlette.requests import Request
@@ -26,6 +25,7 @@ from control_plane.store.base import ResourceStore, dataplane_key
 from control_plane.tokens.verify import TokenRejected, allowed_services
 from control_plane.xds.binding import BindingConflict, check_binding
 from kuma_common import dp_contract as contract
+from kuma_common import safe_json
 
 log = logging.getLogger("kuma-cp.identity")
 
@@ -84,11 +84,9 @@ def certificate_routes(
 
 def _parse_body(raw: bytes) -> tuple[str, str, str]:
     try:
-        doc = json.loads(raw)
+        doc = safe_json.loads(raw)  # a RecursionError (too deep) comes out as ValueError
     except ValueError as exc:
         raise _Refused(400, "request body is not valid JSON", str(exc)) from None
-    except RecursionError:
-        raise _Refused(400, "request body is not valid JSON", "nested too deeply") from None
     if not isinstance(doc, dict):
         raise _Refused(400, "request body must be a JSON object with mesh, name and csr")
     values = []
