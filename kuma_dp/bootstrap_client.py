@@ -171,7 +171,7 @@ async def fetch_bootstrap(
             reason = await _attempt(client, url, body, ca)
             if isinstance(reason, BootstrapResponse):
                 return reason
-            delay = retry_delay_s(attempt, config.retry_backoff_s, rng)
+            delay = retry_delay_s(config.retry_backoff_s, rng)
             if time.monotonic() + delay > deadline:
                 raise BootstrapError(
                     f"could not get a bootstrap from the control plane at {config.cp_address} within "

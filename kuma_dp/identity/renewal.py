@@ -1,6 +1,6 @@
 """Getting the workload certificate at start-up and keeping it fresh (docs/identity.md).
 
-Start-up follows the bootstrap's retry rules (jittered exponential backoff up to the max
+Start-up follows the bootstrap's retry rules (the jittered constant backoff up to the max
 duration; final 4xx fatal). Renewal runs for the agent's lifetime: at 80 % of the lifetime
 (+- 5 points of jitter) a new key and CSR; failures are retried with backoff 1 s doubling to
 30 s and never end the agent.
@@ -95,7 +95,7 @@ class WorkloadIdentity:
             if isinstance(result, IssuedCertificate):
                 self._log_issued("workload certificate issued", result)
                 return result
-            delay = retry_delay_s(attempt, backoff_s, rng)
+            delay = retry_delay_s(backoff_s, rng)
             if time.monotonic() + delay > deadline:
                 raise IdentityError(
                     f"could not get a workload certificate from {self._client.url} within "
