@@ -27,6 +27,7 @@ from control_plane.dp_server.stream_reverify import StreamReverifier
 from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
 from control_plane.http_limits import BodyLimit
 from control_plane.monitoring.server import create_monitoring_app
+from control_plane.resources.manager import ResourceManager
 from control_plane.store.base import ResourceStore
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
@@ -53,7 +54,7 @@ class ControlPlane:
         _check_ports_free(config)
         metrics = CpMetrics()
         try:
-            store: ResourceStore = MeteredStore(open_store(config), metrics)
+            store: ResourceStore = ResourceManager(MeteredStore(open_store(config), metrics))
         except Exception as exc:  # the factory's errors name the store and path
             raise RuntimeStartError(f"cannot open the store: {exc}") from None
         try:

@@ -188,8 +188,7 @@ def test_deleting_a_mesh_removes_its_table(tmp_path: Path) -> None:
     _dataplane(store, "a-1", "a", mesh="other")
     VipAllocator(store, load_config(None, env={}).dns_server).allocate()
     assert store.get(vips_key("other")) is not None
-    store.delete(mesh_key("other"))
-    store.delete_mesh_contents("other")
+    store.delete(mesh_key("other"), cascade_mesh=True)
     assert store.get(vips_key("other")) is None
     store.close()
 

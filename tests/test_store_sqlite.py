@@ -15,16 +15,18 @@ from control_plane.config import load_config
 from control_plane.store.base import (
     ChangeEvent,
     ConflictError,
+    MissingError,
     ResourceKey,
     ResourceStore,
     StoreError,
+    Write,
     dataplane_key,
     mesh_key,
 )
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
 from control_plane.store.memory import MemoryStore
-from control_plane.store.sqlite import SCHEMA_VERSION, SqliteStore
+from control_plane.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 SPEC = {"networking": {"address": "10.0.0.1", "inbound": [{"port": 1, "tags": {"kuma.io/service": "a"}}]}}
 
@@ -94,14 +96,57 @@ def test_expected_version_conflicts(store: ResourceStore) -> None:
     assert store.delete(key, expected_version=2)
 
 
-def test_delete_mesh_contents_only_touches_that_mesh(store: ResourceStore) -> None:
+def test_cascade_delete_of_a_mesh_only_touches_that_mesh(store: ResourceStore) -> None:
     store.upsert(mesh_key("a"), {})
+    store.upsert(mesh_key("b"), {})
     store.upsert(dataplane_key("1", "a"), SPEC)
     store.upsert(dataplane_key("2", "a"), SPEC)
     store.upsert(dataplane_key("3", "b"), SPEC)
-    assert store.delete_mesh_contents("a") == 2
-    assert store.list("Dataplane")[1] == 1
-    assert store.get(mesh_key("a")) is not None  # the Mesh itself is the caller's to delete
+    events: list[ChangeEvent] = []
+    store.subscribe(events.append)
+    assert store.delete(mesh_key("a"), cascade_mesh=True)
+    assert [r.key.name for r in store.list("Dataplane")[0]] == ["3"]
+    assert store.get(mesh_key("a")) is None and store.get(mesh_key("b")) is not None
+    assert {e.key for e in events} == {mesh_key("a"), dataplane_key("1", "a"), dataplane_key("2", "a")}
+    assert {e.op for e in events} == {"delete"}
+
+
+def test_without_cascade_a_mesh_delete_leaves_its_contents(store: ResourceStore) -> None:
+    store.upsert(mesh_key("a"), {})
+    store.upsert(dataplane_key("1", "a"), SPEC)
+    assert store.delete(mesh_key("a"))
+    assert store.get(dataplane_key("1", "a")) is not None
+
+
+def test_a_write_requiring_a_missing_resource_writes_nothing(store: ResourceStore) -> None:
+    with pytest.raises(MissingError) as caught:
+        store.upsert_all(
+            [
+                Write(mesh_key("x"), {}),
+                Write(dataplane_key("1", "nope"), SPEC, requires=mesh_key("nope")),
+            ]
+        )
+    assert caught.value.key == mesh_key("nope")
+    assert store.get(mesh_key("x")) is None  # the whole batch is refused
+    # A requirement written earlier in the same batch counts.
+    store.upsert_all([Write(mesh_key("m"), {}), Write(dataplane_key("1", "m"), SPEC, requires=mesh_key("m"))])
+    assert store.get(dataplane_key("1", "m")) is not None
+
+
+def test_owned_resources_go_with_their_owner_transitively(store: ResourceStore) -> None:
+    store.upsert(mesh_key("default"), {})
+    owner = dataplane_key("dp-1")
+    child = ResourceKey("DataplaneRegistration", "default", "dp-1")
+    grandchild = ResourceKey("Note", "default", "n")
+    store.upsert_all([Write(owner, SPEC), Write(child, {}, owner=owner), Write(grandchild, {}, owner=child)])
+    assert store.get(child).owner == owner  # type: ignore[union-attr]
+    assert store.get(owner).owner is None  # type: ignore[union-attr]
+    with pytest.raises(MissingError):
+        store.upsert_all([Write(ResourceKey("Note", "default", "orphan"), {}, owner=dataplane_key("nope"))])
+    store.upsert(dataplane_key("dp-2"), SPEC)
+    assert store.delete(owner)
+    assert store.get(child) is None and store.get(grandchild) is None
+    assert store.get(dataplane_key("dp-2")) is not None
 
 
 def test_listeners_see_committed_writes(store: ResourceStore) -> None:
@@ -202,6 +247,35 @@ def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="schema version 999"):
         SqliteStore(path)
+
+
+def test_sqlite_migrates_a_store_of_the_first_schema_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "kuma.db"
+    with sqlite3.connect(path) as conn:  # what the first release wrote
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        conn.execute(
+            "INSERT INTO resources VALUES ('Mesh', '', 'default', '{}', 3, '2026-01-01T00:00:00.000Z', "
+            "'2026-01-02T00:00:00.000Z')"
+        )
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        mesh = store.get(mesh_key("default"))
+        assert mesh is not None and mesh.version == 3 and mesh.owner is None
+        store.upsert_all(
+            [
+                Write(dataplane_key("dp"), SPEC),
+                Write(ResourceKey("X", "default", "x"), {}, owner=dataplane_key("dp")),
+            ]
+        )
+        assert store.delete(dataplane_key("dp")) and store.get(ResourceKey("X", "default", "x")) is None
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
 
 
 def test_sqlite_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:

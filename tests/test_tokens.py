@@ -186,7 +186,7 @@ def test_rotation_keeps_old_tokens_until_their_key_is_removed(store: MemoryStore
 
 def test_deleting_the_mesh_invalidates_its_tokens(store: MemoryStore) -> None:
     token = issue_token(store, WEB)
-    store.delete_mesh_contents("default")
+    store.delete(mesh_key("default"), cascade_mesh=True)
     assert reason(store, token) == "unknown key"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +20,7 @@ from control_plane.api.tokens import token_routes
 from control_plane.api.users import user_routes
 from control_plane.api.vips import vips_routes
 from control_plane.config import DnsServerConfig, default_config
+from control_plane.resources.manager import ResourceManager
 from control_plane.resources.registry import MESH, TYPES, ResourceType
 from control_plane.store.base import ResourceStore
 from kuma_common.version import BASED_ON_KUMA, __version__
@@ -88,9 +88,10 @@ def create_app(
     """`dns`: the service names settings the VIPs view reports with (the defaults if None);
     `user_tokens`: authn type `tokens` (Bearer user tokens); `token_issuer`: `POST /tokens/user`."""
     routes = [Route("/", index, methods=["GET"])]
-    mesh_lock = asyncio.Lock()
+    manager = store if isinstance(store, ResourceManager) else ResourceManager(store)
+    store = manager  # every write of the API follows the resource rules
     for rtype in TYPES.values():
-        routes.extend(resource_routes(ResourceEndpoints(store, rtype, mesh_lock)))
+        routes.extend(resource_routes(ResourceEndpoints(manager, rtype)))
     routes.extend(token_routes(store))
     routes.extend(user_routes(store, token_issuer))
     routes.extend(inspect_routes(store))

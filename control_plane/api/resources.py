@@ -1,8 +1,7 @@
-"""CRUD endpoints of one resource type, over the store (whose calls run in worker threads)."""
+"""CRUD endpoints of one resource type, over the resource manager (whose calls run in worker threads)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,27 +12,12 @@ from starlette.responses import JSONResponse, Response
 from control_plane.api.access import require_admin
 from control_plane.api.bodies import request_document
 from control_plane.api.errors import ApiError, Cause, invalid
-from control_plane.resources.registry import (
-    MESH,
-    READ_ONLY_FIELDS,
-    InvalidResource,
-    ResourceType,
-    parse_resource,
-    to_document,
-)
-from control_plane.store.base import ConflictError, ResourceKey, ResourceStore, StoredResource, mesh_key
-from control_plane.store.defaults import create_mesh
+from control_plane.resources.manager import ResourceManager
+from control_plane.resources.registry import InvalidResource, ResourceType
+from control_plane.store.base import ConflictError, ResourceKey, StoredResource
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-_HEADER_FIELDS = ("type", "mesh", "name", *READ_ONLY_FIELDS)
-
-
-def mesh_missing_cause(mesh: str) -> Cause:
-    return {
-        "field": "mesh",
-        "message": f'mesh "{mesh}" does not exist; create it first (kumactl apply a Mesh)',
-    }
 
 
 def page_params(request: Request) -> tuple[int, int]:
@@ -73,18 +57,14 @@ def list_body(
     return {"total": total, "items": [item.document() for item in items], "next": next_url}
 
 
-def spec_of(document: dict[str, Any]) -> dict[str, Any]:
-    """What the store keeps: the document without its header and read-only fields."""
-    return {k: v for k, v in document.items() if k not in _HEADER_FIELDS}
-
-
 @dataclass(frozen=True)
 class ResourceEndpoints:
-    store: ResourceStore
+    """Reads from the store, writes through the resource manager (which enforces the rules inside
+    the store's transaction). Versions: every response carries the resource's `ETag`; a PUT or
+    DELETE with `If-Match` (that ETag) is refused with 409 if someone changed it meanwhile."""
+
+    manager: ResourceManager
     rtype: ResourceType
-    # Held across "the Mesh exists" + write, and across a Mesh's cascading delete, so that an API
-    # write cannot land in a Mesh being deleted and be orphaned. Shared by every type's endpoints.
-    mesh_lock: asyncio.Lock
 
     def _key(self, request: Request) -> ResourceKey:
         params = request.path_params
@@ -98,70 +78,56 @@ class ResourceEndpoints:
         """All of this type; in the path's mesh when the route has one."""
         size, offset = page_params(request)
         mesh = request.path_params.get("mesh")
-        items, total = await run_in_threadpool(self.store.list, self.rtype.name, mesh, offset, size)
+        items, total = await run_in_threadpool(self.manager.list, self.rtype.name, mesh, offset, size)
         return JSONResponse(list_body(request, items, total, size, offset))
 
     async def get(self, request: Request) -> Response:
         key = self._key(request)
-        stored = await run_in_threadpool(self.store.get, key)
+        stored = await run_in_threadpool(self.manager.get, key)
         if stored is None:
             raise ApiError(404, "Could not retrieve a resource", f"{self._describe(key)} not found")
-        return JSONResponse(stored.document())
+        return _with_etag(JSONResponse(stored.document()), stored)
 
     async def put(self, request: Request) -> Response:
         require_admin(request)
         key = self._key(request)
+        expected = expected_version(request)
         doc = await request_document(request)
-        async with self.mesh_lock:
-            spec = await self._validate(doc, key)
-            try:
-                stored, created = await run_in_threadpool(self._write, key, spec)
-            except ConflictError as exc:
-                raise ApiError(409, "Conflict", str(exc)) from None
-        return JSONResponse(stored.document(), status_code=201 if created else 200)
+        if not isinstance(doc, dict):
+            raise invalid([{"field": "(root)", "message": "a resource must be a mapping (an object)"}])
+        mismatches = self._path_mismatches(doc, key)
+        if any(c["field"] == "type" for c in mismatches):
+            raise invalid(mismatches)  # the rest would be judged against the wrong schema
+        try:
+            stored, created = await run_in_threadpool(self._apply, key, doc, expected, mismatches)
+        except InvalidResource as exc:
+            raise invalid(exc.causes) from None
+        except ConflictError as exc:
+            raise ApiError(409, "Conflict", str(exc)) from None
+        return _with_etag(JSONResponse(stored.document(), status_code=201 if created else 200), stored)
 
-    def _write(self, key: ResourceKey, spec: dict[str, Any]) -> tuple[StoredResource, bool]:
-        """Upsert; a new Mesh comes with its initial policies (one transaction)."""
-        if key.type == MESH.name and self.store.get(key) is None:
-            return create_mesh(self.store, key.name, spec), True
-        return self.store.upsert(key, spec)
+    def _apply(
+        self, key: ResourceKey, doc: dict[str, Any], expected: int | None, mismatches: list[Cause]
+    ) -> tuple[StoredResource, bool]:
+        try:
+            if mismatches:  # reported with the document's own faults, all at once
+                self.manager.validate(self.rtype, key, doc)
+                raise InvalidResource(mismatches)
+            return self.manager.apply(self.rtype, key, doc, expected)
+        except InvalidResource as exc:
+            raise InvalidResource([*mismatches, *(c for c in exc.causes if c not in mismatches)]) from None
 
     async def delete(self, request: Request) -> Response:
         require_admin(request)
         key = self._key(request)
-        async with self.mesh_lock:
-            # A Mesh takes its contents with it (contents first: a failure halfway leaves no orphans).
-            if key.type == MESH.name and await run_in_threadpool(self.store.get, key) is not None:
-                await run_in_threadpool(self.store.delete_mesh_contents, key.name)
-            try:
-                deleted = await run_in_threadpool(self.store.delete, key)
-            except ConflictError as exc:
-                raise ApiError(409, "Conflict", str(exc)) from None
+        expected = expected_version(request)
+        try:
+            deleted = await run_in_threadpool(self.manager.delete, key, expected)
+        except ConflictError as exc:
+            raise ApiError(409, "Conflict", str(exc)) from None
         if not deleted:
             raise ApiError(404, "Could not delete a resource", f"{self._describe(key)} not found")
         return JSONResponse({})
-
-    async def _validate(self, doc: Any, key: ResourceKey) -> dict[str, Any]:
-        """The spec to store, or a 400 naming every offending field."""
-        if not isinstance(doc, dict):
-            raise invalid([{"field": "(root)", "message": "a resource must be a mapping (an object)"}])
-        causes = self._path_mismatches(doc, key)
-        if any(c["field"] == "type" for c in causes):
-            raise invalid(causes)  # the rest would be judged against the wrong schema
-        doc = {k: v for k, v in doc.items() if k not in READ_ONLY_FIELDS}
-        doc.update(type=self.rtype.name, name=key.name)
-        if self.rtype.mesh_scoped:
-            doc["mesh"] = key.mesh
-        model = None
-        try:
-            model = parse_resource(doc, self.rtype)
-        except InvalidResource as exc:
-            causes.extend(c for c in exc.causes if c not in causes)
-        if self.rtype.mesh_scoped and await run_in_threadpool(self.store.get, mesh_key(key.mesh)) is None:
-            causes.append(mesh_missing_cause(key.mesh))
-        if causes or model is None:
-            raise invalid(causes)
-        return spec_of(to_document(model))
 
     def _path_mismatches(self, doc: dict[str, Any], key: ResourceKey) -> list[Cause]:
         expected = {"type": self.rtype.name, "name": key.name}
@@ -173,3 +139,26 @@ class ResourceEndpoints:
             if got is not None and got != want:
                 causes.append({"field": field, "message": f"is {got!r} but the path says {want!r}"})
         return causes
+
+
+def expected_version(request: Request) -> int | None:
+    """The version an `If-Match` header names (an ETag this API sent: `"<version>"`), None if absent."""
+    raw = request.headers.get("if-match")
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    if not value.isdigit() or len(value) > 18:
+        raise ApiError(
+            400,
+            "Invalid If-Match header",
+            f'If-Match {raw[:40]!r} is not an ETag of this API (a quoted resource version, e.g. "3")',
+        )
+    return int(value)
+
+
+def _with_etag(response: Response, stored: StoredResource) -> Response:
+    response.headers["ETag"] = f'"{stored.version}"'
+    return response

@@ -1,10 +1,18 @@
-"""The resource store contract shared by every backend (memory, SQLite, later PostgreSQL).
+"""The resource store contract shared by every backend (memory, SQLite, PostgreSQL).
 
 A stored resource is a `StoredResource`: its type, mesh and name, the validated spec as a plain
-dict (the universal document without type/mesh/name), timestamps and a version that changes on
-every write. Methods are synchronous and safe to call from any thread; each write is one
-transaction. Listeners are called after a write has committed, from the writing thread: they must
-be quick and thread-safe (e.g. `loop.call_soon_threadsafe(event.set)`).
+dict (the universal document without type/mesh/name), timestamps, a version that changes on
+every write, and optionally its owner (deleted with it). Methods are synchronous and safe to call
+from any thread; each write is one transaction. Stores only persist: the resource rules (validation,
+which resource needs which, cascades) are the resource manager's (control_plane/resources/manager.py),
+which states them to the store as `Write.requires`, `Write.owner` and `delete(cascade_mesh=...)` so
+that they are checked inside the store's transaction.
+
+Listeners are called after a write has committed, from the writing thread, or for a write made by
+another control-plane instance on the same database, from the store's notification thread: they
+must be quick and thread-safe (e.g. `loop.call_soon_threadsafe(event.set)`). An event is a hint
+that a key changed (a listener re-reads the store); a store shared between instances may deliver
+one twice, and delivers the ones it missed when its notifications were interrupted (a resync).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class StoredResource:
     version: int
     creation_time: str
     modification_time: str
+    owner: ResourceKey | None = None
 
     def document(self) -> dict[str, Any]:
         """The universal JSON form: type, mesh (if scoped), name, timestamps, then the spec."""
@@ -60,11 +69,18 @@ Listener = Callable[[ChangeEvent], None]
 
 @dataclass(frozen=True)
 class Write:
-    """One upsert of a batch; `expected_version` as in `upsert` (0: must not exist yet)."""
+    """One upsert of a batch; `expected_version` as in `upsert` (0: must not exist yet).
+
+    `requires`: a resource that must exist when the transaction commits (a mesh-scoped resource's
+    Mesh), else MissingError and nothing is written; a concurrent delete of it cannot slip in
+    between. `owner`: must exist too (MissingError), and this resource is deleted, in the same
+    transaction, when its owner is."""
 
     key: ResourceKey
     spec: dict[str, Any]
     expected_version: int | None = None
+    requires: ResourceKey | None = None
+    owner: ResourceKey | None = None
 
 
 class StoreError(Exception):
@@ -73,6 +89,31 @@ class StoreError(Exception):
 
 class ConflictError(StoreError):
     """`expected_version` did not match the stored version."""
+
+
+class MissingError(StoreError):
+    """A write's `requires` is not in the store."""
+
+    def __init__(self, key: ResourceKey) -> None:
+        where = f" in mesh {key.mesh!r}" if key.mesh else ""
+        super().__init__(f"{key.type} {key.name!r}{where} does not exist")
+        self.key = key
+
+
+class LeaderLock:
+    """Who runs the jobs only one control-plane instance may run. A store no other instance can
+    share (memory, SQLite) makes its one instance the leader; PostgreSQL overrides this."""
+
+    def try_acquire(self) -> bool:
+        """Take the lock if free; True if this instance holds it now."""
+        return True
+
+    def still_held(self) -> bool:
+        """Whether the lock taken is still ours (False once the database has let it go)."""
+        return True
+
+    def release(self) -> None:
+        pass
 
 
 @dataclass
@@ -119,13 +160,17 @@ class ResourceStore:
         """Several upserts in one transaction: all of them, or (ConflictError) none."""
         raise NotImplementedError
 
-    def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
-        """Remove; False if it was not there."""
+    def delete(
+        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+    ) -> bool:
+        """Remove `key` and what it owns (transitively); with `cascade_mesh`, also every resource
+        scoped to the mesh named `key.name` (`key` is a Mesh). One transaction; False if `key` was
+        not there (and then nothing is removed)."""
         raise NotImplementedError
 
-    def delete_mesh_contents(self, mesh: str) -> int:
-        """Remove every resource scoped to `mesh` (used when the Mesh itself is deleted)."""
-        raise NotImplementedError
+    def leader_lock(self) -> LeaderLock:
+        """The lock that elects the one instance running singleton jobs (see LeaderLock)."""
+        return LeaderLock()
 
     def close(self) -> None:
         pass

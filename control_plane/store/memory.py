@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from control_plane.store.base import (
     ChangeEvent,
     ConflictError,
+    MissingError,
     ResourceKey,
     ResourceStore,
     StoredResource,
@@ -37,17 +38,21 @@ class MemoryStore(ResourceStore):
 
     def upsert_all(self, writes: Sequence[Write]) -> list[tuple[StoredResource, bool]]:
         with self._lock:
-            for write in writes:  # check every version first: all or nothing
-                old = self._items.get(write.key)
-                if (
-                    write.expected_version is not None
-                    and (old.version if old else 0) != write.expected_version
-                ):
-                    raise ConflictError(f"{write.key.type} {write.key.name!r} was changed by someone else")
+            self._check(writes)  # every condition first: all or nothing
             results = [self._upsert(write) for write in writes]
         for write in writes:
             self._notify(ChangeEvent("upsert", write.key))
         return results
+
+    def _check(self, writes: Sequence[Write]) -> None:
+        written = {write.key for write in writes}
+        for write in writes:
+            old = self._items.get(write.key)
+            if write.expected_version is not None and (old.version if old else 0) != write.expected_version:
+                raise ConflictError(f"{write.key.type} {write.key.name!r} was changed by someone else")
+            for needed in (write.requires, write.owner):
+                if needed is not None and needed not in self._items and needed not in written:
+                    raise MissingError(needed)
 
     def _upsert(self, write: Write) -> tuple[StoredResource, bool]:
         old = self._items.get(write.key)
@@ -58,26 +63,40 @@ class MemoryStore(ResourceStore):
             version=(old.version + 1) if old else 1,
             creation_time=old.creation_time if old else now,
             modification_time=now,
+            owner=write.owner,
         )
         self._items[write.key] = stored
         return stored, old is None
 
-    def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
+    def delete(
+        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+    ) -> bool:
         with self._lock:
             old = self._items.get(key)
             if old is None:
                 return False
             if expected_version is not None and old.version != expected_version:
                 raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
-            del self._items[key]
-        self._notify(ChangeEvent("delete", key))
+            doomed = self._doomed(key, cascade_mesh)
+            for k in doomed:
+                del self._items[k]
+        for k in doomed:
+            self._notify(ChangeEvent("delete", k))
         return True
 
-    def delete_mesh_contents(self, mesh: str) -> int:
-        with self._lock:
-            keys = [k for k in self._items if k.mesh == mesh]
-            for k in keys:
-                del self._items[k]
-        for k in keys:
-            self._notify(ChangeEvent("delete", k))
-        return len(keys)
+    def _doomed(self, key: ResourceKey, cascade_mesh: bool) -> list[ResourceKey]:
+        """`key`, then (with cascade_mesh) its mesh's contents, then whatever those own, transitively."""
+        owned: dict[ResourceKey, list[ResourceKey]] = {}
+        for k, item in self._items.items():
+            if item.owner is not None:
+                owned.setdefault(item.owner, []).append(k)
+        doomed = [key]
+        if cascade_mesh and key.name:
+            doomed += [k for k in self._items if k.mesh == key.name]
+        seen = set(doomed)
+        for owner in doomed:  # grows while iterated: breadth-first over ownership
+            for k in owned.get(owner, ()):
+                if k not in seen:
+                    seen.add(k)
+                    doomed.append(k)
+        return doomed

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.store.base import (
     ConflictError,
+    LeaderLock,
     Listener,
     ResourceKey,
     ResourceStore,
@@ -68,13 +69,14 @@ class MeteredStore(ResourceStore):
                 label[0] = "create"
             return results
 
-    def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
-        with self._timed("delete", key.type):
-            return self.inner.delete(key, expected_version)
+    def delete(
+        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+    ) -> bool:
+        with self._timed("delete", ALL_TYPES if cascade_mesh else key.type):
+            return self.inner.delete(key, expected_version, cascade_mesh)
 
-    def delete_mesh_contents(self, mesh: str) -> int:
-        with self._timed("delete", ALL_TYPES):
-            return self.inner.delete_mesh_contents(mesh)
+    def leader_lock(self) -> LeaderLock:
+        return self.inner.leader_lock()
 
     def close(self) -> None:
         self.inner.close()

@@ -28,6 +28,7 @@ from typing import Any
 from control_plane.store.base import (
     ChangeEvent,
     ConflictError,
+    MissingError,
     ResourceKey,
     ResourceStore,
     StoredResource,
@@ -56,10 +57,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX resources_by_mesh ON resources (mesh);
     """,
+    # 2: owners (a resource deleted with its owner, in the same transaction)
+    """
+    ALTER TABLE resources ADD COLUMN owner_type TEXT;
+    ALTER TABLE resources ADD COLUMN owner_mesh TEXT;
+    ALTER TABLE resources ADD COLUMN owner_name TEXT;
+    CREATE INDEX resources_by_owner ON resources (owner_type, owner_mesh, owner_name);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = "type, mesh, name, spec, version, creation_time, modification_time"
+_COLUMNS = (
+    "type, mesh, name, spec, version, creation_time, modification_time, owner_type, owner_mesh, owner_name"
+)
 # Reads take text as bytes and decode row by row: one row of invalid UTF-8 would otherwise fail the
 # whole fetch inside sqlite3, before any row reaches us.
 _READ_COLUMNS = ", ".join(f"CAST({col} AS BLOB)" if col != "version" else col for col in _COLUMNS.split(", "))
@@ -153,6 +163,9 @@ class SqliteStore(ResourceStore):
         old_version, creation_time = row if row else (0, None)
         if write.expected_version is not None and old_version != write.expected_version:
             raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
+        for needed in (write.requires, write.owner):
+            if needed is not None and not self._exists(needed):
+                raise MissingError(needed)
         now = now_rfc3339()
         stored = StoredResource(
             key=key,
@@ -160,45 +173,68 @@ class SqliteStore(ResourceStore):
             version=old_version + 1,
             creation_time=creation_time or now,
             modification_time=now,
+            owner=write.owner,
         )
+        owner = _key_values(write.owner) if write.owner else (None, None, None)
         self._conn.execute(
-            f"INSERT OR REPLACE INTO resources ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key.type, key.mesh, key.name, spec_json, stored.version, stored.creation_time, now),
+            f"INSERT OR REPLACE INTO resources ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.type, key.mesh, key.name, spec_json, stored.version, stored.creation_time, now, *owner),
         )
         return stored, row is None
 
-    def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
+    def _exists(self, key: ResourceKey) -> bool:
+        """Inside the caller's transaction (so it sees the batch's earlier writes)."""
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM resources WHERE type = ? AND mesh = ? AND name = ?", _key_values(key)
+            ).fetchone()
+            is not None
+        )
+
+    def delete(
+        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+    ) -> bool:
         with self._lock, self._failures("deleting"), _transaction(self._conn):
             row = self._conn.execute(
-                "SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?",
-                (key.type, key.mesh, key.name),
+                "SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?", _key_values(key)
             ).fetchone()
             if row is None:
                 return False
             if expected_version is not None and row[0] != expected_version:
                 raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
-            self._conn.execute(
-                "DELETE FROM resources WHERE type = ? AND mesh = ? AND name = ?",
-                (key.type, key.mesh, key.name),
+            doomed = [
+                ResourceKey(*found)
+                for found in self._conn.execute(
+                    _DOOMED, (*_key_values(key), int(cascade_mesh and bool(key.name)), key.name)
+                ).fetchall()
+            ]
+            self._conn.executemany(
+                "DELETE FROM resources WHERE type = ? AND mesh = ? AND name = ?", map(_key_values, doomed)
             )
-        self._notify(ChangeEvent("delete", key))
+        for gone in doomed:
+            self._notify(ChangeEvent("delete", gone))
         return True
-
-    def delete_mesh_contents(self, mesh: str) -> int:
-        if not mesh:
-            return 0  # "" is the scope of global resources, never a mesh's contents
-        with self._lock, self._failures("deleting"), _transaction(self._conn):
-            rows = self._conn.execute(
-                "SELECT type, mesh, name FROM resources WHERE mesh = ?", (mesh,)
-            ).fetchall()
-            self._conn.execute("DELETE FROM resources WHERE mesh = ?", (mesh,))
-        for row in rows:
-            self._notify(ChangeEvent("delete", ResourceKey(*row)))
-        return len(rows)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+# `key`, with a flag every resource of the mesh `key.name`, and what those own, transitively.
+_DOOMED = """
+WITH RECURSIVE doomed(type, mesh, name) AS (
+    SELECT type, mesh, name FROM resources
+     WHERE (type = ? AND mesh = ? AND name = ?) OR (? AND mesh = ?)
+    UNION
+    SELECT r.type, r.mesh, r.name FROM resources r
+      JOIN doomed d ON r.owner_type = d.type AND r.owner_mesh = d.mesh AND r.owner_name = d.name
+)
+SELECT type, mesh, name FROM doomed
+"""
+
+
+def _key_values(key: ResourceKey) -> tuple[str, str, str]:
+    return (key.type, key.mesh, key.name)
 
 
 class _transaction:
@@ -242,7 +278,10 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _row_to_resource(row: tuple[Any, ...]) -> StoredResource:
     """A row read with _READ_COLUMNS; UnicodeDecodeError / ValueError / TypeError when it is damaged."""
-    type_, mesh, name, spec_json, created, modified = (bytes(v).decode("utf-8") for v in (*row[:4], *row[5:]))
+    type_, mesh, name, spec_json, created, modified = (
+        bytes(v).decode("utf-8") for v in (*row[:4], *row[5:7])
+    )
+    owner_fields = [None if v is None else bytes(v).decode("utf-8") for v in row[7:10]]
     spec = json.loads(spec_json)
     if not isinstance(spec, dict) or type(row[4]) is not int:
         raise ValueError("the spec is not a JSON object or the version not an integer")
@@ -252,6 +291,7 @@ def _row_to_resource(row: tuple[Any, ...]) -> StoredResource:
         version=row[4],
         creation_time=created,
         modification_time=modified,
+        owner=None if None in owner_fields else ResourceKey(*owner_fields),  # type: ignore[arg-type]
     )
 
 
