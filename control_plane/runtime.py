@@ -26,6 +26,8 @@ from control_plane.dp_server.server import DpServer
 from control_plane.dp_server.stream_reverify import StreamReverifier
 from control_plane.dp_server.tls import TlsConfigError, TlsFiles, resolve_tls_files
 from control_plane.http_limits import BodyLimit
+from control_plane.instances import Instances, new_instance_id
+from control_plane.leader import LeaderElection
 from control_plane.monitoring.server import create_monitoring_app
 from control_plane.resources.manager import ResourceManager
 from control_plane.store.base import ResourceStore
@@ -86,6 +88,7 @@ class ControlPlane:
     async def run(self) -> None:
         cfg = self.config
         authn = DpAuthenticator(self.store, cfg.dp_server.dp_proxy_authn)
+        instances = Instances(self.store, new_instance_id())
         xds = XdsComponent(
             self.store,
             deregistration_delay_s=cfg.xds.dataplane_deregistration_delay,
@@ -94,6 +97,18 @@ class ControlPlane:
             dns=cfg.dns_server,
             metrics=self.metrics,
             limits=cfg.dp_server.xds_limits,
+            instances=instances,
+            run_leader_jobs=False,
+        )
+        leader = LeaderElection(
+            self.store.leader_lock(),
+            [
+                ("deregistration", xds.deregistration.run),
+                ("vip-allocation", VipAllocator(self.store, cfg.dns_server).run),
+                ("forget-instances", instances.forget_stale),
+            ],
+            instances.instance_id,
+            on_change=self.metrics.leader.set,
         )
         bootstrap = BootstrapSettings(dp_server_port=cfg.dp_server.port)
         http_app = create_dp_http_app(self.store, bootstrap, authn, self.metrics)
@@ -143,7 +158,7 @@ class ControlPlane:
         monitoring = _monitoring_server(self.store, cfg)
         log.info(
             "kuma-cp: API on %s:%d (HTTPS: %s), DP server on :%d (CA for agents: %s), diagnostics on :%d, "
-            "store %s",
+            "store %s, instance %s",
             cfg.api_server.http_interface,
             cfg.api_server.http_port,
             f"{cfg.api_server.https_interface}:{cfg.api_server.https_port}" if api_https else "off",
@@ -151,12 +166,14 @@ class ControlPlane:
             self.tls.cert_file,
             cfg.diagnostics.server_port,
             cfg.store.type,
+            instances.instance_id,
         )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(diagnostics.run())  # first: /ready says 503 until the rest serves
                 group.create_task(xds.run())
-                group.create_task(VipAllocator(self.store, cfg.dns_server).run())
+                group.create_task(instances.run_heartbeat())
+                group.create_task(leader.run())
                 group.create_task(dp_server.run())
                 group.create_task(_serve_api(api))
                 if api_https is not None:

@@ -295,3 +295,35 @@ async def test_500_has_no_traceback() -> None:
     assert response.status_code == 500
     assert "Traceback" not in response.text and "secret internal detail" not in response.text
     assert response.json()["title"] == "Internal Server Error"
+
+
+async def test_a_stale_update_or_delete_gets_409_and_changes_nothing(api: httpx.AsyncClient) -> None:
+    created = await api.put("/meshes/default/dataplanes/b", json=dataplane("b"))
+    assert created.status_code == 201 and created.headers["etag"] == '"1"'
+    read = await api.get("/meshes/default/dataplanes/b")
+    etag = read.headers["etag"]
+    # Someone else updates it meanwhile.
+    assert (await api.put("/meshes/default/dataplanes/b", json=dataplane("b"))).headers["etag"] == '"2"'
+    changed = dataplane("b")
+    changed["networking"]["address"] = "10.9.9.9"
+    stale = await api.put("/meshes/default/dataplanes/b", json=changed, headers={"If-Match": etag})
+    assert stale.status_code == 409
+    assert "changed by someone else" in stale.json()["details"]
+    assert (await api.get("/meshes/default/dataplanes/b")).json()["networking"]["address"] != "10.9.9.9"
+    assert (await api.delete("/meshes/default/dataplanes/b", headers={"If-Match": etag})).status_code == 409
+    # With the current version both go through.
+    fresh = await api.put("/meshes/default/dataplanes/b", json=changed, headers={"If-Match": '"2"'})
+    assert fresh.status_code == 200 and fresh.headers["etag"] == '"3"'
+    assert (await api.delete("/meshes/default/dataplanes/b", headers={"If-Match": '"3"'})).status_code == 200
+    # "Create only": If-Match "0" on something that exists.
+    await api.put("/meshes/default/dataplanes/c", json=dataplane("c"))
+    assert (
+        await api.put("/meshes/default/dataplanes/c", json=dataplane("c"), headers={"If-Match": '"0"'})
+    ).status_code == 409
+
+
+async def test_a_malformed_if_match_is_400_naming_it(api: httpx.AsyncClient) -> None:
+    await api.put("/meshes/default/dataplanes/b", json=dataplane("b"))
+    response = await api.put("/meshes/default/dataplanes/b", json=dataplane("b"), headers={"If-Match": "abc"})
+    assert response.status_code == 400
+    assert "If-Match" in response.json()["details"]

@@ -44,6 +44,11 @@ class CpMetrics:
         self.xds_streams_active = Gauge(
             "xds_streams_active", "Number of active connections between a server and a client", registry=r
         )
+        self.leader = Gauge(
+            "leader",
+            "1 while this control-plane instance is the leader (runs the singleton jobs)",
+            registry=r,
+        )
         self.xds_dataplanes_connected = Gauge(
             "xds_dataplanes_connected",
             "Dataplane proxies connected to this control plane (open ADS streams), per mesh",

@@ -76,6 +76,10 @@ class ResourceManager(ResourceStore):
     ) -> tuple[list[StoredResource], int]:
         return self.inner.list(type, mesh, offset, limit)
 
+    @property  # type: ignore[override]
+    def shared(self) -> bool:
+        return self.inner.shared
+
     def leader_lock(self) -> LeaderLock:
         return self.inner.leader_lock()
 

@@ -118,7 +118,11 @@ class LeaderLock:
 
 @dataclass
 class ResourceStore:
-    """Base class: listener bookkeeping. Backends implement the five data methods."""
+    """Base class: listener bookkeeping. Backends implement the data methods."""
+
+    # Whether other control-plane instances may use the same data (PostgreSQL): then heartbeats
+    # tell which are alive and a lock elects the leader.
+    shared = False
 
     _listeners: list[Listener] = field(default_factory=list, init=False)
     _listeners_lock: threading.Lock = field(default_factory=threading.Lock, init=False)

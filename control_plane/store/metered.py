@@ -75,6 +75,10 @@ class MeteredStore(ResourceStore):
         with self._timed("delete", ALL_TYPES if cascade_mesh else key.type):
             return self.inner.delete(key, expected_version, cascade_mesh)
 
+    @property  # type: ignore[override]
+    def shared(self) -> bool:
+        return self.inner.shared
+
     def leader_lock(self) -> LeaderLock:
         return self.inner.leader_lock()
 

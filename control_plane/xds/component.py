@@ -11,8 +11,10 @@ from google.protobuf import json_format
 
 from control_plane.config import DnsServerConfig, XdsServerLimits
 from control_plane.diagnostics.metrics import CpMetrics
+from control_plane.instances import Instances, new_instance_id
 from control_plane.store.base import ResourceStore
 from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.deregistration import DeregistrationSweeper
 from control_plane.xds.generate.snapshot import SnapshotGenerator, generate_snapshot
 from control_plane.xds.lifecycle import STARTUP_GRACE_S, DataplaneLifecycle
 from control_plane.xds.reconciler import DEFAULT_DEBOUNCE_S, Reconciler, mesh_of
@@ -42,10 +44,14 @@ class XdsComponent:
         dns: DnsServerConfig | None = None,
         metrics: CpMetrics | None = None,
         limits: XdsServerLimits | None = None,
+        instances: Instances | None = None,
+        run_leader_jobs: bool = True,
     ) -> None:
         """`dns`: service names settings (the VIPs a VipAllocator keeps in the store become
         outbounds and DNS records); None leaves them out. `metrics`: where to count (the
-        control plane's registry); None counts into a private one."""
+        control plane's registry); None counts into a private one. `instances`: this instance
+        and the others on the store (a new id if None). `run_leader_jobs`: run the deregistration
+        sweeper here (one instance alone); False when a LeaderElection runs `self.deregistration`."""
         self._authenticate = authenticate
         self._watch_stream = watch_stream
         self.metrics = metrics or CpMetrics()
@@ -53,7 +59,12 @@ class XdsComponent:
         self.reconciler = Reconciler(
             store, self.cache, generator=generator, debounce_s=debounce_s, dns=dns, metrics=self.metrics
         )
-        self.lifecycle = DataplaneLifecycle(store, deregistration_delay_s, startup_grace_s)
+        self.instances = instances or Instances(store, new_instance_id())
+        self.lifecycle = DataplaneLifecycle(store, self.instances.instance_id)
+        self.deregistration = DeregistrationSweeper(
+            store, self.instances, deregistration_delay_s, max(startup_grace_s, deregistration_delay_s)
+        )
+        self._run_leader_jobs = run_leader_jobs
         self.ads = AdsServer(self.cache, hooks=self, metrics=self.metrics, limits=limits)
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -65,8 +76,10 @@ class XdsComponent:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.reconciler.run(), name="xds-reconciler")
-                group.create_task(self.lifecycle.run(), name="xds-lifecycle")
+                if self._run_leader_jobs:
+                    group.create_task(self.deregistration.run(), name="xds-deregistration")
         finally:
+            self.lifecycle.stopping = True  # streams end now: their Dataplanes stay registered
             self.ads.close()
 
     def connected_nodes(self) -> list[str]:
@@ -86,4 +99,4 @@ class XdsComponent:
     async def on_stream_close(self, node: base_pb2.Node) -> None:
         self.metrics.xds_dataplanes_connected.labels(mesh_of(node.id)).dec()
         self.reconciler.untrack(node.id)
-        self.lifecycle.on_close(node.id)
+        await self.lifecycle.on_close(node.id)
