@@ -230,6 +230,8 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting(("store", "postgres", "password"), "KUMA_STORE_POSTGRES_PASSWORD", _string, "kuma"),
     _Setting(("store", "postgres", "dbName"), "KUMA_STORE_POSTGRES_DB_NAME", _string, "kuma"),
     _Setting(("dpServer", "port"), "KUMA_DP_SERVER_PORT", _port, DEFAULT_DP_SERVER_PORT),
+    _Setting(("bootstrapServer", "params", "xdsHost"), "KUMA_BOOTSTRAP_SERVER_PARAMS_XDS_HOST", _string, ""),
+    _Setting(("bootstrapServer", "params", "xdsPort"), "KUMA_BOOTSTRAP_SERVER_PARAMS_XDS_PORT", _port, 0),
     _Setting(
         ("dpServer", "authn", "dpProxy", "type"),
         "KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE",
@@ -385,6 +387,10 @@ class XdsServerLimits:
 class DpServerConfig:
     port: int
     dp_proxy_authn: DpProxyAuthnType
+    # Where bootstraps send Envoy for ADS (Kuma's bootstrapServer.params.xdsHost/xdsPort): ""/0 =
+    # the host the agent used and this port.
+    xds_host: str = ""
+    xds_port: int = 0
     limits: DpServerLimits = DpServerLimits()
     xds_limits: XdsServerLimits = XdsServerLimits()
 
@@ -616,6 +622,8 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
         dp_server=DpServerConfig(
             port=v("dpServer", "port"),
             dp_proxy_authn=v("dpServer", "authn", "dpProxy", "type"),
+            xds_host=v("bootstrapServer", "params", "xdsHost"),
+            xds_port=v("bootstrapServer", "params", "xdsPort"),
             limits=DpServerLimits(
                 read_header_timeout=v("dpServer", "readHeaderTimeout"),
                 read_timeout=v("dpServer", "readTimeout"),

@@ -110,7 +110,11 @@ class ControlPlane:
             instances.instance_id,
             on_change=self.metrics.leader.set,
         )
-        bootstrap = BootstrapSettings(dp_server_port=cfg.dp_server.port)
+        bootstrap = BootstrapSettings(
+            dp_server_port=cfg.dp_server.port,
+            xds_host=cfg.dp_server.xds_host,
+            xds_port=cfg.dp_server.xds_port,
+        )
         http_app = create_dp_http_app(self.store, bootstrap, authn, self.metrics)
         dp_http = instrumented(http_app, self.metrics.dp_server_http_request_duration_seconds)
         limits = cfg.dp_server.limits

@@ -58,6 +58,11 @@ class BootstrapError(Exception):
 @dataclass(frozen=True)
 class BootstrapSettings:
     dp_server_port: int
+    # Kuma's bootstrapServer.params.xdsHost / xdsPort: where Envoy reaches the ADS server, when not
+    # where the agent reached this server (host) and this server's port, e.g. a load balancer in
+    # front of several control-plane instances.
+    xds_host: str = ""
+    xds_port: int = 0
 
 
 def create_bootstrap_app(
@@ -218,8 +223,8 @@ def _params(
         name=dp.name,
         service=dp.services[0],
         dataplane_json=raw,
-        cp_host=cp_host or "localhost",
-        cp_port=settings.dp_server_port,
+        cp_host=settings.xds_host or cp_host or "localhost",
+        cp_port=settings.xds_port or settings.dp_server_port,
         ca_cert=req.caCert,
         workdir=req.workdir,
         admin_port=admin.port if admin else None,
