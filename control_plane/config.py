@@ -235,6 +235,7 @@ _DP_SERVER_LIMITS: tuple[_Setting, ...] = (
     _Setting(("xdsServer", "sendTimeout"), "KUMA_XDS_SERVER_SEND_TIMEOUT", _positive_duration, "1m"),
 )
 
+
 def _pg(name: str, env: str, parse: Callable[[Any], Any], default: Any) -> _Setting:
     return _Setting(("store", "postgres", *name.split(".")), "KUMA_STORE_POSTGRES_" + env, parse, default)
 

@@ -61,11 +61,19 @@ LISTEN_BACKOFF_FIRST = 0.5
 LISTEN_BACKOFF_MAX = 5.0
 # The leader lock's connection: a dead database or a cut network is noticed within seconds.
 QUICK_TIMEOUT_S = 2
-_TLS_MODES = {"disable": "disable", "verifyNone": "require", "verifyCa": "verify-ca", "verifyFull": "verify-full"}
+_TLS_MODES = {
+    "disable": "disable",
+    "verifyNone": "require",
+    "verifyCa": "verify-ca",
+    "verifyFull": "verify-full",
+}
+POOL_RECONNECT_TIMEOUT_S = 1.0
 # "unlimited" (Kuma's maxOpenConnections: 0) for a pool that needs a bound
 _UNLIMITED_POOL = 10_000
 
-_COLUMNS = "type, mesh, name, spec, version, creation_time, modification_time, owner_type, owner_mesh, owner_name"
+_COLUMNS = (
+    "type, mesh, name, spec, version, creation_time, modification_time, owner_type, owner_mesh, owner_name"
+)
 _KEY_MATCH = "type = %s AND mesh = %s AND name = %s"
 
 
@@ -78,9 +86,9 @@ def where(config: PostgresConfig) -> str:
     return f"{config.host}:{config.port}/{config.db_name}"
 
 
-def conninfo(config: PostgresConfig, quick: bool = False) -> str:
+def conninfo(config: PostgresConfig, quick: bool = False, name: str = "kuma-cp") -> str:
     """libpq's connection string for `config`; `quick` for a connection that must notice a dead
-    server within seconds (keepalives, a 2 s statement timeout)."""
+    server within seconds (keepalives, a 2 s statement timeout); `name` shows in pg_stat_activity."""
     params: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
@@ -89,7 +97,7 @@ def conninfo(config: PostgresConfig, quick: bool = False) -> str:
         "dbname": config.db_name,
         "sslmode": _TLS_MODES[config.tls_mode],
         "connect_timeout": QUICK_TIMEOUT_S if quick else config.connection_timeout,
-        "application_name": "kuma-cp",
+        "application_name": name,
         "keepalives": 1,
         "keepalives_idle": 5,
         "keepalives_interval": 2,
@@ -130,14 +138,20 @@ def is_unreachable(exc: psycopg.Error) -> bool:
         return isinstance(exc, psycopg.OperationalError)
     return any(
         hint in text
-        for hint in ("starting up", "shutting down", "recovery mode", "too many clients", "terminating connection")
+        for hint in (
+            "starting up",
+            "shutting down",
+            "recovery mode",
+            "too many clients",
+            "terminating connection",
+        )
     )
 
 
-def connect(config: PostgresConfig, quick: bool = False) -> psycopg.Connection:
+def connect(config: PostgresConfig, quick: bool = False, name: str = "kuma-cp") -> psycopg.Connection:
     """A new autocommit connection; UnreachableError or StoreError (bad credentials, ...)."""
     try:
-        return psycopg.connect(conninfo(config, quick), autocommit=True)
+        return psycopg.connect(conninfo(config, quick, name), autocommit=True)
     except psycopg.Error as exc:
         error = UnreachableError if is_unreachable(exc) else StoreError
         verb = "cannot reach" if error is UnreachableError else "cannot connect to"
@@ -154,7 +168,10 @@ class PostgresStore(ResourceStore):
         self._closed = threading.Event()
         self._seen_lock = threading.Lock()
         self._seen: dict[ResourceKey, int] = {}  # what the listeners were last told: key -> version
-        listen_conn = connect(config)  # first: reachability and credentials, with libpq's reason
+        self.listen_name = f"kuma-cp-listen-{self.instance_id[:8]}"
+        listen_conn = connect(
+            config, name=self.listen_name
+        )  # first: reachability and credentials, with libpq's reason
         try:
             check_version(listen_conn, self.where)
             listen_conn.execute(f"LISTEN {CHANNEL}".encode())
@@ -174,6 +191,10 @@ class PostgresStore(ResourceStore):
             max_lifetime=config.max_connection_lifetime,
             max_idle=config.max_connection_idle_time,
             check=psycopg_pool.ConnectionPool.check_connection,  # a dead connection is not handed out
+            # The pool retries a failed connection with a growing backoff and meanwhile makes no
+            # other attempt: give up after a second, so that once PostgreSQL is back the next
+            # request connects at once rather than after a backoff grown during the outage.
+            reconnect_timeout=POOL_RECONNECT_TIMEOUT_S,
             name="kuma-store",
             open=False,
         )
@@ -184,13 +205,17 @@ class PostgresStore(ResourceStore):
     # --- reads --------------------------------------------------------------------------------
     def get(self, key: ResourceKey) -> StoredResource | None:
         with self._connection("reading") as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM resources WHERE {_KEY_MATCH}", _values(key)).fetchone()
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM resources WHERE {_KEY_MATCH}", _values(key)
+            ).fetchone()
         return None if row is None else self._decode(row)
 
     def list(
         self, type: str, mesh: str | None = None, offset: int = 0, limit: int | None = None
     ) -> tuple[list[StoredResource], int]:
-        where_sql, params = ("type = %s", [type]) if mesh is None else ("type = %s AND mesh = %s", [type, mesh])
+        where_sql, params = (
+            ("type = %s", [type]) if mesh is None else ("type = %s AND mesh = %s", [type, mesh])
+        )
         # One statement, so the page and the total are of one snapshot; the total comes even with
         # an empty page.
         query = f"""
@@ -217,7 +242,12 @@ class PostgresStore(ResourceStore):
         except ValueError as exc:
             if (*row[:3], row[4]) not in self._reported:
                 self._reported.add((*row[:3], row[4]))
-                log.error("PostgreSQL at %s: skipping the unreadable row %s (%s)", self.where, "/".join(row[:3]), exc)
+                log.error(
+                    "PostgreSQL at %s: skipping the unreadable row %s (%s)",
+                    self.where,
+                    "/".join(row[:3]),
+                    exc,
+                )
             return None
         owner = None if None in row[7:10] else ResourceKey(*row[7:10])
         return StoredResource(ResourceKey(*row[:3]), spec, row[4], row[5], row[6], owner)
@@ -260,7 +290,9 @@ class PostgresStore(ResourceStore):
         self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
     ) -> bool:
         with self._connection("deleting") as conn, conn.transaction():
-            row = conn.execute(f"SELECT version FROM resources WHERE {_KEY_MATCH} FOR UPDATE", _values(key)).fetchone()
+            row = conn.execute(
+                f"SELECT version FROM resources WHERE {_KEY_MATCH} FOR UPDATE", _values(key)
+            ).fetchone()
             if row is None:
                 return False
             if expected_version is not None and row[0] != expected_version:
@@ -268,7 +300,9 @@ class PostgresStore(ResourceStore):
             # A new statement: it sees the rows writers committed while we waited for the lock.
             doomed = [
                 ResourceKey(*found)
-                for found in conn.execute(_DELETE_DOOMED, (*_values(key), cascade_mesh and bool(key.name), key.name))
+                for found in conn.execute(
+                    _DELETE_DOOMED, (*_values(key), cascade_mesh and bool(key.name), key.name)
+                )
             ]
             self._announce(conn, [("delete", gone, 0) for gone in doomed])
         self._tell([("delete", gone, 0) for gone in doomed])
@@ -278,7 +312,14 @@ class PostgresStore(ResourceStore):
         """NOTIFY the other instances, inside the transaction (PostgreSQL delivers at commit)."""
         payloads = [
             json.dumps(
-                {"op": op, "type": k.type, "mesh": k.mesh, "name": k.name, "version": v, "instance": self.instance_id}
+                {
+                    "op": op,
+                    "type": k.type,
+                    "mesh": k.mesh,
+                    "name": k.name,
+                    "version": v,
+                    "instance": self.instance_id,
+                }
             )
             for op, k, v in changes
         ]
@@ -298,7 +339,10 @@ class PostgresStore(ResourceStore):
 
     # --- the notification thread's side --------------------------------------------------------
     def _versions(self, conn: psycopg.Connection) -> dict[ResourceKey, int]:
-        return {ResourceKey(t, m, n): v for t, m, n, v in conn.execute("SELECT type, mesh, name, version FROM resources")}
+        return {
+            ResourceKey(t, m, n): v
+            for t, m, n, v in conn.execute("SELECT type, mesh, name, version FROM resources")
+        }
 
     def _resync(self, conn: psycopg.Connection) -> None:
         """Emit an event for each difference between the table and what the listeners were told."""
@@ -320,7 +364,9 @@ class PostgresStore(ResourceStore):
             if op not in ("upsert", "delete"):
                 raise ValueError(op)
         except (ValueError, KeyError, TypeError):
-            log.warning("PostgreSQL at %s: ignoring a malformed change notification %r", self.where, payload[:200])
+            log.warning(
+                "PostgreSQL at %s: ignoring a malformed change notification %r", self.where, payload[:200]
+            )
             return
         self._tell([(op, key, message.get("version", 0))])
 
@@ -337,7 +383,9 @@ class PostgresStore(ResourceStore):
                 f"{self.config.connection_timeout}s ({self._probe()})"
             ) from None
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL at {self.where}: {action} failed: {reason(exc, self.config)}") from exc
+            raise StoreError(
+                f"PostgreSQL at {self.where}: {action} failed: {reason(exc, self.config)}"
+            ) from exc
 
     def _probe(self) -> str:
         """Why no connection could be made (the pool keeps its connection errors to itself)."""
@@ -345,10 +393,10 @@ class PostgresStore(ResourceStore):
             connect(self.config, quick=True).close()
         except StoreError as exc:
             return str(exc)
-        return "the pool is exhausted"
+        return "all pooled connections busy (KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS), or reconnecting"
 
     def leader_lock(self) -> LeaderLock:
-        return PostgresLeaderLock(self.config)
+        return PostgresLeaderLock(self.config, f"kuma-cp-leader-{self.instance_id[:8]}")
 
     def close(self) -> None:
         self._closed.set()
@@ -377,7 +425,7 @@ RETURNING version, creation_time
 """.encode()
 
 # `key`, with a flag every resource of the mesh `key.name`, and what those own, transitively.
-_DELETE_DOOMED = """
+_DELETE_DOOMED = b"""
 WITH RECURSIVE doomed(type, mesh, name) AS (
     SELECT type, mesh, name FROM resources
      WHERE (type = %s AND mesh = %s AND name = %s) OR (%s AND mesh = %s)
@@ -388,7 +436,7 @@ WITH RECURSIVE doomed(type, mesh, name) AS (
 DELETE FROM resources r USING doomed d
  WHERE r.type = d.type AND r.mesh = d.mesh AND r.name = d.name
 RETURNING r.type, r.mesh, r.name
-""".encode()
+"""
 
 
 def _values(key: ResourceKey) -> tuple[str, str, str]:
@@ -396,7 +444,10 @@ def _values(key: ResourceKey) -> tuple[str, str, str]:
 
 
 def _locked_for_share(conn: psycopg.Connection, key: ResourceKey) -> bool:
-    return conn.execute(f"SELECT 1 FROM resources WHERE {_KEY_MATCH} FOR SHARE", _values(key)).fetchone() is not None
+    return (
+        conn.execute(f"SELECT 1 FROM resources WHERE {_KEY_MATCH} FOR SHARE", _values(key)).fetchone()
+        is not None
+    )
 
 
 class _Listener(threading.Thread):
@@ -413,7 +464,7 @@ class _Listener(threading.Thread):
         while not store._closed.is_set():
             try:
                 if self.conn is None:
-                    self.conn = connect(store.config)
+                    self.conn = connect(store.config, name=store.listen_name)
                     self.conn.execute(f"LISTEN {CHANNEL}".encode())
                     store._resync(self.conn)  # what was missed while we were away
                     if outage_since:
@@ -464,8 +515,9 @@ class PostgresLeaderLock(LeaderLock):
     """A session advisory lock on a connection of its own: held as long as that session lives, so
     a control plane that loses its database (or whose backend is terminated) loses the lock."""
 
-    def __init__(self, config: PostgresConfig) -> None:
+    def __init__(self, config: PostgresConfig, name: str = "kuma-cp-leader") -> None:
         self._config = config
+        self.name = name  # the connection's application_name
         self._conn: psycopg.Connection | None = None
         self._held = False
         self._lock = threading.Lock()
@@ -478,7 +530,7 @@ class PostgresLeaderLock(LeaderLock):
             try:
                 if self._conn is None or not self._alive():
                     self._drop()
-                    self._conn = connect(self._config, quick=True)
+                    self._conn = connect(self._config, quick=True, name=self.name)
                 row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)).fetchone()
             except (psycopg.Error, StoreError) as exc:
                 log.debug("leader lock: %s", exc)

@@ -49,7 +49,9 @@ def require_postgres() -> Path:
     bin_dir = _bin_dir()
     problem = None
     if bin_dir is None:
-        problem = "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin; apt-get install postgresql)"
+        problem = (
+            "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin; apt-get install postgresql)"
+        )
     elif os.geteuid() != 0:
         problem = "running a private PostgreSQL needs root (to run initdb as the postgres user)"
     else:
@@ -114,7 +116,17 @@ class PostgresServer:
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        self._as_postgres(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+        self._as_postgres(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
 
     def stop(self) -> None:
         """Fast shutdown: every session is ended (clients see their connections die)."""
@@ -126,7 +138,9 @@ class PostgresServer:
 
     def admin(self, sql: str, db: str = "postgres") -> list[tuple[object, ...]]:
         """Run `sql` as the superuser over the Unix socket; its rows (if any)."""
-        with psycopg.connect(host=str(self.socket_dir), port=self.port, user=_OS_USER, dbname=db, autocommit=True) as conn:
+        with psycopg.connect(
+            host=str(self.socket_dir), port=self.port, user=_OS_USER, dbname=db, autocommit=True
+        ) as conn:
             cursor = conn.execute(sql.encode())
             return cursor.fetchall() if cursor.description else []
 
