@@ -374,3 +374,20 @@ def test_bad_postgres_settings_name_the_variable() -> None:
                 "KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS": "2",
             },
         )
+
+
+def test_an_unreadable_row_is_skipped_and_logged_once(
+    open_store: Callable[..., PostgresStore], postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store()
+    store.upsert(mesh_key("good"), {})
+    store.upsert(mesh_key("bad"), {})
+    postgres.admin("UPDATE resources SET spec = '[not json' WHERE name = 'bad'", db=store.config.db_name)
+    caplog.set_level(logging.ERROR, logger="control_plane.store.postgres")
+    for _ in range(2):
+        assert store.list("Mesh") == ([store.get(mesh_key("good"))], 1)
+        assert store.get(mesh_key("bad")) is None
+    logged = [
+        r.getMessage() for r in caplog.records if "skipping the unreadable row Mesh//bad" in r.getMessage()
+    ]
+    assert len(logged) == 1, logged
