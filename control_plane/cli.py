@@ -87,3 +87,22 @@ async def _serve(config: CpConfig) -> None:
         log.info("stopping")
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+@main.group()
+def migrate() -> None:
+    """Schema migrations of the store (run once per upgrade, before the new kuma-cp)."""
+
+
+@migrate.command("up")
+@click.option("-c", "--config-file", type=click.Path(dir_okay=False), help="kuma-cp.yaml (Kuma's layout)")
+def migrate_up(config_file: str | None) -> None:
+    """Apply the store's missing schema migrations (a no-op when there are none)."""
+    from control_plane.store.base import StoreError
+    from control_plane.store.migrate import migrate_up as apply
+
+    try:
+        config = load_config(config_file)
+        click.echo(apply(config))
+    except (ConfigError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -34,6 +34,7 @@ ApiAuthnType = Literal["tokens"]
 
 STORE_TYPES: tuple[str, ...] = ("sqlite", "memory", "postgres")
 DP_PROXY_AUTHN_TYPES: tuple[str, ...] = ("dpToken", "none")
+POSTGRES_TLS_MODES: tuple[str, ...] = ("disable", "verifyNone", "verifyCa", "verifyFull")
 API_AUTHN_TYPES: tuple[str, ...] = ("tokens",)  # Kuma's legacy "clientCerts" is not implemented
 
 DEFAULT_WORK_DIR = "~/.kuma"
@@ -51,6 +52,9 @@ DEFAULT_MONITORING_ASSIGNMENT_PORT = 5676  # Kuma's MADS port: Prometheus discov
 # redeploy or a VM reboot does not change the address clients cached or flap the name to NXDOMAIN.
 DEFAULT_VIP_RELEASE_GRACE_PERIOD = "10m"
 DEFAULT_VIP_REFRESH_INTERVAL = "500ms"  # Kuma's KUMA_RUNTIME_UNIVERSAL_VIP_REFRESH_INTERVAL
+# Ours: how often a PostgreSQL store compares the whole table with what it last saw, so a change
+# notification lost with the listening connection still reaches this instance.
+DEFAULT_POSTGRES_RESYNC_INTERVAL = "5s"
 
 
 class ConfigError(ValueError):
@@ -139,6 +143,18 @@ def _positive_int(raw: Any) -> int:
     return value
 
 
+def _non_negative_int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"{raw!r} is not a non-negative integer")
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a non-negative integer") from None
+    if value < 0:
+        raise ValueError(f"{raw!r} is not a non-negative integer")
+    return value
+
+
 def _dns_domain(raw: Any) -> str:
     text = _string(raw).strip().lower()
     if text.startswith("."):
@@ -219,16 +235,37 @@ _DP_SERVER_LIMITS: tuple[_Setting, ...] = (
     _Setting(("xdsServer", "sendTimeout"), "KUMA_XDS_SERVER_SEND_TIMEOUT", _positive_duration, "1m"),
 )
 
+
+def _pg(name: str, env: str, parse: Callable[[Any], Any], default: Any) -> _Setting:
+    return _Setting(("store", "postgres", *name.split(".")), "KUMA_STORE_POSTGRES_" + env, parse, default)
+
+
+# Kuma's store.postgres section (docs/postgres.md); `resyncInterval` is ours.
+_POSTGRES_SETTINGS: tuple[_Setting, ...] = (
+    _pg("host", "HOST", _string, "127.0.0.1"),
+    _pg("port", "PORT", _nonzero_port, 15432),  # Kuma's default; PostgreSQL's own is 5432
+    _pg("user", "USER", _string, "kuma"),
+    _pg("password", "PASSWORD", _string, "kuma"),
+    _pg("dbName", "DB_NAME", _string, "kuma"),
+    _pg("tls.mode", "TLS_MODE", _choice(POSTGRES_TLS_MODES), "disable"),
+    _pg("tls.certPath", "TLS_CERT_PATH", _optional_string, None),
+    _pg("tls.keyPath", "TLS_KEY_PATH", _optional_string, None),
+    _pg("tls.caPath", "TLS_CA_PATH", _optional_string, None),
+    _pg("maxOpenConnections", "MAX_OPEN_CONNECTIONS", _non_negative_int, 50),  # 0: unlimited
+    _pg("minOpenConnections", "MIN_OPEN_CONNECTIONS", _non_negative_int, 0),
+    _pg("connectionTimeout", "CONNECTION_TIMEOUT", _positive_int, 5),  # seconds, as Kuma's
+    _pg("maxConnectionLifetime", "MAX_CONNECTION_LIFETIME", _positive_duration, "1h"),
+    _pg("maxConnectionIdleTime", "MAX_CONNECTION_IDLE_TIME", _positive_duration, "30m"),
+    _pg("healthCheckInterval", "HEALTH_CHECK_INTERVAL", _positive_duration, "30s"),
+    _pg("resyncInterval", "RESYNC_INTERVAL", _positive_duration, DEFAULT_POSTGRES_RESYNC_INTERVAL),
+)
+
 _SETTINGS: tuple[_Setting, ...] = (
     _Setting(("general", "workDir"), "KUMA_GENERAL_WORK_DIR", _work_dir, DEFAULT_WORK_DIR),
     _Setting(("general", "tlsCertFile"), "KUMA_GENERAL_TLS_CERT_FILE", _optional_string, None),
     _Setting(("general", "tlsKeyFile"), "KUMA_GENERAL_TLS_KEY_FILE", _optional_string, None),
     _Setting(("store", "type"), "KUMA_STORE_TYPE", _choice(STORE_TYPES), "sqlite"),
-    _Setting(("store", "postgres", "host"), "KUMA_STORE_POSTGRES_HOST", _string, "127.0.0.1"),
-    _Setting(("store", "postgres", "port"), "KUMA_STORE_POSTGRES_PORT", _port, 5432),
-    _Setting(("store", "postgres", "user"), "KUMA_STORE_POSTGRES_USER", _string, "kuma"),
-    _Setting(("store", "postgres", "password"), "KUMA_STORE_POSTGRES_PASSWORD", _string, "kuma"),
-    _Setting(("store", "postgres", "dbName"), "KUMA_STORE_POSTGRES_DB_NAME", _string, "kuma"),
+    *_POSTGRES_SETTINGS,
     _Setting(("dpServer", "port"), "KUMA_DP_SERVER_PORT", _port, DEFAULT_DP_SERVER_PORT),
     _Setting(("bootstrapServer", "params", "xdsHost"), "KUMA_BOOTSTRAP_SERVER_PARAMS_XDS_HOST", _string, ""),
     _Setting(("bootstrapServer", "params", "xdsPort"), "KUMA_BOOTSTRAP_SERVER_PARAMS_XDS_PORT", _port, 0),
@@ -347,11 +384,22 @@ class GeneralConfig:
 
 @dataclass(frozen=True)
 class PostgresConfig:
-    host: str
-    port: int
-    user: str
-    password: str
-    db_name: str
+    host: str = "127.0.0.1"
+    port: int = 15432
+    user: str = "kuma"
+    password: str = "kuma"
+    db_name: str = "kuma"
+    tls_mode: str = "disable"  # Kuma's names: disable, verifyNone, verifyCa, verifyFull
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    tls_ca_path: str | None = None
+    max_open_connections: int = 50  # 0: unlimited
+    min_open_connections: int = 0
+    connection_timeout: int = 5  # seconds
+    max_connection_lifetime: float = 3600.0  # seconds
+    max_connection_idle_time: float = 1800.0
+    health_check_interval: float = 30.0
+    resync_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -599,6 +647,41 @@ def _flatten(
     return found
 
 
+def _postgres_config(v: Callable[..., Any]) -> PostgresConfig:
+    def pg(name: str) -> Any:
+        return v("store", "postgres", *name.split("."))
+
+    config = PostgresConfig(
+        host=pg("host"),
+        port=pg("port"),
+        user=pg("user"),
+        password=pg("password"),
+        db_name=pg("dbName"),
+        tls_mode=pg("tls.mode"),
+        tls_cert_path=pg("tls.certPath"),
+        tls_key_path=pg("tls.keyPath"),
+        tls_ca_path=pg("tls.caPath"),
+        max_open_connections=pg("maxOpenConnections"),
+        min_open_connections=pg("minOpenConnections"),
+        connection_timeout=pg("connectionTimeout"),
+        max_connection_lifetime=pg("maxConnectionLifetime"),
+        max_connection_idle_time=pg("maxConnectionIdleTime"),
+        health_check_interval=pg("healthCheckInterval"),
+        resync_interval=pg("resyncInterval"),
+    )
+    if config.max_open_connections and config.min_open_connections > config.max_open_connections:
+        raise ConfigError(
+            "store.postgres.minOpenConnections (KUMA_STORE_POSTGRES_MIN_OPEN_CONNECTIONS) must not exceed "
+            "store.postgres.maxOpenConnections (KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS)"
+        )
+    if (config.tls_cert_path is None) != (config.tls_key_path is None):
+        raise ConfigError(
+            "store.postgres.tls.certPath (KUMA_STORE_POSTGRES_TLS_CERT_PATH) and store.postgres.tls.keyPath "
+            "(KUMA_STORE_POSTGRES_TLS_KEY_PATH) must be given together"
+        )
+    return config
+
+
 def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpConfig:
     def v(*path: str) -> Any:
         return values[path]
@@ -611,13 +694,7 @@ def _build(values: dict[tuple[str, ...], Any], ignored: tuple[str, ...]) -> CpCo
         ),
         store=StoreConfig(
             type=v("store", "type"),
-            postgres=PostgresConfig(
-                host=v("store", "postgres", "host"),
-                port=v("store", "postgres", "port"),
-                user=v("store", "postgres", "user"),
-                password=v("store", "postgres", "password"),
-                db_name=v("store", "postgres", "dbName"),
-            ),
+            postgres=_postgres_config(v),
         ),
         dp_server=DpServerConfig(
             port=v("dpServer", "port"),

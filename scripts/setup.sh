@@ -18,8 +18,10 @@ PYTHON="${PYTHON:-python3}"
 # dnsperf: the DNS benchmark's load.
 # prometheus: the MeshMetric test scrapes through a real Prometheus (tests start their own, on
 # loopback with a temp storage dir); the package's own service is stopped and disabled below.
+# postgresql: the PostgreSQL store's tests run a private server (initdb/pg_ctl as the postgres
+# user); haproxy: the multi-instance tests put one address in front of several control planes.
 SYSTEM_PACKAGES=(python3-venv curl iproute2 iptables nftables ca-certificates containernetworking-plugins
-  shellcheck vagrant hey wrk dnsmasq-base dnsperf prometheus)
+  shellcheck vagrant hey wrk dnsmasq-base dnsperf prometheus postgresql haproxy)
 
 install_system_packages() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0
@@ -32,11 +34,15 @@ install_system_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts prometheus.service (all interfaces, :9090) where systemd runs; we only want the
-  # binary. In a container without systemd nothing was started and there is nothing to stop.
-  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
-    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-  fi
+  # Debian starts prometheus.service (all interfaces, :9090), postgresql.service (:5432) and
+  # haproxy.service where systemd runs; we only want the binaries. In a container without systemd
+  # nothing was started and there is nothing to stop.
+  local unit
+  for unit in prometheus postgresql haproxy; do
+    if [[ " ${missing[*]} " == *" $unit "* ]] && [ -d /run/systemd/system ]; then
+      systemctl disable --now "$unit.service" >/dev/null 2>&1 || true
+    fi
+  done
 }
 
 check_python() {

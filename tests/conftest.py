@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from labkit.lab import ControlPlaneProc, Lab
+from tests.support.postgres import PostgresServer, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,11 @@ def cp(lab: Lab) -> ControlPlaneProc:
     cp = lab.start_control_plane()
     lab.wait_control_plane(cp)
     return cp
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the session (tests/support/postgres.py): skipped without
+    the binaries, failed instead with CI=true; each test takes its own `new_database()`."""
+    with postgres_server() as server:
+        yield server

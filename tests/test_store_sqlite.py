@@ -1,4 +1,5 @@
-"""Store semantics shared by MemoryStore and SqliteStore, plus what only SQLite has to keep."""
+"""Store semantics shared by MemoryStore, SqliteStore and PostgresStore, plus what only SQLite has
+to keep (PostgreSQL's own: tests/test_store_postgres.py)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,23 @@ from control_plane.store.base import (
 from control_plane.store.defaults import ensure_default_mesh
 from control_plane.store.factory import open_store
 from control_plane.store.memory import MemoryStore
+from control_plane.store.postgres import PostgresStore
 from control_plane.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from tests.support.postgres import PostgresServer, free_port, migrated_database
 
 SPEC = {"networking": {"address": "10.0.0.1", "inbound": [{"port": 1, "tags": {"kuma.io/service": "a"}}]}}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResourceStore]:
-    backend: ResourceStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "kuma.db")
+    backend: ResourceStore
+    if request.param == "memory":
+        backend = MemoryStore()
+    elif request.param == "sqlite":
+        backend = SqliteStore(tmp_path / "kuma.db")
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        backend = PostgresStore(server.config(migrated_database(server)))
     yield backend
     backend.close()
 
@@ -299,8 +309,9 @@ def test_open_store_creates_private_work_dir(tmp_path: Path) -> None:
 
 def test_open_store_memory_and_postgres(tmp_path: Path) -> None:
     assert isinstance(open_store(load_config(None, env={"KUMA_STORE_TYPE": "memory"})), MemoryStore)
-    with pytest.raises(StoreError, match="postgres.*not supported"):
-        open_store(load_config(None, env={"KUMA_STORE_TYPE": "postgres"}))
+    env = {"KUMA_STORE_TYPE": "postgres", "KUMA_STORE_POSTGRES_PORT": str(free_port())}  # nobody listens
+    with pytest.raises(StoreError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:\d+/kuma \(.*refused"):
+        open_store(load_config(None, env=env), wait=False)
 
 
 def test_keys_are_exact(store: ResourceStore) -> None:

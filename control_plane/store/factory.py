@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from control_plane.config import CpConfig
@@ -9,7 +11,12 @@ from control_plane.store.base import ResourceStore, StoreError
 from control_plane.store.memory import MemoryStore
 from control_plane.store.sqlite import SqliteStore
 
+log = logging.getLogger(__name__)
+
 DB_FILE_NAME = "kuma.db"
+# PostgreSQL unreachable at start (e.g. started together with the control plane): retry forever.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 10.0
 WORK_DIR_MODE = 0o700
 
 
@@ -27,8 +34,11 @@ def ensure_work_dir(work_dir: Path) -> None:
         raise StoreError(f"the work dir {work_dir} (general.workDir) is not a directory")
 
 
-def open_store(config: CpConfig) -> ResourceStore:
-    """The store of `config.store.type`; raise StoreError with a message a user can act on."""
+def open_store(config: CpConfig, wait: bool = True) -> ResourceStore:
+    """The store of `config.store.type`; raise StoreError with a message a user can act on.
+
+    `wait`: a PostgreSQL that cannot be reached is retried (1 s doubling to 10 s) until it answers;
+    bad credentials or a schema to migrate are not (retrying would not fix them)."""
     kind = config.store.type
     ensure_work_dir(config.general.work_dir)  # every store: the CP's certificate lives there too
     if kind == "memory":
@@ -36,7 +46,20 @@ def open_store(config: CpConfig) -> ResourceStore:
     if kind == "sqlite":
         return SqliteStore(sqlite_path(config))
     if kind == "postgres":
-        raise StoreError(
-            "store type 'postgres' (KUMA_STORE_TYPE) is not supported yet; use 'sqlite' (default) or 'memory'"
-        )
+        return _open_postgres(config, wait)
     raise StoreError(f"unknown store type {kind!r} (KUMA_STORE_TYPE)")
+
+
+def _open_postgres(config: CpConfig, wait: bool) -> ResourceStore:
+    from control_plane.store.postgres import PostgresStore, UnreachableError  # psycopg only if used
+
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            return PostgresStore(config.store.postgres)
+        except UnreachableError as exc:
+            if not wait:
+                raise
+            log.warning("%s; retrying in %gs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
