@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -54,7 +54,7 @@ import psutil
 from bench.common import PROFILES, Measure, Profile, Target
 from control_plane.resources.registry import TYPES
 from kuma_common.api_paths import TOKENS_PATH
-from labkit.lab import ControlPlaneProc, Lab
+from labkit.lab import BIN, ControlPlaneProc, Lab
 
 SECTION = "control-plane scale"
 MESH = "default"
@@ -62,6 +62,7 @@ SERVICES = 100
 SHARED_SERVICE = "svc-0"
 INBOUND_PORT = 8080
 TARGET_N = 1000
+HA_TARGET_N = 2000  # over two instances on PostgreSQL (issue 16)
 CONVERGENCE_TARGET = Target(2.0)  # seconds, at N = 1,000
 RSS_TARGET = Target(300.0)  # MB, at N = 1,000
 KUMA_MB_PER_PROXY = 1.0
@@ -126,21 +127,41 @@ class RepResult:
     first_config_s: float
     change_s: float
     change_eds_s: float
-    cpu_s: float
-    rss_mb: float
+    cpu_s: float  # every instance's CPU over the change
+    rss_mb: float  # the largest instance's
     idle_rss_mb: float  # the CP with the Dataplanes stored, before any proxy connected
-    load_cpu_s: float  # the load process's CPU over the change (it shares the machine's cores)
+    load_cpu_s: float  # the load processes' CPU over the change (they share the machine's cores)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the control plane runs: `instances` kuma-cp processes on one `store`."""
+
+    store: str = "sqlite"
+    instances: int = 1
+
+    @property
+    def label(self) -> str:
+        names = {"sqlite": "SQLite", "postgres": "PostgreSQL", "memory": "memory"}
+        plural = "s" if self.instances > 1 else ""
+        return f"{self.instances} instance{plural} on {names.get(self.store, self.store)}"
+
+
+SINGLE = Topology()
+# Issue 16's comparison: twice the proxies over two instances on PostgreSQL.
+HA = Topology("postgres", 2)
 
 
 class Scenario:
-    """One control plane with N Dataplanes and tokens, and the load process driving N streams."""
+    """The control-plane instances with N Dataplanes and tokens, and one load process per instance
+    driving its share of the N streams (proxy i connects to instance i mod count)."""
 
-    def __init__(self, lab: Lab, cp: ControlPlaneProc, n: int) -> None:
-        self.lab, self.cp, self.n = lab, cp, n
-        self.api = httpx.Client(base_url=cp.api_url, timeout=30)
-        self.cp_process = psutil.Process(cp.proc.popen.pid)
+    def __init__(self, lab: Lab, cps: Sequence[ControlPlaneProc], n: int) -> None:
+        self.lab, self.cps, self.n = lab, list(cps), n
+        self.api = httpx.Client(base_url=self.cps[0].api_url, timeout=30)
+        self.cp_processes = [psutil.Process(cp.proc.popen.pid) for cp in self.cps]
         self.changes = 0
-        self.load: subprocess.Popen[str] | None = None
+        self.loads: list[subprocess.Popen[str]] = []
         self.idle_rss_mb = 0.0
 
     def prepare(self) -> None:
@@ -150,12 +171,13 @@ class Scenario:
             list(pool.map(self._apply, [*docs, *service_policies()]))
             tokens = list(pool.map(self._token, names))
         proxies = [{"name": d["name"], "token": t, "dataplane": d} for d, t in zip(docs, tokens, strict=True)]
-        path = self.lab.root / "proxies.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds tokens
-        with os.fdopen(fd, "w") as out:
-            json.dump({"mesh": MESH, "proxies": proxies}, out)
-        self.load = self._start_load(path)
-        self.idle_rss_mb = self.cp_process.memory_info().rss / 1e6
+        for index, cp in enumerate(self.cps):
+            path = self.lab.root / f"proxies-{index}.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds tokens
+            with os.fdopen(fd, "w") as out:
+                json.dump({"mesh": MESH, "proxies": proxies[index :: len(self.cps)]}, out)
+            self.loads.append(self._start_load(cp, path, index))
+        self.idle_rss_mb = max(p.memory_info().rss for p in self.cp_processes) / 1e6
 
     def _apply(self, doc: dict[str, Any]) -> None:
         response = self.api.put(f"/meshes/{MESH}/{TYPES[doc['type']].plural}/{doc['name']}", json=doc)
@@ -168,29 +190,49 @@ class Scenario:
             raise BenchError(f"token for {name}: {response.status_code} {response.text}")
         return response.text.strip()
 
-    def _start_load(self, proxies: Path) -> subprocess.Popen[str]:
+    def _start_load(self, cp: ControlPlaneProc, proxies: Path, index: int) -> subprocess.Popen[str]:
         argv = [
             sys.executable, "-m", "bench.xds_load",
-            "--target", f"localhost:{self.cp.dp_port}",
-            "--ca-cert", str(self.cp.ca_cert),
+            "--target", f"localhost:{cp.dp_port}",
+            "--ca-cert", str(cp.ca_cert),
             "--proxies", str(proxies),
             "--timeout", str(EVENT_TIMEOUT_S),
         ]  # fmt: skip
-        log = (self.lab.root / "xds-load.log").open("ab")
+        log = (self.lab.root / f"xds-load-{index}.log").open("ab")
         return subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
         )
 
     def command(self, **command: Any) -> dict[str, Any]:
-        assert self.load is not None and self.load.stdin is not None and self.load.stdout is not None
-        self.load.stdin.write(json.dumps(command) + "\n")
-        self.load.stdin.flush()
-        return self._event(self.load.stdout)
+        """Sent to every load process; their answers merged."""
+        for load in self.loads:
+            assert load.stdin is not None
+            load.stdin.write(json.dumps(command) + "\n")
+            load.stdin.flush()
+        return self.events()
 
-    def _event(self, stdout: IO[str]) -> dict[str, Any]:
+    def events(self) -> dict[str, Any]:
+        """The next event of every load process, merged (times per proxy joined, `started` the
+        earliest, `missing` and `errors` concatenated)."""
+        merged: dict[str, Any] = {}
+        for index, load in enumerate(self.loads):
+            assert load.stdout is not None
+            event = self._event(load.stdout, index)
+            for key, value in event.items():
+                if isinstance(value, dict):
+                    merged.setdefault(key, {}).update(value)
+                elif isinstance(value, list):
+                    merged.setdefault(key, []).extend(value)
+                elif key == "started":
+                    merged[key] = min(value, merged.get(key, value))
+                else:
+                    merged[key] = value
+        return merged
+
+    def _event(self, stdout: IO[str], index: int) -> dict[str, Any]:
         line = stdout.readline()
         if not line:
-            log = (self.lab.root / "xds-load.log").read_text(errors="replace")[-2000:]
+            log = (self.lab.root / f"xds-load-{index}.log").read_text(errors="replace")[-2000:]
             raise BenchError(f"the load process ended unexpectedly:\n{log}")
         return json.loads(line)
 
@@ -201,32 +243,31 @@ class Scenario:
         self.changes += 1
         address = f"10.250.0.{self.changes}"
         assert self.command(cmd="watch", address=address)["event"] == "watching"
-        cpu_before = _cpu_seconds(self.cp_process)
-        load_process = psutil.Process(self.load.pid) if self.load is not None else None
-        load_before = _cpu_seconds(load_process) if load_process is not None else 0.0
+        cpu_before = sum(_cpu_seconds(p) for p in self.cp_processes)
+        load_processes = [psutil.Process(load.pid) for load in self.loads]
+        load_before = sum(_cpu_seconds(p) for p in load_processes)
         started = time.monotonic()
-        self._apply(dataplane_doc(f"new-{self.changes}", SHARED_SERVICE, address))
-        assert self.load is not None and self.load.stdout is not None
-        changed = self._event(self.load.stdout)
+        self._apply(dataplane_doc(f"new-{self.changes}", SHARED_SERVICE, address))  # through instance 0
+        changed = self.events()
         _require_all(changed, "the change")
         eds = max(changed["eds"].values()) - started
         change = max(eds, max(changed["lds"].values()) - started)
-        cpu = _cpu_seconds(self.cp_process) - cpu_before
-        load_cpu = _cpu_seconds(load_process) - load_before if load_process is not None else 0.0
-        rss = self.cp_process.memory_info().rss / 1e6
+        cpu = sum(_cpu_seconds(p) for p in self.cp_processes) - cpu_before
+        load_cpu = sum(_cpu_seconds(p) for p in load_processes) - load_before
+        rss = max(p.memory_info().rss for p in self.cp_processes) / 1e6
         self.command(cmd="close")
         return RepResult(first, change, eds, cpu, rss, self.idle_rss_mb, load_cpu)
 
     def close(self) -> None:
         self.api.close()
-        if self.load is not None:
-            if self.load.stdin is not None:
-                self.load.stdin.close()
+        for load in self.loads:
+            if load.stdin is not None:
+                load.stdin.close()
             try:
-                self.load.wait(10)
+                load.wait(10)
             except subprocess.TimeoutExpired:
-                self.load.kill()
-                self.load.wait(5)
+                load.kill()
+                load.wait(5)
 
 
 def _require_all(event: dict[str, Any], what: str) -> None:
@@ -242,30 +283,68 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+# Every simulated proxy connects from 127.0.0.1 (real ones come from their own hosts), and proxies
+# stay registered between repetitions: each one starts from the same store.
+CP_ENV = {
+    "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY": "1h",
+    "KUMA_DP_SERVER_MAX_CONNECTIONS_PER_SOURCE": "100000",
+}
+
+
 @contextmanager
-def scenario(n: int) -> Iterator[Scenario]:
-    with tempfile.TemporaryDirectory(prefix="kuma-bench-cp-scale-") as tmp:
+def scenario(n: int, topology: Topology = SINGLE) -> Iterator[Scenario]:
+    with tempfile.TemporaryDirectory(prefix="kuma-bench-cp-scale-") as tmp, ExitStack() as stack:
         lab = Lab(Path(tmp))
-        scen: Scenario | None = None
-        try:
-            # Proxies stay registered between repetitions: each one starts from the same store.
-            # Every simulated proxy connects from 127.0.0.1; real ones come from their own hosts.
-            cp = lab.start_control_plane(
-                KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY="1h",
-                KUMA_DP_SERVER_MAX_CONNECTIONS_PER_SOURCE="100000",
-            )
-            lab.wait_control_plane(cp)
-            scen = Scenario(lab, cp, n)
-            scen.prepare()
-            yield scen
-        finally:
-            if scen is not None:
-                scen.close()
-            lab.close()
+        stack.callback(lab.close)
+        env = dict(CP_ENV)
+        if topology.store == "postgres":
+            env.update(_postgres(lab, stack))
+        elif topology.store != "sqlite":
+            env["KUMA_STORE_TYPE"] = topology.store
+        cps = _start_instances(lab, topology.instances, env)
+        scen = Scenario(lab, cps, n)
+        stack.callback(scen.close)
+        scen.prepare()
+        yield scen
 
 
-def run_n(n: int, repetitions: int, profile_to: Path | None = None) -> list[RepResult]:
-    with scenario(n) as scen, _sampled(scen.cp_process.pid, profile_to):
+def _postgres(lab: Lab, stack: ExitStack) -> dict[str, str]:
+    """A private PostgreSQL (Debian's binaries) with a migrated database; its KUMA_STORE_* vars."""
+    from labkit.postgres import PostgresUnavailable, postgres_server
+
+    try:
+        server = stack.enter_context(postgres_server())
+    except PostgresUnavailable as exc:
+        raise BenchError(str(exc)) from None
+    env = server.env(server.new_database())
+    migrate = lab.spawn("migrate", [str(BIN / "kuma-cp"), "migrate", "up"], env, inherit_kuma=False)
+    if migrate.popen.wait(120) != 0:
+        raise BenchError(f"kuma-cp migrate up failed:\n{migrate.log_tail()}")
+    return env
+
+
+def _start_instances(lab: Lab, count: int, env: dict[str, str]) -> list[ControlPlaneProc]:
+    """`count` instances sharing the first one's TLS certificate (the one the proxies trust)."""
+    cps: list[ControlPlaneProc] = []
+    for index in range(count):
+        tls = {}
+        if cps:
+            tls = {
+                "KUMA_GENERAL_TLS_CERT_FILE": str(cps[0].ca_cert),
+                "KUMA_GENERAL_TLS_KEY_FILE": str(cps[0].work_dir / "kuma-cp.key"),
+            }
+        cp = lab.start_control_plane(work_dir=lab.root / f"kuma-cp-{index}", **env, **tls)
+        lab.wait_control_plane(cp)
+        if cps:  # the proxies' CA file is the first instance's
+            cp = ControlPlaneProc(cp.proc, cps[0].work_dir, cp.api_url, cp.dp_port, cp.diagnostics_url)
+        cps.append(cp)
+    return cps
+
+
+def run_n(
+    n: int, repetitions: int, profile_to: Path | None = None, topology: Topology = SINGLE
+) -> list[RepResult]:
+    with scenario(n, topology) as scen, _sampled(scen.cp_processes[0].pid, profile_to):
         return [scen.repetition() for _ in range(repetitions)]
 
 
@@ -289,32 +368,34 @@ def _sampled(pid: int, output: Path | None) -> Iterator[None]:
         spy.wait(30)
 
 
-def measures_for(n: int, results: Sequence[RepResult]) -> list[Measure]:
-    at_target = n == TARGET_N
+def measures_for(n: int, results: Sequence[RepResult], topology: Topology = SINGLE) -> list[Measure]:
+    at_target = (topology, n) in ((SINGLE, TARGET_N), (HA, HA_TARGET_N))
+    where = "" if topology == SINGLE else f", {topology.label}"
     rss = statistics.median(r.rss_mb for r in results)
     idle = statistics.median(r.idle_rss_mb for r in results)
     eds = statistics.median(r.change_eds_s for r in results)
     load_cpu = statistics.median(r.load_cpu_s for r in results)
+    per = "per instance (the largest)" if topology.instances > 1 else ""
     return [
-        Measure(SECTION, f"first config, all {n} proxies", "s", [r.first_config_s for r in results]),
+        Measure(SECTION, f"first config, all {n} proxies{where}", "s", [r.first_config_s for r in results]),
         Measure(
             SECTION,
-            f"change convergence (new endpoint, EDS+LDS ACKed), N={n}",
+            f"change convergence (new endpoint, EDS+LDS ACKed), N={n}{where}",
             "s",
             [r.change_s for r in results],
             target=CONVERGENCE_TARGET if at_target else None,
-            note=f"EDS alone: median {eds:.3f} s; the load process used {load_cpu:.2f} CPU-s (same cores)",
+            note=f"EDS alone: median {eds:.3f} s; the load used {load_cpu:.2f} CPU-s (same cores)",
         ),
-        Measure(SECTION, f"CP CPU per change, N={n}", "s", [r.cpu_s for r in results]),
+        Measure(SECTION, f"CP CPU per change (all instances), N={n}{where}", "s", [r.cpu_s for r in results]),
         Measure(
             SECTION,
-            f"CP RSS after convergence, N={n}",
+            f"CP RSS after convergence {per}, N={n}{where}".replace("  ", " "),
             "MB",
             [r.rss_mb for r in results],
-            target=RSS_TARGET if at_target else None,
+            target=RSS_TARGET if at_target and topology == SINGLE else None,
             note=(
-                f"{rss / n:.2f} MB per proxy (Kuma budgets ~{KUMA_MB_PER_PROXY:g} MB); {idle:.0f} MB before "
-                f"any proxy connected, so {(rss - idle) / n:.2f} MB per connected proxy"
+                f"{rss * topology.instances / n:.2f} MB per proxy (Kuma budgets ~{KUMA_MB_PER_PROXY:g} MB); "
+                f"{idle:.0f} MB before any proxy connected"
             ),
         ),
     ]
@@ -331,14 +412,29 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=list(PROFILES["quick"].proxy_counts))
     parser.add_argument("--reps", type=int, default=PROFILES["quick"].repetitions)
+    parser.add_argument("--store", choices=["sqlite", "postgres", "memory"], default="sqlite")
+    parser.add_argument("--instances", type=int, default=1, help="control-plane instances (postgres only)")
+    parser.add_argument(
+        "--ha",
+        action="store_true",
+        help=f"issue 16's comparison: N={TARGET_N} on one SQLite instance, then N={HA_TARGET_N} over "
+        "two instances on PostgreSQL (ignores --n, --store, --instances)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the CP, to <PATH>.<n>.txt")
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.n) or args.reps < 1:
-        sys.exit("cp_scale: --n and --reps must be positive")
+    if any(n < 1 for n in args.n) or args.reps < 1 or args.instances < 1:
+        sys.exit("cp_scale: --n, --reps and --instances must be positive")
+    if args.instances > 1 and args.store != "postgres":
+        sys.exit("cp_scale: several instances share a PostgreSQL store only (--store postgres)")
+    runs = (
+        [(TARGET_N, SINGLE), (HA_TARGET_N, HA)]
+        if args.ha
+        else [(n, Topology(args.store, args.instances)) for n in args.n]
+    )
     try:
-        for n in args.n:
+        for n, topology in runs:
             out = args.profile.with_suffix(f".{n}.txt") if args.profile else None
-            for m in measures_for(n, run_n(n, args.reps, out)):
+            for m in measures_for(n, run_n(n, args.reps, out, topology), topology):
                 print(json.dumps(m.to_json()), flush=True)
     except BenchError as exc:
         sys.exit(f"cp_scale: {exc}")

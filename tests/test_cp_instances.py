@@ -15,27 +15,25 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tests.support.postgres import PostgresServer, postgres_server
 
 from labkit.lab import BIN, MTLS_MESH, AgentProc, ControlPlaneProc, Lab, dataplane
 from labkit.ports import free_port
 from labkit.waiting import wait_until
 from tests.support.haproxy import start_haproxy
+from tests.support.postgres import PostgresServer
 
 DEREGISTRATION_DELAY = "1s"
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
+@pytest.fixture
+def pg(postgres: PostgresServer) -> PostgresServer:
+    return postgres  # the session's server (tests/conftest.py); each cluster takes a new database
 
 
 @dataclass

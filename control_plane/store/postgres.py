@@ -159,6 +159,8 @@ def connect(config: PostgresConfig, quick: bool = False, name: str = "kuma-cp") 
 
 
 class PostgresStore(ResourceStore):
+    shared = True  # several control-plane instances on one database
+
     def __init__(self, config: PostgresConfig) -> None:
         super().__init__()
         self.config = config
