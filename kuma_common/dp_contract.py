@@ -73,9 +73,12 @@ class CertificateRequest:
     mesh: str
     name: str
     csr: str  # PEM
+    # The Dataplane resource as sent at /bootstrap (JSON), if the agent has one: any control-plane
+    # instance can then check the CSR, not only the one that served the bootstrap.
+    dataplane: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v or k != "dataplane"}
 
 
 # The response's fields: the signed leaf (PEM), the mesh CA bundle (PEM), the leaf's expiry

@@ -132,7 +132,9 @@ async def _bootstrap_and_run(
             config, bc.request_body(config, tokens.current(), envoy_version, ca, workdir), ca
         )
 
-    certificates = CertificateClient(config.cp_address, ca, config.mesh, config.name, tokens)
+    certificates = CertificateClient(
+        config.cp_address, ca, config.mesh, config.name, tokens, config.dataplane_json
+    )
     identity = _workload_identity(config, certificates, workdir, first_key)
     try:
         log.info("fetching bootstrap from %s for %s.%s", config.cp_address, config.mesh, config.name)

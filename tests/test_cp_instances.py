@@ -127,8 +127,10 @@ def test_resources_and_changes_cross_instances(lab: Lab, pg: PostgresServer) -> 
     )
     lab.wait_ready(web)
     endpoint_port = free_port()
-    registered = time.monotonic()
-    cluster.apply(a, yaml.safe_dump(dataplane("backend-2", "backend", endpoint_port, backend_app)))
+    doc = dataplane("backend-2", "backend", endpoint_port, backend_app)
+    put = httpx.put(f"{a.api_url}/meshes/default/dataplanes/backend-2", json=doc, timeout=5)
+    registered = time.monotonic()  # from A's answer: the endpoint is in the database
+    assert put.status_code == 201, put.text
     wait_until(
         lambda: f"127.0.0.1:{endpoint_port}" in envoy_endpoints(web, "backend"), timeout=10, interval=0.02
     )

@@ -257,3 +257,40 @@ async def test_ads_stream_refused_before_registration_then_accepted(cp: Cp) -> N
     )
     assert cp.store.get(dataplane_key("web-1")) is None and cp.xds.connected_nodes() == []
     assert await _ads_status(cp, issue_token(cp.store, GOOD)) is None
+
+
+async def test_the_dataplane_sent_with_the_csr_serves_an_instance_that_never_saw_the_bootstrap(
+    cp: Cp,
+) -> None:
+    # Several control-plane instances: the bootstrap went to another one, this one knows nothing.
+    token = issue_token(cp.store, GOOD)
+    headers = {"authorization": f"Bearer {token}"}
+    body = {**certificate_body("web-1", "spiffe://default/web"), "dataplane": json.dumps(WEB_1)}
+    async with cp.client() as client:
+        without = await client.post(
+            "/certificate", json=certificate_body("web-1", "spiffe://default/web"), headers=headers
+        )
+        issued = await client.post("/certificate", json=body, headers=headers)
+        # What the token allows is still the rule: a Dataplane claiming another service gets no
+        # certificate for it.
+        greedy = {**WEB_1, "networking": {**WEB_1["networking"], "inbound": [
+            {"port": 21011, "tags": {"kuma.io/service": "backend"}}]}}  # fmt: skip
+        other_token = issue_token(cp.store, TokenRequest("default", "web-1", {"kuma.io/service": ["web"]}))
+        refused = await client.post(
+            "/certificate",
+            json={**certificate_body("web-1", "spiffe://default/backend"), "dataplane": json.dumps(greedy)},
+            headers={"authorization": other_token},
+        )
+        invalid = await client.post(
+            "/certificate", json={**body, "dataplane": json.dumps({"type": "Dataplane"})}, headers=headers
+        )
+        renamed = await client.post(
+            "/certificate",
+            json={**body, "dataplane": json.dumps({**WEB_1, "name": "web-2"})},
+            headers=headers,
+        )
+    assert without.status_code == 404
+    assert issued.status_code == 200, issued.text
+    assert refused.status_code == 401 and "tags not allowed" in refused.text
+    assert invalid.status_code == 400 and "dataplane is not a valid Dataplane" in invalid.json()["title"]
+    assert renamed.status_code == 400 and "default/web-2" in renamed.json()["title"]

@@ -8,8 +8,8 @@ WARNING with what was asked); 400 a malformed body; 422 a CSR that cannot be use
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,6 +21,7 @@ from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.dp_server.authn import DpAuthenticator, token_from_header, unauthorized
 from control_plane.dp_server.recent_dataplanes import RecentDataplanes
 from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.registry import DATAPLANE, parse_resource
 from control_plane.store.base import ResourceStore, dataplane_key
 from control_plane.tokens.verify import TokenRejected, allowed_services
 from control_plane.xds.binding import BindingConflict, check_binding
@@ -29,7 +30,8 @@ from kuma_common import safe_json
 
 log = logging.getLogger("kuma-cp.identity")
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(contract.CertificateRequest))  # mesh, name, csr
+_FIELDS = ("mesh", "name", "csr")  # required; `dataplane` is optional
+_DATAPLANE_FIELD = "dataplane"
 
 
 class _Refused(Exception):
@@ -52,7 +54,7 @@ def certificate_routes(
 
     def handle(raw_body: bytes, presented: str | None) -> Response:
         try:
-            mesh, name, csr = _parse_body(raw_body)
+            mesh, name, csr, sent = _parse_body(raw_body)
         except _Refused as err:
             return err.response()
         where = "certificate request"
@@ -60,7 +62,7 @@ def certificate_routes(
             # The token before the store: an unauthenticated caller learns nothing of what exists.
             token = authenticator.authenticate_caller(presented, where, f"{mesh}/{name}")
             authenticator.authorize_names(token, mesh, name, where)
-            dataplane = _dataplane(store, recent, mesh, name)
+            dataplane = _dataplane(store, recent, mesh, name, _sent_dataplane(sent, mesh, name))
             if dataplane is None:
                 return Response(status_code=404)  # empty body: "not known yet, retry"
             authenticator.authorize(token, dataplane, where)
@@ -68,6 +70,8 @@ def certificate_routes(
             return unauthorized(exc)
         except BindingConflict as exc:
             return _Refused(409, "dataplane conflicts with the applied one", str(exc)).response()
+        except _Refused as err:  # the Dataplane sent with the request is not valid
+            return err.response()
         try:
             issued = issue_certificate(store, mesh, allowed_services(token, dataplane), csr)
         except CsrInvalid as exc:
@@ -82,7 +86,7 @@ def certificate_routes(
     return [Route(contract.CERTIFICATE_PATH, certificate, methods=["POST"])]
 
 
-def _parse_body(raw: bytes) -> tuple[str, str, str]:
+def _parse_body(raw: bytes) -> tuple[str, str, str, Any]:
     try:
         doc = safe_json.loads(raw)  # a RecursionError (too deep) comes out as ValueError
     except ValueError as exc:
@@ -95,14 +99,33 @@ def _parse_body(raw: bytes) -> tuple[str, str, str]:
         if not isinstance(value, str) or not value:
             raise _Refused(400, f"{field} is required (a non-empty string)")
         values.append(value)
-    return values[0], values[1], values[2]
+    return values[0], values[1], values[2], doc.get(_DATAPLANE_FIELD)
 
 
-def _dataplane(store: ResourceStore, recent: RecentDataplanes, mesh: str, name: str) -> Dataplane | None:
-    """What the certificate is for: the Dataplane the agent sent at bootstrap, checked again
-    against an admin-applied one (applied since, perhaps: control_plane/xds/binding.py), else the
-    stored one."""
-    sent = recent.get(mesh, name)
+def _sent_dataplane(raw: Any, mesh: str, name: str) -> Dataplane | None:
+    """The optional Dataplane the agent sent at /bootstrap, validated as there."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise _Refused(400, f"{_DATAPLANE_FIELD} must be the Dataplane resource as a JSON string")
+    try:
+        model = parse_resource(safe_json.loads(raw), DATAPLANE)
+    except ValueError as exc:  # InvalidResource included: it names the fields
+        raise _Refused(400, f"{_DATAPLANE_FIELD} is not a valid Dataplane", str(exc)) from None
+    assert isinstance(model, Dataplane)
+    if (model.mesh, model.name) != (mesh, name):
+        raise _Refused(400, f"{_DATAPLANE_FIELD} names {model.mesh}/{model.name}, the request {mesh}/{name}")
+    return model
+
+
+def _dataplane(
+    store: ResourceStore, recent: RecentDataplanes, mesh: str, name: str, sent: Dataplane | None = None
+) -> Dataplane | None:
+    """What the certificate is for: the Dataplane the agent sent (with this request, or at
+    bootstrap to this instance), checked again against an admin-applied one (applied since,
+    perhaps: control_plane/xds/binding.py), else the stored one. The token is checked against
+    whichever it is, as at bootstrap."""
+    sent = sent or recent.get(mesh, name)
     if sent is None:
         return _stored_dataplane(store, mesh, name)
     check_binding(store, sent)

@@ -74,10 +74,17 @@ class CertificateClient:
     """One HTTPS client for every CSR of this agent; the token is taken fresh for each request."""
 
     def __init__(
-        self, cp_address: str, ca: bc.TrustedCa | None, mesh: str, name: str, tokens: TokenSource
+        self,
+        cp_address: str,
+        ca: bc.TrustedCa | None,
+        mesh: str,
+        name: str,
+        tokens: TokenSource,
+        dataplane_json: str | None = None,
     ) -> None:
         self.url = f"{cp_address}{contract.CERTIFICATE_PATH}"
         self._mesh, self._name, self._tokens, self._ca = mesh, name, tokens, ca
+        self._dataplane_json = dataplane_json or ""
         self._client = httpx.AsyncClient(
             verify=bc.ssl_context(ca), timeout=CERTIFICATE_REQUEST_TIMEOUT_S, trust_env=False
         )
@@ -89,7 +96,9 @@ class CertificateClient:
         """One attempt: the certificate, or the reason to retry. Final refusals raise."""
         token = self._tokens.current()
         headers = {contract.TOKEN_HEADER: token} if token else {}
-        body = contract.CertificateRequest(mesh=self._mesh, name=self._name, csr=csr_pem.decode())
+        body = contract.CertificateRequest(
+            mesh=self._mesh, name=self._name, csr=csr_pem.decode(), dataplane=self._dataplane_json
+        )
         try:
             response = await self._client.post(self.url, json=body.to_json(), headers=headers)
         except httpx.HTTPError as exc:
