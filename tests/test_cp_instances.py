@@ -44,11 +44,14 @@ class Cluster:
     instances: list[ControlPlaneProc] = field(default_factory=list)
     lb_port: int = 0
 
-    def front(self, through: ControlPlaneProc | None = None) -> ControlPlaneProc:
-        """What agents are given: the balancer (or one instance's DP server) and the shared CA."""
+    def front(
+        self, through: ControlPlaneProc | None = None, api: ControlPlaneProc | None = None
+    ) -> ControlPlaneProc:
+        """What agents are given: the balancer (or one instance's DP server) and the shared CA;
+        tokens come from `api` (the first instance by default)."""
         first = self.instances[0]
         dp_port = through.dp_port if through is not None else self.lb_port
-        return ControlPlaneProc(first.proc, first.work_dir, first.api_url, dp_port)
+        return ControlPlaneProc(first.proc, first.work_dir, (api or first).api_url, dp_port)
 
     def apply(self, cp: ControlPlaneProc, text: str) -> None:
         res = self.lab.kumactl(cp, "apply", "-f", "-", input=text)
@@ -233,7 +236,9 @@ def test_killing_an_instance_under_traffic_fails_no_request(lab: Lab, pg: Postgr
         # The survivor's config reaches them: a second backend instance, applied there.
         second_app = free_port()
         lab.start_app("backend", "backend-2", second_app)
-        second = lab.start_agent(front, dataplane("backend-2", "backend", free_port(), second_app))
+        second = lab.start_agent(
+            cluster.front(api=survivor), dataplane("backend-2", "backend", free_port(), second_app)
+        )
         lab.wait_ready(second)
         wait_until(lambda: len(envoy_endpoints(web, "backend")) == 2, timeout=15)
         time.sleep(1.0)
@@ -251,11 +256,11 @@ class Traffic(threading.Thread):
         self.url = url
         self.ok = 0
         self.failures: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         with httpx.Client(timeout=5) as client:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     response = client.get(self.url)
                     if response.status_code == 200:
@@ -267,7 +272,7 @@ class Traffic(threading.Thread):
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
 
