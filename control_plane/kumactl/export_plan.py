@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from control_plane.policies.registry import POLICY_TYPES
+from control_plane.resources.manager import spec_of
 from control_plane.resources.registry import (
     DATAPLANE,
     DNS_VIPS,
@@ -26,7 +27,10 @@ from control_plane.resources.registry import (
     READ_ONLY_FIELDS,
     SECRET,
     TYPES,
+    InvalidResource,
     ResourceType,
+    parse_resource,
+    to_document,
 )
 from control_plane.tokens.user import SIGNING_KEY_PREFIX as USER_SIGNING_KEY_PREFIX
 
@@ -68,10 +72,22 @@ def export_types(profile: str, include_admin: bool = True) -> list[ResourceType]
     return [t for t in ordered if include_admin or not t.admin_only]
 
 
+def canonical(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The document as the target will store it: validated by the same model, so fields come in
+    one order (the export of a copy is the export of its source, byte for byte); as it is if it
+    does not validate (then `kumactl apply` names what is wrong)."""
+    try:
+        model = parse_resource(dict(document))
+    except InvalidResource:
+        return dict(document)
+    head = {k: document[k] for k in ("type", "mesh", "name") if k in document}
+    return {**head, **spec_of(to_document(model))}
+
+
 def clean(document: Mapping[str, Any], profile: str) -> dict[str, Any]:
-    """A document as exported: without the server's timestamps (apply ignores them anyway), and
-    for the federation profiles without the zone origin label."""
-    out = {k: v for k, v in document.items() if k not in READ_ONLY_FIELDS}
+    """A document as exported: canonical, without the server's timestamps (apply ignores them
+    anyway), and for the federation profiles without the zone origin label."""
+    out = {k: v for k, v in canonical(document).items() if k not in READ_ONLY_FIELDS}
     labels = out.get("labels")
     if profile in (PROFILE_FEDERATION, PROFILE_FEDERATION_WITH_POLICIES) and isinstance(labels, dict):
         out["labels"] = {k: v for k, v in labels.items() if k != ORIGIN_LABEL}
