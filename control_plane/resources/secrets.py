@@ -22,6 +22,7 @@ import re
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import model_validator
@@ -57,7 +58,7 @@ def check_rsa_key(field: str, value: str | None) -> None:
     pem = decode_base64(field, value)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise SecretShapeError(field, "is not the base64 of an unencrypted PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise SecretShapeError(field, "is not an RSA private key (tokens are signed with RS256)")
@@ -65,27 +66,26 @@ def check_rsa_key(field: str, value: str | None) -> None:
 
 def check_mesh_ca(cert_b64: str | None, key_b64: str | None) -> None:
     """A CA certificate and the ECDSA P-256 key of its public key, as the built-in CA stores them."""
+    pem = decode_base64("cert", cert_b64)
     try:
-        cert = x509.load_pem_x509_certificate(decode_base64("cert", cert_b64))
-    except ValueError as exc:
-        if isinstance(exc, SecretShapeError):
-            raise
+        cert = x509.load_pem_x509_certificate(pem)
+        cert_key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
         raise SecretShapeError("cert", "is not the base64 of a PEM certificate") from None
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):  # ValueError: a malformed extension
         constraints = None
     if constraints is None or not constraints.ca:
         raise SecretShapeError("cert", "is not a CA certificate (basicConstraints CA:TRUE)")
+    key_pem = decode_base64("key", key_b64)
     try:
-        key = serialization.load_pem_private_key(decode_base64("key", key_b64), password=None)
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, SecretShapeError):
-            raise
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise SecretShapeError("key", "is not the base64 of an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise SecretShapeError("key", "is not an ECDSA P-256 key (the built-in CA's key type)")
-    if key.public_key() != cert.public_key():
+    if key.public_key() != cert_key:
         raise SecretShapeError("key", "is not the key of the certificate in cert")
 
 
