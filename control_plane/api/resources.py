@@ -60,8 +60,9 @@ def list_body(
 @dataclass(frozen=True)
 class ResourceEndpoints:
     """Reads from the store, writes through the resource manager (which enforces the rules inside
-    the store's transaction). Versions: every response carries the resource's `ETag`; a PUT or
-    DELETE with `If-Match` (that ETag) is refused with 409 if someone changed it meanwhile."""
+    the store's transaction); admin-only types (secrets) need an admin for reads too. Versions:
+    every response carries the resource's `ETag`; a PUT or DELETE with `If-Match` (that ETag) is
+    refused with 409 if someone changed it meanwhile."""
 
     manager: ResourceManager
     rtype: ResourceType
@@ -74,14 +75,20 @@ class ResourceEndpoints:
         where = f' in mesh "{key.mesh}"' if key.mesh else ""
         return f'{key.type} "{key.name}"{where}'
 
+    def _check_read(self, request: Request) -> None:
+        if self.rtype.admin_only:  # secrets: reading one is as sensitive as writing it
+            require_admin(request)
+
     async def list_items(self, request: Request) -> Response:
         """All of this type; in the path's mesh when the route has one."""
+        self._check_read(request)
         size, offset = page_params(request)
         mesh = request.path_params.get("mesh")
         items, total = await run_in_threadpool(self.manager.list, self.rtype.name, mesh, offset, size)
         return JSONResponse(list_body(request, items, total, size, offset))
 
     async def get(self, request: Request) -> Response:
+        self._check_read(request)
         key = self._key(request)
         stored = await run_in_threadpool(self.manager.get, key)
         if stored is None:

@@ -1,23 +1,23 @@
-"""Kuma's `POST /tokens/user` (issue a user token; admin only) and the admin-only, read-only
-`GET /global-secrets[/{name}]` (where an admin reads `admin-user-token`, as in Kuma)."""
+"""Kuma's `POST /tokens/user` (issue a user token; admin only). An admin reads the admin user's
+token at `GET /global-secrets/admin-user-token`, as in Kuma: GlobalSecret is a resource type
+(control_plane/resources/secrets.py), admin-only for reads and writes."""
 
 from __future__ import annotations
 
 import asyncio
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from control_plane.api.access import require_admin
 from control_plane.api.bodies import request_document
 from control_plane.api.errors import ApiError, invalid
 from control_plane.resources.common import format_validation_error
-from control_plane.store.base import ResourceKey, ResourceStore
-from control_plane.tokens.user import GLOBAL_SECRET, User, issue_user_token
-from kuma_common.api_paths import GLOBAL_SECRETS_PATH, USER_TOKENS_PATH
+from control_plane.store.base import ResourceStore
+from control_plane.tokens.user import User, issue_user_token
+from kuma_common.api_paths import USER_TOKENS_PATH
 from kuma_common.durations import DurationError, parse_positive_duration
 
 
@@ -50,23 +50,8 @@ def user_routes(store: ResourceStore, issuer_enabled: bool = True) -> list[Route
         token = await asyncio.to_thread(issue_user_token, store, user, valid_for)
         return PlainTextResponse(token)
 
-    async def list_secrets(request: Request) -> Response:
-        require_admin(request)
-        items, total = await run_in_threadpool(store.list, GLOBAL_SECRET, None)
-        return JSONResponse({"total": total, "items": [i.document() for i in items], "next": None})
-
-    async def get_secret(request: Request) -> Response:
-        require_admin(request)
-        name = request.path_params["name"]
-        stored = await run_in_threadpool(store.get, ResourceKey(GLOBAL_SECRET, "", name))
-        if stored is None:
-            raise ApiError(404, "Could not retrieve a resource", f'GlobalSecret "{name}" not found')
-        return JSONResponse(stored.document())
-
     return [
         Route(USER_TOKENS_PATH, generate, methods=["POST"]),
-        Route(GLOBAL_SECRETS_PATH, list_secrets, methods=["GET"]),
-        Route(GLOBAL_SECRETS_PATH + "/{name}", get_secret, methods=["GET"]),
     ]
 
 

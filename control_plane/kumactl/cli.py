@@ -19,6 +19,7 @@ from control_plane.kumactl.documents import (
     read_source,
     substitute,
 )
+from control_plane.kumactl.export_cmd import export
 from control_plane.kumactl.inspect_cmd import inspect
 from control_plane.kumactl.output import FORMATS, render_document, render_table
 from control_plane.kumactl.tls_cmd import tls_certificate
@@ -41,6 +42,7 @@ def main(config_file: str | None) -> None:
 
 
 main.add_command(config_group)
+main.add_command(export)
 main.add_command(inspect)
 main.add_command(install)
 main.add_command(uninstall)

@@ -10,7 +10,7 @@ import yaml
 
 from control_plane.kumactl.errors import KumactlError
 from control_plane.resources.common import DEFAULT_MESH
-from control_plane.resources.registry import TYPES, InvalidResource, ResourceType, parse_resource
+from control_plane.resources.registry import MESH, TYPES, InvalidResource, ResourceType, parse_resource
 from control_plane.yaml_errors import yaml_error_message
 from kuma_common import safe_yaml, templating
 
@@ -113,5 +113,6 @@ def check_all(documents: list[Document]) -> None:
 
 
 def apply_order(documents: list[Document]) -> list[Document]:
-    """Meshes before what lives in them, otherwise file order (a stable sort)."""
-    return sorted(documents, key=lambda d: d.rtype.mesh_scoped)
+    """Meshes before what lives in them, otherwise file order (a stable sort): other global types
+    keep their place, e.g. `kumactl export` puts the user-token signing keys last on purpose."""
+    return sorted(documents, key=lambda d: d.rtype is not MESH)

@@ -11,7 +11,9 @@ from control_plane.policies.core.plugin import PolicyType
 from control_plane.policies.registry import POLICY_TYPES
 from control_plane.resources.common import format_validation_error
 from control_plane.resources.dataplane import Dataplane
+from control_plane.resources.dns_vips import DnsVips
 from control_plane.resources.mesh import Mesh
+from control_plane.resources.secrets import GlobalSecret, Secret
 
 
 @dataclass(frozen=True)
@@ -21,13 +23,23 @@ class ResourceType:
     model: type[BaseModel]
     mesh_scoped: bool
     policy: PolicyType | None = None  # set for policies (from the policy registry)
+    admin_only: bool = False  # read as well as written by admins only (secrets, as in Kuma)
 
 
 MESH = ResourceType("Mesh", "meshes", Mesh, mesh_scoped=False)
 DATAPLANE = ResourceType("Dataplane", "dataplanes", Dataplane, mesh_scoped=True)
 POLICIES = tuple(ResourceType(t.kind, t.plural, t.model, mesh_scoped=True, policy=t) for t in POLICY_TYPES)
+# What the control plane keeps for itself and a moved mesh needs (`kumactl export`): the mesh CA,
+# token signing keys and revocations, user-token keys, the services' virtual IPs.
+SECRET = ResourceType("Secret", "secrets", Secret, mesh_scoped=True, admin_only=True)
+GLOBAL_SECRET = ResourceType(
+    "GlobalSecret", "global-secrets", GlobalSecret, mesh_scoped=False, admin_only=True
+)
+DNS_VIPS = ResourceType("DnsVips", "dns-vips", DnsVips, mesh_scoped=True, admin_only=True)
 
-TYPES: dict[str, ResourceType] = {t.name: t for t in (MESH, DATAPLANE, *POLICIES)}
+TYPES: dict[str, ResourceType] = {
+    t.name: t for t in (MESH, DATAPLANE, *POLICIES, SECRET, GLOBAL_SECRET, DNS_VIPS)
+}
 BY_PLURAL: dict[str, ResourceType] = {t.plural: t for t in TYPES.values()}
 
 
