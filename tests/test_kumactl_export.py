@@ -28,12 +28,23 @@ from control_plane.ca.authority import new_ca_pem
 from control_plane.kumactl import export_plan
 from control_plane.resources.registry import READ_ONLY_FIELDS, TYPES, InvalidResource, parse_resource
 from control_plane.tokens.keys import new_private_key, private_key_pem
-from labkit.lab import ControlPlaneProc, Lab, wait_for
+from labkit.lab import BIN, ControlPlaneProc, Lab, wait_for
 
-# The target's store: name → the kuma-cp environment selecting it (a PostgreSQL entry joins here).
-TARGET_STORES: dict[str, Callable[[Lab], dict[str, str]]] = {
-    "sqlite": lambda lab: {"KUMA_STORE_TYPE": "sqlite"},
-    "memory": lambda lab: {"KUMA_STORE_TYPE": "memory"},
+
+# The target's store: name → the kuma-cp environment selecting it.
+def _postgres_target(lab: Lab, request: pytest.FixtureRequest) -> dict[str, str]:
+    """A new database on the session's PostgreSQL, migrated with `kuma-cp migrate up`."""
+    server = request.getfixturevalue("postgres")
+    env = server.env(server.new_database())
+    migrate = lab.spawn("migrate", [str(BIN / "kuma-cp"), "migrate", "up"], env, inherit_kuma=False)
+    assert migrate.popen.wait(60) == 0, migrate.log_tail()
+    return env
+
+
+TARGET_STORES: dict[str, Callable[[Lab, pytest.FixtureRequest], dict[str, str]]] = {
+    "sqlite": lambda lab, request: {"KUMA_STORE_TYPE": "sqlite"},
+    "memory": lambda lab, request: {"KUMA_STORE_TYPE": "memory"},
+    "postgres": _postgres_target,  # the migration path the docs describe: SQLite → PostgreSQL
 }
 PROXIED = {"X-Forwarded-For": "203.0.113.7"}  # not a direct loopback call: not admin
 
@@ -145,9 +156,12 @@ def prepare_source(lab: Lab, source: ControlPlaneProc) -> tuple[str, str]:
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("target_store", list(TARGET_STORES))
-def test_export_then_apply_moves_every_resource_ca_and_tokens(lab: Lab, target_store: str) -> None:
+def test_export_then_apply_moves_every_resource_ca_and_tokens(
+    lab: Lab, target_store: str, request: pytest.FixtureRequest
+) -> None:
     source = lab.start_control_plane(work_dir=lab.root / "source", KUMA_STORE_TYPE="sqlite")
-    target = lab.start_control_plane(work_dir=lab.root / "target", **TARGET_STORES[target_store](lab))
+    target_env = TARGET_STORES[target_store](lab, request)
+    target = lab.start_control_plane(work_dir=lab.root / "target", **target_env)
     lab.wait_control_plane(source)
     lab.wait_control_plane(target)
     good, revoked = prepare_source(lab, source)
