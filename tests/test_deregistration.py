@@ -69,7 +69,7 @@ async def test_a_proxy_moving_to_another_instance_keeps_its_dataplane(store: Sha
     record = store.get(registration_key("default", "web-1"))
     assert record is not None and record.spec["connected"] is True and record.spec["instance"] == "b"
     assert sweeper.sweep(now + 1000) == 0
-    assert store.get(dataplane_key("web-1")).version > first.version  # type: ignore[union-attr]
+    assert store.get(dataplane_key("web-1")).version == first.version  # type: ignore[union-attr]
     # It leaves b for good: removed once the delay has passed, not before.
     await b.on_close(proxy.id)
     assert sweeper.sweep(time.time() + DELAY_S - 1) == 0
@@ -96,12 +96,14 @@ async def test_a_reconnect_racing_the_delete_wins(store: SharedMemoryStore) -> N
     await a.on_open(proxy)
     await a.on_close(proxy.id)
     sweeper = DeregistrationSweeper(store, Instances(store, "a"), DELAY_S, GRACE_S)
-    stale = store.get(dataplane_key("web-1"))
-    assert stale is not None
-    await a.on_open(proxy)  # back, after the sweeper read the Dataplane
-    with pytest.raises(ConflictError):  # the sweeper deletes with the version it read first
-        store.delete(stale.key, expected_version=stale.version)
+    decided_on = store.get(registration_key("default", "web-1"))  # "disconnected": due
+    assert decided_on is not None and decided_on.spec["connected"] is False
+    version = store.get(dataplane_key("web-1")).version  # type: ignore[union-attr]
+    await a.on_open(proxy)  # back, after the sweeper read the record
+    with pytest.raises(ConflictError):  # the sweeper's delete is guarded by that record's version
+        store.delete(dataplane_key("web-1"), guards=[(decided_on.key, decided_on.version)])
     assert store.get(dataplane_key("web-1")) is not None
+    assert store.get(dataplane_key("web-1")).version == version  # type: ignore[union-attr]  # unchanged: not rewritten
     assert sweeper.sweep(time.time() + DELAY_S + 1) == 0  # connected again: nothing due
 
 

@@ -318,3 +318,20 @@ def test_keys_are_exact(store: ResourceStore) -> None:
     store.upsert(ResourceKey("Dataplane", "a", "x"), SPEC)
     assert store.get(ResourceKey("Dataplane", "b", "x")) is None
     assert store.get(ResourceKey("Mesh", "", "x")) is None
+
+
+def test_a_guarded_delete_goes_ahead_only_while_the_guard_is_unchanged(store: ResourceStore) -> None:
+    store.upsert(mesh_key("default"), {})
+    store.upsert(dataplane_key("dp"), SPEC)
+    record, _ = store.upsert(ResourceKey("DataplaneRegistration", "default", "dp"), {"connected": False})
+    store.upsert(record.key, {"connected": True})  # the proxy came back meanwhile
+    with pytest.raises(ConflictError):
+        store.delete(dataplane_key("dp"), guards=[(record.key, record.version)])
+    assert store.get(dataplane_key("dp")) is not None
+    # Absent must stay absent (version 0).
+    with pytest.raises(ConflictError):
+        store.delete(dataplane_key("dp"), guards=[(record.key, 0)])
+    assert store.delete(
+        dataplane_key("dp"), guards=[(record.key, 2), (ResourceKey("X", "default", "none"), 0)]
+    )
+    assert store.get(dataplane_key("dp")) is None

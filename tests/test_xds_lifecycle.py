@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -78,11 +79,11 @@ class RefusesOneDelete(SqliteStore):
 
     refused = 0
 
-    def delete(self, key: ResourceKey, expected_version: int | None = None) -> bool:
+    def delete(self, key: ResourceKey, *args: Any, **kwargs: Any) -> bool:
         if not self.refused:
             self.refused += 1
             raise StoreError(f"the SQLite store {self.path}: deleting failed: database is locked")
-        return super().delete(key, expected_version)
+        return super().delete(key, *args, **kwargs)
 
 
 async def test_a_failed_deregistration_is_logged_and_tried_again(

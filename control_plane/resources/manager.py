@@ -31,6 +31,7 @@ from control_plane.resources.registry import (
 )
 from control_plane.store.base import (
     ConflictError,
+    Guard,
     LeaderLock,
     Listener,
     MissingError,
@@ -92,10 +93,14 @@ class ResourceManager(ResourceStore):
         return self.inner.upsert_all([_with_mesh_required(write) for write in writes])
 
     def delete(
-        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+        self,
+        key: ResourceKey,
+        expected_version: int | None = None,
+        cascade_mesh: bool = False,
+        guards: Sequence[Guard] = (),
     ) -> bool:
         """Remove `key` and what it owns; a Mesh takes its contents with it."""
-        return self.inner.delete(key, expected_version, cascade_mesh=cascade_mesh or key.type == MESH.name)
+        return self.inner.delete(key, expected_version, cascade_mesh or key.type == MESH.name, guards)
 
     def create_mesh(
         self, name: str, spec: dict[str, Any], expected_version: int | None = 0

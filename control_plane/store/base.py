@@ -65,6 +65,8 @@ class ChangeEvent:
 
 
 Listener = Callable[[ChangeEvent], None]
+# (a resource, the version it must have) for a delete to go ahead; version 0: it must not exist.
+Guard = tuple[ResourceKey, int]
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,16 @@ class ResourceStore:
         raise NotImplementedError
 
     def delete(
-        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+        self,
+        key: ResourceKey,
+        expected_version: int | None = None,
+        cascade_mesh: bool = False,
+        guards: Sequence[Guard] = (),
     ) -> bool:
         """Remove `key` and what it owns (transitively); with `cascade_mesh`, also every resource
-        scoped to the mesh named `key.name` (`key` is a Mesh). One transaction; False if `key` was
-        not there (and then nothing is removed)."""
+        scoped to the mesh named `key.name` (`key` is a Mesh). `guards`: other resources that must
+        still be at the versions given (0: absent), else ConflictError: "delete this unless that
+        changed". One transaction; False if `key` was not there (and then nothing is removed)."""
         raise NotImplementedError
 
     def leader_lock(self) -> LeaderLock:

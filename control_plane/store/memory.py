@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from control_plane.store.base import (
     ChangeEvent,
     ConflictError,
+    Guard,
     MissingError,
     ResourceKey,
     ResourceStore,
@@ -69,7 +70,11 @@ class MemoryStore(ResourceStore):
         return stored, old is None
 
     def delete(
-        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+        self,
+        key: ResourceKey,
+        expected_version: int | None = None,
+        cascade_mesh: bool = False,
+        guards: Sequence[Guard] = (),
     ) -> bool:
         with self._lock:
             old = self._items.get(key)
@@ -77,6 +82,10 @@ class MemoryStore(ResourceStore):
                 return False
             if expected_version is not None and old.version != expected_version:
                 raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
+            for guard, version in guards:
+                held = self._items.get(guard)
+                if (held.version if held else 0) != version:
+                    raise ConflictError(f"{guard.type} {guard.name!r} was changed by someone else")
             doomed = self._doomed(key, cascade_mesh)
             for k in doomed:
                 del self._items[k]

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.store.base import (
     ConflictError,
+    Guard,
     LeaderLock,
     Listener,
     ResourceKey,
@@ -70,10 +71,14 @@ class MeteredStore(ResourceStore):
             return results
 
     def delete(
-        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+        self,
+        key: ResourceKey,
+        expected_version: int | None = None,
+        cascade_mesh: bool = False,
+        guards: Sequence[Guard] = (),
     ) -> bool:
         with self._timed("delete", ALL_TYPES if cascade_mesh else key.type):
-            return self.inner.delete(key, expected_version, cascade_mesh)
+            return self.inner.delete(key, expected_version, cascade_mesh, guards)
 
     @property  # type: ignore[override]
     def shared(self) -> bool:

@@ -39,6 +39,7 @@ from control_plane.config import PostgresConfig
 from control_plane.store.base import (
     ChangeEvent,
     ConflictError,
+    Guard,
     LeaderLock,
     MissingError,
     ResourceKey,
@@ -289,7 +290,11 @@ class PostgresStore(ResourceStore):
         return stored, version == 1  # a row is created at version 1 and only ever goes up
 
     def delete(
-        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+        self,
+        key: ResourceKey,
+        expected_version: int | None = None,
+        cascade_mesh: bool = False,
+        guards: Sequence[Guard] = (),
     ) -> bool:
         with self._connection("deleting") as conn, conn.transaction():
             row = conn.execute(
@@ -299,6 +304,12 @@ class PostgresStore(ResourceStore):
                 return False
             if expected_version is not None and row[0] != expected_version:
                 raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
+            for guard, version in guards:  # locked: a writer of it waits for our commit
+                held = conn.execute(
+                    f"SELECT version FROM resources WHERE {_KEY_MATCH} FOR UPDATE", _values(guard)
+                ).fetchone()
+                if (held[0] if held else 0) != version:
+                    raise ConflictError(f"{guard.type} {guard.name!r} was changed by someone else")
             # A new statement: it sees the rows writers committed while we waited for the lock.
             doomed = [
                 ResourceKey(*found)

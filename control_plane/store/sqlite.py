@@ -28,6 +28,7 @@ from typing import Any
 from control_plane.store.base import (
     ChangeEvent,
     ConflictError,
+    Guard,
     MissingError,
     ResourceKey,
     ResourceStore,
@@ -192,7 +193,11 @@ class SqliteStore(ResourceStore):
         )
 
     def delete(
-        self, key: ResourceKey, expected_version: int | None = None, cascade_mesh: bool = False
+        self,
+        key: ResourceKey,
+        expected_version: int | None = None,
+        cascade_mesh: bool = False,
+        guards: Sequence[Guard] = (),
     ) -> bool:
         with self._lock, self._failures("deleting"), _transaction(self._conn):
             row = self._conn.execute(
@@ -202,6 +207,13 @@ class SqliteStore(ResourceStore):
                 return False
             if expected_version is not None and row[0] != expected_version:
                 raise ConflictError(f"{key.type} {key.name!r} was changed by someone else")
+            for guard, version in guards:
+                held = self._conn.execute(
+                    "SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                    _key_values(guard),
+                ).fetchone()
+                if (held[0] if held else 0) != version:
+                    raise ConflictError(f"{guard.type} {guard.name!r} was changed by someone else")
             doomed = [
                 ResourceKey(*found)
                 for found in self._conn.execute(

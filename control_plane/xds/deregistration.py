@@ -6,8 +6,8 @@ bool, "since": <epoch s>}`. The leader removes a Dataplane
 - `deregistration_delay_s` after its proxy disconnected (the record says so), or
 - `startup_grace_s` after the leader first saw it connected to an instance that is not alive (the
   instance died or this leader just started: proxies reconnect with Envoy's backoff, up to 30 s).
-A proxy that reconnects (to any instance) rewrites its Dataplane, bumping its version; the delete
-names the version read before the record, so a reconnect racing the delete wins (ConflictError).
+A proxy that reconnects (to any instance) rewrites its record; the delete is guarded by the
+record's version the decision was made on, so a reconnect racing the delete wins (ConflictError).
 Admin-applied Dataplanes have no record and are never touched.
 """
 
@@ -112,21 +112,19 @@ class DeregistrationSweeper:
     def _remove(self, candidate: StoredResource, alive: set[str], now: float) -> bool:
         """Delete the Dataplane (and with it its record) unless its proxy came back meanwhile."""
         mesh, name = candidate.key.mesh, candidate.key.name
-        dataplane = self.store.get(dataplane_key(name, mesh))  # first: its version guards the delete
         record = self.store.get(registration_key(mesh, name))
         if record is None:
-            return False
-        if dataplane is None:  # removed by an admin; the record is left over
-            self._delete_quietly(record)
             return False
         when = self._deadline(record, alive)
         if when is None or when > now:
             return False
         try:
-            deleted = self.store.delete(dataplane.key, expected_version=dataplane.version)
-        except ConflictError:  # its proxy reconnected (or an admin changed it): keep it
+            deleted = self.store.delete(dataplane_key(name, mesh), guards=[(record.key, record.version)])
+        except ConflictError:  # its proxy reconnected: keep it
             return False
-        if deleted:
+        if not deleted:  # removed by an admin; the record is left over
+            self._delete_quietly(record)
+        else:
             log.info("Dataplane %s/%s deregistered: its proxy disconnected", mesh, name)
         return deleted
 

@@ -88,8 +88,9 @@ class DataplaneLifecycle:
                 log.warning("could not record that %s disconnected: %s", node_id, exc)
 
     def _register(self, dataplane: Dataplane) -> None:
-        """The Dataplane and its record in one transaction. Written on every stream open even when
-        unchanged: the version bump is what makes a racing deregistration fail."""
+        """The record (every stream open: it names this instance) and, when new or changed, the
+        Dataplane, in one transaction. An unchanged Dataplane is not rewritten: that would wake
+        the mesh's xDS rebuild for every proxy connecting."""
         if self._store.get(mesh_key(dataplane.mesh)) is None:
             raise _mesh_missing(dataplane.mesh)
         try:
@@ -104,11 +105,17 @@ class DataplaneLifecycle:
             connection_spec(self._instance_id, True, time.time()),
             owner=key,
         )
+        changed = previous is None or previous.spec != spec
         try:
-            self._store.upsert_all([Write(key, spec), record])
-        except MissingError:  # the Mesh went away meanwhile
-            raise _mesh_missing(dataplane.mesh) from None
-        if previous is None or previous.spec != spec:
+            self._store.upsert_all([Write(key, spec), record] if changed else [record])
+        except MissingError:  # the Mesh (or the Dataplane) went away meanwhile: write both
+            if changed:
+                raise _mesh_missing(dataplane.mesh) from None
+            try:
+                self._store.upsert_all([Write(key, spec), record])
+            except MissingError:
+                raise _mesh_missing(dataplane.mesh) from None
+        if changed:
             log.info("Dataplane %s/%s registered by its proxy", dataplane.mesh, dataplane.name)
 
     def _mark_disconnected(self, node_id: str) -> None:
