@@ -375,7 +375,7 @@ def measures_for(n: int, results: Sequence[RepResult], topology: Topology = SING
     idle = statistics.median(r.idle_rss_mb for r in results)
     eds = statistics.median(r.change_eds_s for r in results)
     load_cpu = statistics.median(r.load_cpu_s for r in results)
-    per = "per instance (the largest)" if topology.instances > 1 else ""
+    per = " per instance (the largest)" if topology.instances > 1 else ""
     return [
         Measure(SECTION, f"first config, all {n} proxies{where}", "s", [r.first_config_s for r in results]),
         Measure(
@@ -389,7 +389,7 @@ def measures_for(n: int, results: Sequence[RepResult], topology: Topology = SING
         Measure(SECTION, f"CP CPU per change (all instances), N={n}{where}", "s", [r.cpu_s for r in results]),
         Measure(
             SECTION,
-            f"CP RSS after convergence {per}, N={n}{where}".replace("  ", " "),
+            f"CP RSS after convergence{per}, N={n}{where}",
             "MB",
             [r.rss_mb for r in results],
             target=RSS_TARGET if at_target and topology == SINGLE else None,
