@@ -4,6 +4,7 @@ check interval used here (0.2 s; 10 s by default)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,11 +15,17 @@ import jwt
 import pytest
 from envoy.config.core.v3 import base_pb2
 
-from control_plane.store.base import ResourceStore
+from control_plane.dp_server.authn import DpAuthenticator
+from control_plane.dp_server.stream_reverify import FULL_EVERY, StreamReverifier
+from control_plane.resources.dataplane import Dataplane
+from control_plane.store.base import ResourceStore, mesh_key
+from control_plane.store.memory import MemoryStore
 from control_plane.tokens import TokenRequest, issue_token, revoke
 from control_plane.tokens.keys import remove_signing_key, rotate_signing_key
+from control_plane.tokens.verify import VerifiedToken
 from control_plane.xds.client import AdsClient
 from control_plane.xds.names import CLUSTER_TYPE
+from control_plane.xds.server import StreamRejected
 from labkit.waiting import eventually
 from tests.support.dp_server_harness import Cp, running_dp_server
 
@@ -110,3 +117,51 @@ async def test_a_valid_token_keeps_its_stream(cp: Cp) -> None:
             assert cp.xds.connected_nodes() == ["default.web-1"]
         finally:
             await client.close()
+
+
+class CountingAuthenticator(DpAuthenticator):
+    """The real authenticator, counting the re-checks of open streams."""
+
+    checks = 0
+
+    def authenticate(self, token: str | None, dataplane: Dataplane, where: str) -> VerifiedToken | None:
+        type(self).checks += 1
+        return super().authenticate(token, dataplane, where)
+
+
+async def test_only_streams_whose_verdict_may_have_changed_are_checked() -> None:
+    store = MemoryStore()
+    for mesh in ("default", "other"):
+        store.upsert(mesh_key(mesh), {})
+    authn = CountingAuthenticator(store, "dpToken")
+    CountingAuthenticator.checks = 0
+    reverifier = StreamReverifier(store, authn, interval_s=0.05)
+    tokens = {
+        (mesh, name): issue_token(store, TokenRequest(mesh, name))
+        for mesh in ("default", "other")
+        for name in ("web-1", "web-2")
+    }
+    watchers = {
+        key: asyncio.create_task(reverifier.watch(_node(*key), {"authorization": f"Bearer {token}"}))
+        for key, token in tokens.items()
+    }
+    try:
+        await asyncio.sleep(0.05 * (FULL_EVERY - 2))  # several intervals, nothing changed
+        assert CountingAuthenticator.checks == 0
+        revoke(store, "other", _jti(tokens[("other", "web-1")]))
+        await eventually(lambda: watchers[("other", "web-1")].done(), timeout=5)
+        with pytest.raises(StreamRejected):
+            watchers[("other", "web-1")].result()
+        assert CountingAuthenticator.checks == 2  # mesh "other"'s two streams, not "default"'s
+        assert not any(task.done() for key, task in watchers.items() if key != ("other", "web-1"))
+    finally:
+        for task in watchers.values():
+            task.cancel()
+        await asyncio.gather(*watchers.values(), return_exceptions=True)
+
+
+def _node(mesh: str, name: str) -> base_pb2.Node:
+    node = base_pb2.Node(id=f"{mesh}.{name}", cluster=name)
+    doc = {**WEB_1, "mesh": mesh, "name": name}
+    node.metadata.update({"dataplane.resource": json.dumps(doc)})
+    return node
