@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from control_plane.policies.core.merge import merge_confs
 from control_plane.policies.core.parts import ProxyInfo
-from control_plane.policies.core.spec import Match, PolicyResource
+from control_plane.policies.core.spec import Match, PolicyResource, field_value
 from control_plane.policies.core.targetref import DATAPLANE, MESH, MESH_SERVICE, ORDER, SIDECAR, TargetRef
 from control_plane.resources.dataplane import Dataplane, Inbound
 
@@ -190,7 +190,7 @@ def _dump(model: BaseModel) -> dict[str, Any]:
 def _entry_conf(entry: BaseModel) -> dict[str, Any]:
     """What a `to` entry contributes to a merge: its `default`, or (kinds with their own entry
     shape) every field but the targetRef."""
-    default = getattr(entry, "default", None)
+    default = field_value(entry, "default")
     if isinstance(default, BaseModel):
         return _dump(default)
     return {k: v for k, v in _dump(entry).items() if k != "targetRef"}
@@ -232,7 +232,7 @@ def inbound_policy(policy_type: PolicyType, policies: Sequence[PolicyResource]) 
         if policy.spec.entries("rules"):
             for index, rule in enumerate(policy.spec.entries("rules")):
                 origin, conf = origin_of(policy, index), _dump(rule.default)
-                matches = getattr(rule, "matches", None) or [None]
+                matches = field_value(rule, "matches") or [None]
                 rules.extend(InboundRule(m, conf, origin) for m in matches)
         for index, entry in enumerate(policy.spec.entries("from_")):
             origin, conf = origin_of(policy, index), _dump(entry.default)
@@ -300,7 +300,7 @@ class MeshPolicies:
         }
         self._single = {
             t.kind: _KindIndex.of(
-                p for p in self.of_kind(t.kind) if getattr(p.spec, "default", None) is not None
+                p for p in self.of_kind(t.kind) if field_value(p.spec, "default") is not None
             )
             for t in self.types
             if t.sections.single_item

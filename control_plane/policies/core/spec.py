@@ -101,18 +101,24 @@ def target_ref_model(kinds: tuple[str, ...], where: str) -> type[TargetRef]:
     )
 
 
+def field_value(model: BaseModel, name: str) -> Any:
+    """`model.<name>` if its type declares that field, else None, without pydantic's slow
+    __getattr__ for undeclared names (it builds an AttributeError: hot in per-change paths)."""
+    return getattr(model, name) if name in type(model).model_fields else None
+
+
 class PolicySpec(StrictModel):
     """The common part of every policy's spec; `policy_model` adds the sections a policy has."""
 
     targetRef: TargetRef = Field(default_factory=mesh_target)
 
     def entries(self, section: str) -> list[Any]:
-        return list(getattr(self, section, None) or [])
+        return list(field_value(self, section) or [])
 
     @model_validator(mode="after")
     def _sections_fit(self) -> PolicySpec:
         to, from_, rules = self.entries("to"), self.entries("from_"), self.entries("rules")
-        single = getattr(self, "default", None)
+        single = field_value(self, "default")
         if rules and (to or from_):
             raise ValueError("rules: 'to' and 'from' must be empty when 'rules' is defined")
         if not (to or from_ or rules or single is not None):

@@ -36,7 +36,7 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from control_plane.policies.core.fields import Percentage
-from control_plane.policies.core.spec import Sections, policy_model
+from control_plane.policies.core.spec import Sections, field_value, policy_model
 from control_plane.resources.common import StrictModel
 
 KIND = "MeshTrace"
@@ -174,7 +174,7 @@ class Conf(StrictModel):
 
 def _backends_defined(spec: object) -> None:
     """As Kuma: each policy says its backend (`[]`: none), so a policy never traces by accident."""
-    default = getattr(spec, "default", None)
+    default = field_value(spec, "default")
     if default is not None and default.backends is None:
         raise ValueError("default.backends: must be defined (a list of at most one backend; [] for none)")
 
