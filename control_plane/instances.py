@@ -11,6 +11,7 @@ written and the only live instance is this one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -18,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from control_plane.store.base import ResourceKey, ResourceStore, StoredResource
+from control_plane.store.base import ConflictError, ResourceKey, ResourceStore, StoredResource
 
 log = logging.getLogger(__name__)
 
@@ -98,5 +99,6 @@ class Instances:
             for record in records:
                 beat = heartbeat_of(record)
                 if beat is None or now - beat > FORGET_AFTER_S:
-                    await asyncio.to_thread(self.store.delete, record.key, record.version)
+                    with contextlib.suppress(ConflictError):  # it came back meanwhile
+                        await asyncio.to_thread(self.store.delete, record.key, record.version)
             await asyncio.sleep(FORGET_AFTER_S / 10)
