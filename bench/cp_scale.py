@@ -376,6 +376,7 @@ def measures_for(n: int, results: Sequence[RepResult], topology: Topology = SING
     eds = statistics.median(r.change_eds_s for r in results)
     load_cpu = statistics.median(r.load_cpu_s for r in results)
     per = " per instance (the largest)" if topology.instances > 1 else ""
+    all_of = " (all instances)" if topology.instances > 1 else ""
     return [
         Measure(SECTION, f"first config, all {n} proxies{where}", "s", [r.first_config_s for r in results]),
         Measure(
@@ -386,7 +387,7 @@ def measures_for(n: int, results: Sequence[RepResult], topology: Topology = SING
             target=CONVERGENCE_TARGET if at_target else None,
             note=f"EDS alone: median {eds:.3f} s; the load used {load_cpu:.2f} CPU-s (same cores)",
         ),
-        Measure(SECTION, f"CP CPU per change (all instances), N={n}{where}", "s", [r.cpu_s for r in results]),
+        Measure(SECTION, f"CP CPU per change{all_of}, N={n}{where}", "s", [r.cpu_s for r in results]),
         Measure(
             SECTION,
             f"CP RSS after convergence{per}, N={n}{where}",
@@ -422,8 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the CP, to <PATH>.<n>.txt")
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.n) or args.reps < 1 or args.instances < 1:
-        sys.exit("cp_scale: --n, --reps and --instances must be positive")
+    if any(n < 1 for n in args.n) or args.reps < 1:
+        sys.exit("cp_scale: --n and --reps must be positive")
+    if args.instances < 1:
+        sys.exit("cp_scale: --instances must be positive")
     if args.instances > 1 and args.store != "postgres":
         sys.exit("cp_scale: several instances share a PostgreSQL store only (--store postgres)")
     runs = (
