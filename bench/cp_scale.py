@@ -15,6 +15,11 @@ LDS response holding its address, the control plane's CPU-seconds over that chan
 
 Run: `.venv/bin/python -m bench.cp_scale [--n 100 1000] [--reps 3] [--profile PATH]` (JSON lines of
 Measures; `--profile` samples the CP with py-spy, a bench-only tool: `pip install py-spy`).
+Several instances (issue 16): `--store postgres --instances 2` starts a private PostgreSQL
+(labkit/postgres.py), `kuma-cp migrate up`, and the instances sharing one TLS certificate; proxy i
+connects to instance i mod count (one load process per instance), the change is applied through the
+first instance and timed until every proxy on every instance has it. `--ha` runs issue 16's
+comparison in one go: N=1000 on one SQLite instance, then N=2000 over two instances on PostgreSQL.
 
 Figures on the 2-core dev VM (shared with other work, so noisy), median of 3 (before) and 5 (after)
 repetitions, before → after the issue-7 fixes in control_plane/xds:

@@ -267,7 +267,28 @@ async def _serve_api(api: uvicorn.Server) -> None:
 
 def _check_ports_free(config: CpConfig) -> None:
     """Fail before anything starts, naming the variable to change, instead of half-running."""
-    for var, host, port in (
+    listeners = _listeners(config)
+    seen: dict[int, str] = {}
+    for var, _host, port in listeners:
+        if port in seen:  # each probe alone would pass, and one server would then fail to bind
+            raise RuntimeStartError(f"{seen[port]} and {var} are both {port}: give each server its own port")
+        seen[port] = var
+    for var, host, port in listeners:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise RuntimeStartError(
+                        f"port {port} is already in use (another kuma-cp?); free it or set {var}"
+                    ) from None
+                raise RuntimeStartError(f"cannot listen on {host}:{port} ({var}): {exc.strerror}") from None
+
+
+def _listeners(config: CpConfig) -> list[tuple[str, str, int]]:
+    """(variable, interface, port) of every server this configuration starts."""
+    return [
         ("KUMA_API_SERVER_HTTP_PORT", config.api_server.http_interface, config.api_server.http_port),
         ("KUMA_DP_SERVER_PORT", "0.0.0.0", config.dp_server.port),
         ("KUMA_DIAGNOSTICS_SERVER_PORT", ALL_INTERFACES, config.diagnostics.server_port),
@@ -281,14 +302,4 @@ def _check_ports_free(config: CpConfig) -> None:
             if config.api_server.https_enabled
             else []
         ),
-    ):
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise RuntimeStartError(
-                        f"port {port} is already in use (another kuma-cp?); free it or set {var}"
-                    ) from None
-                raise RuntimeStartError(f"cannot listen on {host}:{port} ({var}): {exc.strerror}") from None
+    ]

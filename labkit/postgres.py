@@ -18,7 +18,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -27,16 +26,11 @@ from pathlib import Path
 import psycopg
 
 from control_plane.config import PostgresConfig
+from labkit.ports import free_port
 
 USER = "kuma"
 PASSWORD = "kuma-test-secret"
 _OS_USER = "postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _bin_dir() -> Path | None:

@@ -202,3 +202,25 @@ def test_a_busy_diagnostics_port_is_named(tmp_path: Path) -> None:
         }
         with pytest.raises(RuntimeStartError, match="KUMA_DIAGNOSTICS_SERVER_PORT"):
             ControlPlane.open(load_config(None, env=env))
+
+
+def test_two_servers_given_one_port_are_named_before_anything_starts(tmp_path: Path) -> None:
+    # Each probe alone passes (nothing listens yet); before this check the second server then
+    # failed to bind after the first was up, and a lab saw "ready" and then a dead control plane.
+    port = str(free_port())
+    env = {
+        "KUMA_GENERAL_WORK_DIR": str(tmp_path),
+        "KUMA_STORE_TYPE": "memory",
+        "KUMA_API_SERVER_HTTP_PORT": str(free_port()),
+        "KUMA_DP_SERVER_PORT": port,
+        "KUMA_DIAGNOSTICS_SERVER_PORT": port,
+    }
+    with pytest.raises(
+        RuntimeStartError, match=f"KUMA_DP_SERVER_PORT and KUMA_DIAGNOSTICS_SERVER_PORT are both {port}"
+    ):
+        ControlPlane.open(load_config(None, env=env))
+
+
+def test_free_ports_are_not_handed_out_twice() -> None:
+    picks = [free_port() for _ in range(300)]
+    assert len(set(picks)) == len(picks)
