@@ -16,7 +16,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 
 from control_plane.dp_server.authn import DpAuthenticator
-from control_plane.dp_server.stream_reverify import FULL_EVERY, StreamReverifier
+from control_plane.dp_server.stream_reverify import StreamReverifier
 from control_plane.resources.dataplane import Dataplane
 from control_plane.store.base import ResourceStore, mesh_key
 from control_plane.store.memory import MemoryStore
@@ -135,7 +135,7 @@ async def test_only_streams_whose_verdict_may_have_changed_are_checked() -> None
         store.upsert(mesh_key(mesh), {})
     authn = CountingAuthenticator(store, "dpToken")
     CountingAuthenticator.checks = 0
-    reverifier = StreamReverifier(store, authn, interval_s=0.05)
+    reverifier = StreamReverifier(store, authn, interval_s=0.05, full_every=10_000)  # no full pass here
     tokens = {
         (mesh, name): issue_token(store, TokenRequest(mesh, name))
         for mesh in ("default", "other")
@@ -146,7 +146,7 @@ async def test_only_streams_whose_verdict_may_have_changed_are_checked() -> None
         for key, token in tokens.items()
     }
     try:
-        await asyncio.sleep(0.05 * (FULL_EVERY - 2))  # several intervals, nothing changed
+        await asyncio.sleep(0.05 * 5)  # several intervals, nothing changed
         assert CountingAuthenticator.checks == 0
         revoke(store, "other", _jti(tokens[("other", "web-1")]))
         await eventually(lambda: watchers[("other", "web-1")].done(), timeout=5)
@@ -165,3 +165,22 @@ def _node(mesh: str, name: str) -> base_pb2.Node:
     doc = {**WEB_1, "mesh": mesh, "name": name}
     node.metadata.update({"dataplane.resource": json.dumps(doc)})
     return node
+
+
+async def test_every_stream_is_checked_again_on_the_full_pass() -> None:
+    # A change event missed (e.g. a notification lost between instances) still heals.
+    store = MemoryStore()
+    store.upsert(mesh_key("default"), {})
+    authn = CountingAuthenticator(store, "dpToken")
+    CountingAuthenticator.checks = 0
+    reverifier = StreamReverifier(store, authn, interval_s=0.05, full_every=2)
+    token = issue_token(store, TokenRequest("default", "web-1"))
+    watcher = asyncio.create_task(
+        reverifier.watch(_node("default", "web-1"), {"authorization": f"Bearer {token}"})
+    )
+    try:
+        await eventually(lambda: CountingAuthenticator.checks >= 1, timeout=5)
+        assert not watcher.done()
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)

@@ -59,10 +59,17 @@ class _Watched:
 
 
 class StreamReverifier:
-    def __init__(self, store: ResourceStore, authenticator: DpAuthenticator, interval_s: float) -> None:
+    def __init__(
+        self,
+        store: ResourceStore,
+        authenticator: DpAuthenticator,
+        interval_s: float,
+        full_every: int = FULL_EVERY,
+    ) -> None:
         self._store = store
         self._authenticator = authenticator
         self.interval_s = interval_s
+        self.full_every = full_every
         self._streams: dict[int, _Watched] = {}
         self._checker: asyncio.Task[None] | None = None
         self._lock = threading.Lock()  # change events come from store threads
@@ -111,7 +118,7 @@ class StreamReverifier:
         while self._streams:
             await asyncio.sleep(self.interval_s)
             tick += 1
-            due = self._due(full=tick % FULL_EVERY == 0)
+            due = self._due(full=tick % self.full_every == 0)
             if not due:
                 continue
             refused = await asyncio.to_thread(self._refused, due)
