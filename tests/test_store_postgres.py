@@ -391,3 +391,58 @@ def test_an_unreadable_row_is_skipped_and_logged_once(
         r.getMessage() for r in caplog.records if "skipping the unreadable row Mesh//bad" in r.getMessage()
     ]
     assert len(logged) == 1, logged
+
+
+def test_resyncs_racing_local_writes_keep_the_notification_thread_alive(
+    open_store: Callable[..., PostgresStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    # At N=2,000 a resync iterated the versions dict the writers were updating ("dictionary changed
+    # size during iteration"): the notification thread died and the other instance's changes never
+    # arrived again. Resync every 10 ms while 8 threads write through the same store.
+    a, b = open_store(resync_interval=0.01), open_store(resync_interval=600.0)
+    a.upsert(mesh_key("default"), {})
+    a.upsert_all([Write(dataplane_key(f"big-{i}"), SPEC) for i in range(3000)])  # long resync loops
+    stop = threading.Event()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads interleave often, as under a 2,000-proxy load
+
+    def write(worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            a.upsert(dataplane_key(f"dp-{worker}-{n}"), SPEC)  # new keys: the dict grows
+            n += 1
+
+    threads = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: a.list("Dataplane")[1] >= 4000, timeout=30)
+    finally:
+        sys.setswitchinterval(switch)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert a._listener.is_alive()
+    assert "the change notification thread failed" not in caplog.text
+    seen_by_a = _events(a)
+    b.upsert(mesh_key("later"), {})
+    wait_until(
+        lambda: ChangeEvent("upsert", mesh_key("later")) in seen_by_a, timeout=5, what="A still hears B"
+    )
+
+
+def test_a_failing_listener_neither_fails_the_write_nor_stops_the_notifications(
+    open_store: Callable[..., PostgresStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = open_store(resync_interval=600.0), open_store(resync_interval=600.0)
+
+    def broken(event: ChangeEvent) -> None:
+        raise RuntimeError("a listener's bug")
+
+    b.subscribe(broken)
+    seen_by_b = _events(b)
+    a.upsert(mesh_key("one"), {})
+    b.upsert(mesh_key("own"), {})  # b's own write: its listeners run in this thread
+    a.upsert(mesh_key("two"), {})
+    wait_until(lambda: ChangeEvent("upsert", mesh_key("two")) in seen_by_b, timeout=5, what="B still hears A")
+    assert "a store listener failed" in caplog.text

@@ -17,6 +17,7 @@ one twice, and delivers the ones it missed when its notifications were interrupt
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from control_plane.resources.common import DEFAULT_MESH
+
+log = logging.getLogger(__name__)
 
 
 def now_rfc3339() -> str:
@@ -144,7 +147,10 @@ class ResourceStore:
         with self._listeners_lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # one listener's bug must not fail the write or the notifying thread
+                log.exception("a store listener failed on %s %s", event.op, event.key)
 
     # --- data methods -------------------------------------------------------------------------
     def get(self, key: ResourceKey) -> StoredResource | None:

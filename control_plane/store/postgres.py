@@ -361,7 +361,9 @@ class PostgresStore(ResourceStore):
         """Emit an event for each difference between the table and what the listeners were told."""
         now = self._versions(conn)
         with self._seen_lock:
-            before, self._seen = self._seen, now
+            # A copy: writers update self._seen while we compare (a shared dict changed size
+            # under this loop and killed the notification thread at N=2,000).
+            before, self._seen = self._seen, dict(now)
         changed = [ChangeEvent("upsert", k) for k, v in now.items() if before.get(k) != v]
         changed += [ChangeEvent("delete", k) for k in before.keys() - now.keys()]
         for event in changed:
@@ -488,7 +490,9 @@ class _Listener(threading.Thread):
                         )
                     backoff, outage_since = LISTEN_BACKOFF_FIRST, 0.0
                 self._serve(self.conn)
-            except (psycopg.Error, StoreError) as exc:
+            except Exception as exc:  # noqa: BLE001 - this thread must outlive any failure
+                if not isinstance(exc, psycopg.Error | StoreError):
+                    log.exception("PostgreSQL at %s: the change notification thread failed", store.where)
                 self._drop()
                 if not outage_since:
                     outage_since = time.monotonic()
