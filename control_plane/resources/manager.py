@@ -17,7 +17,7 @@ writes:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,12 +32,10 @@ from control_plane.resources.registry import (
 from control_plane.store.base import (
     ConflictError,
     Guard,
-    LeaderLock,
-    Listener,
     MissingError,
     ResourceKey,
-    ResourceStore,
     StoredResource,
+    StoreWrapper,
     Write,
     mesh_key,
 )
@@ -58,34 +56,8 @@ def spec_of(document: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in document.items() if k not in _HEADER_FIELDS}
 
 
-class ResourceManager(ResourceStore):
-    """A ResourceStore that applies the rules above and passes the rest to `inner`."""
-
-    def __init__(self, inner: ResourceStore) -> None:
-        super().__init__()
-        self.inner = inner
-
-    # --- reads and events: the store's own -----------------------------------------------------
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        return self.inner.subscribe(listener)
-
-    def get(self, key: ResourceKey) -> StoredResource | None:
-        return self.inner.get(key)
-
-    def list(
-        self, type: str, mesh: str | None = None, offset: int = 0, limit: int | None = None
-    ) -> tuple[list[StoredResource], int]:
-        return self.inner.list(type, mesh, offset, limit)
-
-    @property  # type: ignore[override]
-    def shared(self) -> bool:
-        return self.inner.shared
-
-    def leader_lock(self) -> LeaderLock:
-        return self.inner.leader_lock()
-
-    def close(self) -> None:
-        self.inner.close()
+class ResourceManager(StoreWrapper):
+    """A store that applies the rules above; reads, events and the leader lock are `inner`'s."""
 
     # --- writes: with the rules ---------------------------------------------------------------
     def upsert_all(self, writes: Sequence[Write]) -> list[tuple[StoredResource, bool]]:

@@ -193,6 +193,48 @@ class ResourceStore:
         pass
 
 
+class StoreWrapper(ResourceStore):
+    """A store in front of another (metering, the resource rules): everything is the inner
+    store's unless a subclass overrides it; events and the leader lock always are."""
+
+    def __init__(self, inner: ResourceStore) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property  # type: ignore[override]
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self.inner.subscribe(listener)
+
+    def get(self, key: ResourceKey) -> StoredResource | None:
+        return self.inner.get(key)
+
+    def list(
+        self, type: str, mesh: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> tuple[list[StoredResource], int]:
+        return self.inner.list(type, mesh, offset, limit)
+
+    def upsert_all(self, writes: Sequence[Write]) -> list[tuple[StoredResource, bool]]:
+        return self.inner.upsert_all(writes)
+
+    def delete(
+        self,
+        key: ResourceKey,
+        expected_version: int | None = None,
+        cascade_mesh: bool = False,
+        guards: Sequence[Guard] = (),
+    ) -> bool:
+        return self.inner.delete(key, expected_version, cascade_mesh, guards)
+
+    def leader_lock(self) -> LeaderLock:
+        return self.inner.leader_lock()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def mesh_key(name: str) -> ResourceKey:
     return ResourceKey("Mesh", "", name)
 

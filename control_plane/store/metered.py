@@ -8,18 +8,17 @@ Listeners are the wrapped store's: `subscribe` is passed through, so change even
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from control_plane.diagnostics.metrics import CpMetrics
 from control_plane.store.base import (
     ConflictError,
     Guard,
-    LeaderLock,
-    Listener,
     ResourceKey,
     ResourceStore,
     StoredResource,
+    StoreWrapper,
     Write,
 )
 
@@ -27,10 +26,9 @@ from control_plane.store.base import (
 ALL_TYPES = "*"
 
 
-class MeteredStore(ResourceStore):
+class MeteredStore(StoreWrapper):
     def __init__(self, inner: ResourceStore, metrics: CpMetrics) -> None:
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self._metrics = metrics
 
     @contextmanager
@@ -45,9 +43,6 @@ class MeteredStore(ResourceStore):
             raise
         finally:
             self._metrics.store.labels(label[0], resource_type).observe(time.perf_counter() - start)
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        return self.inner.subscribe(listener)
 
     def get(self, key: ResourceKey) -> StoredResource | None:
         with self._timed("get", key.type):
@@ -79,13 +74,3 @@ class MeteredStore(ResourceStore):
     ) -> bool:
         with self._timed("delete", ALL_TYPES if cascade_mesh else key.type):
             return self.inner.delete(key, expected_version, cascade_mesh, guards)
-
-    @property  # type: ignore[override]
-    def shared(self) -> bool:
-        return self.inner.shared
-
-    def leader_lock(self) -> LeaderLock:
-        return self.inner.leader_lock()
-
-    def close(self) -> None:
-        self.inner.close()
